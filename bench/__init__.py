@@ -1,0 +1,1 @@
+"""lstm-bench: the instruments (model, data, timing, memory, FLOPs) and the pytest-benchmark suite."""

@@ -1,0 +1,82 @@
+"""The d2l character model (one-hot -> LSTM -> Linear) and its training and inference steps.
+
+The steps follow d2l's `train_epoch_ch8`: mean cross-entropy over all T*B predictions, backward,
+global-norm gradient clipping at theta, plain SGD, with the state carried over detached.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+import lstm_impls
+from lstm_impls import State
+
+
+class RNNModel(nn.Module):
+    """d2l's RNNModel: inputs (B, T) token ids -> logits (T*B, vocab), state."""
+
+    def __init__(self, impl: str, vocab_size: int, hidden_size: int, *, device="cpu",
+                 dtype=torch.float32, **impl_options):
+        super().__init__()
+        self.vocab_size = vocab_size
+        self.rnn = lstm_impls.create(impl, vocab_size, hidden_size, device=device, dtype=dtype, **impl_options)
+        self.linear = nn.Linear(hidden_size, vocab_size, device=device, dtype=dtype)
+
+    def forward(self, inputs: Tensor, state: State | None = None) -> tuple[Tensor, State]:
+        X = F.one_hot(inputs.T.long(), self.vocab_size).to(self.linear.weight.dtype)
+        Y, state = self.rnn(X, state)
+        return self.linear(Y.reshape(-1, Y.shape[-1])), state
+
+
+def lstm_layout_weights(input_size: int, hidden_size: int, *, generator: torch.Generator | None = None,
+                        sigma: float = 0.01) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """d2l's initialisation (normal * 0.01, zero biases) in nn.LSTM's layout, on the CPU in float32."""
+    def normal(*shape: int) -> Tensor:
+        return torch.randn(*shape, generator=generator) * sigma
+
+    zeros = torch.zeros(4 * hidden_size)
+    return normal(4 * hidden_size, input_size), normal(4 * hidden_size, hidden_size), zeros, zeros.clone()
+
+
+def d2l_init_(model: RNNModel, seed: int = 0) -> RNNModel:
+    """Give model d2l's initialisation from seed; every implementation gets the same numbers."""
+    g = torch.Generator().manual_seed(seed)
+    rnn, linear = model.rnn, model.linear
+    weights = lstm_layout_weights(rnn.input_size, rnn.hidden_size, generator=g)
+    rnn.load_lstm_weights(*(w.to(linear.weight) for w in weights))
+    with torch.no_grad():
+        linear.weight.copy_(torch.randn(linear.weight.shape, generator=g) * 0.01)
+        linear.bias.zero_()
+    return model
+
+
+def detach_state(state: State | None) -> State | None:
+    """d2l detaches the carried-over state so backward stops at the minibatch boundary."""
+    return None if state is None else (state[0].detach(), state[1].detach())
+
+
+def train_step(model: RNNModel, optimizer: torch.optim.Optimizer, X: Tensor, Y: Tensor,
+               state: State | None = None, theta: float = 1.0) -> tuple[Tensor, State]:
+    """One d2l training step on X, Y (B, T); returns the mean loss (a 0-d tensor) and the new state."""
+    y_hat, state = model(X, detach_state(state))
+    loss = F.cross_entropy(y_hat, Y.T.reshape(-1))
+    optimizer.zero_grad()
+    loss.backward()
+    # d2l's grad_clipping: scale all gradients by theta / global norm when the norm exceeds theta.
+    torch.nn.utils.clip_grad_norm_(model.parameters(), theta)
+    optimizer.step()
+    return loss.detach(), detach_state(state)
+
+
+@torch.no_grad()
+def forward_step(model: RNNModel, X: Tensor, Y: Tensor, state: State | None = None) -> tuple[Tensor, State]:
+    """Inference: the same forward and loss, no gradients."""
+    y_hat, state = model(X, state)
+    return F.cross_entropy(y_hat, Y.T.reshape(-1)), state
+
+
+def sgd(model: nn.Module, lr: float) -> torch.optim.SGD:
+    """d2l's updater for the concise model: plain SGD, no momentum (so no optimizer state)."""
+    return torch.optim.SGD(model.parameters(), lr=lr)

@@ -1,0 +1,41 @@
+"""The LSTM math of the d2l chapter, shared by every implementation that runs it.
+
+`lstm_cell` is one time step, written as the chapter writes it: one matmul per gate and input.
+`lstm` is the chapter's Python loop over time steps. Both are plain functions that TorchScript
+can compile, so `scratch` runs them eagerly, `scripted` runs them under `torch.jit.script` and
+`compiled` under `torch.compile`: the implementations differ only in how the same code runs.
+"""
+
+from typing import List, Tuple
+
+import torch
+from torch import Tensor
+
+# Parameter names and order, as in the d2l chapter (`get_lstm_params`), without the output layer.
+PARAM_NAMES = (
+    "W_xi", "W_hi", "b_i",  # input gate
+    "W_xf", "W_hf", "b_f",  # forget gate
+    "W_xo", "W_ho", "b_o",  # output gate
+    "W_xc", "W_hc", "b_c",  # candidate memory cell
+)  # fmt: skip
+
+
+def lstm_cell(X: Tensor, H: Tensor, C: Tensor, params: List[Tensor]) -> Tuple[Tensor, Tensor]:
+    """One LSTM time step on X (B, I) with state H, C (B, H)."""
+    W_xi, W_hi, b_i, W_xf, W_hf, b_f, W_xo, W_ho, b_o, W_xc, W_hc, b_c = params
+    I = torch.sigmoid((X @ W_xi) + (H @ W_hi) + b_i)  # noqa: E741 (the chapter's name)
+    F = torch.sigmoid((X @ W_xf) + (H @ W_hf) + b_f)
+    O = torch.sigmoid((X @ W_xo) + (H @ W_ho) + b_o)  # noqa: E741
+    C_tilda = torch.tanh((X @ W_xc) + (H @ W_hc) + b_c)
+    C = F * C + I * C_tilda
+    H = O * torch.tanh(C)
+    return H, C
+
+
+def lstm(inputs: Tensor, H: Tensor, C: Tensor, params: List[Tensor]) -> Tuple[Tensor, Tensor, Tensor]:
+    """The chapter's loop over time steps of inputs (T, B, I); returns outputs (T, B, H), H, C."""
+    outputs: List[Tensor] = []
+    for X in inputs:
+        H, C = lstm_cell(X, H, C, params)
+        outputs.append(H)
+    return torch.stack(outputs), H, C

@@ -1,0 +1,46 @@
+"""`torch.nn.LSTM`: cuDNN on CUDA; oneDNN (mkldnn_rnn) or ATen's native kernels on CPU."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from .base import FLOATS, LSTMImpl, State
+
+
+class CudnnLSTM(LSTMImpl):
+    """The framework's fused LSTM, a single layer, time-major."""
+
+    description = "torch.nn.LSTM"
+    # oneDNN's CPU RNN has no float16 kernel; cuDNN runs all four.
+    dtypes = {"cpu": FLOATS - {torch.float16}, "cuda": FLOATS}
+
+    def __init__(self, input_size: int, hidden_size: int, *, device="cpu", dtype=torch.float32):
+        super().__init__(input_size, hidden_size, device=device, dtype=dtype)
+        self.lstm = nn.LSTM(input_size, hidden_size, device=device, dtype=dtype)
+
+    def describe(self) -> str:
+        weight = self.lstm.weight_ih_l0
+        if weight.device.type == "cuda":
+            return f"{self.description} (cuDNN {torch.backends.cudnn.version()})"
+        onednn = torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled
+        if onednn and weight.dtype in (torch.float32, torch.bfloat16):
+            return f"{self.description} (oneDNN mkldnn_rnn on CPU)"
+        return f"{self.description} (ATen native kernels on CPU)"
+
+    def forward(self, x: Tensor, state: State | None = None) -> tuple[Tensor, State]:
+        hx = None if state is None else (state[0].unsqueeze(0), state[1].unsqueeze(0))
+        y, (h, c) = self.lstm(x, hx)
+        return y, (h[0], c[0])
+
+    @torch.no_grad()
+    def load_lstm_weights(self, weight_ih: Tensor, weight_hh: Tensor, bias_ih: Tensor, bias_hh: Tensor) -> None:
+        self.check_lstm_weights(weight_ih, weight_hh, bias_ih, bias_hh)
+        for name, value in zip(("weight_ih_l0", "weight_hh_l0", "bias_ih_l0", "bias_hh_l0"),
+                               (weight_ih, weight_hh, bias_ih, bias_hh)):
+            getattr(self.lstm, name).copy_(value)
+
+    def lstm_weights(self, grad: bool = False) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        names = ("weight_ih_l0", "weight_hh_l0", "bias_ih_l0", "bias_hh_l0")
+        tensors = [getattr(self.lstm, n) for n in names]
+        return tuple((t.grad if grad else t.detach()).clone() for t in tensors)
