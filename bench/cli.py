@@ -5,6 +5,9 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from pathlib import Path
+
+from bench.data import DataError
 
 
 class _Parser(argparse.ArgumentParser):
@@ -16,6 +19,75 @@ class _Parser(argparse.ArgumentParser):
 
 class UsageError(Exception):
     """A bad option value found after parsing; reported like an argparse error."""
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an int > 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be positive")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """argparse type: a finite float > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r} must be a positive number")
+    return value
+
+
+def resolve_device(text: str):
+    """'auto' (cuda when available), 'cpu', 'cuda' or 'cuda:N'; UsageError when it cannot be used."""
+    import torch
+
+    if text == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(text)
+    except RuntimeError:
+        raise UsageError(f"--device {text!r} is not a device; choose auto, cpu, cuda or cuda:N") from None
+    if device.type not in ("cpu", "cuda"):
+        raise UsageError(f"--device {text!r}: choose auto, cpu, cuda or cuda:N")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError(f"--device {text!r}: CUDA is not available on this machine (torch {torch.__version__})")
+    return device
+
+
+def check_impl(name: str) -> str:
+    """The name, when it names a registered implementation or a module:Class; else UsageError."""
+    import lstm_impls
+
+    try:
+        lstm_impls.get(name)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    return name
+
+
+def _train(args: argparse.Namespace) -> int:
+    """The d2l chapter's training run, with any implementation."""
+    from bench.data import DEFAULT_MAX_TOKENS, SeqDataLoader, load_corpus
+    from bench.model import RNNModel, d2l_init_
+    from bench.train import train
+
+    device = resolve_device(args.device)
+    check_impl(args.impl)
+    corpus, vocab = load_corpus(args.data, max_tokens=DEFAULT_MAX_TOKENS)
+    loader = SeqDataLoader(corpus, args.batch_size, args.num_steps, args.random_iter, seed=args.seed)
+    model = d2l_init_(RNNModel(args.impl, len(vocab), args.hidden_size, device=device), seed=args.seed)
+    print(f"training {args.impl} ({model.rnn.describe()}) on {device}: {len(corpus)} tokens, vocab {len(vocab)}, "
+          f"batch {args.batch_size} x {args.num_steps} steps, hidden {args.hidden_size}, lr {args.lr}, "
+          f"{args.epochs} epochs", flush=True)
+    train(model, loader, vocab, lr=args.lr, num_epochs=args.epochs, device=device,
+          use_random_iter=args.random_iter, curve=args.curve, log=lambda line: print(line, flush=True))
+    return 0
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -47,11 +119,25 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="lstm-bench", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     demo = sub.add_parser("demo", help="run each implementation's training step a few times, print a table")
-    demo.add_argument("--batch-size", type=int, default=32)
-    demo.add_argument("--num-steps", type=int, default=35)
-    demo.add_argument("--hidden-size", type=int, default=256)
-    demo.add_argument("--steps", type=int, default=12, help="training steps per implementation")
+    demo.add_argument("--batch-size", type=positive_int, default=32)
+    demo.add_argument("--num-steps", type=positive_int, default=35)
+    demo.add_argument("--hidden-size", type=positive_int, default=256)
+    demo.add_argument("--steps", type=positive_int, default=12, help="training steps per implementation")
     demo.set_defaults(func=_demo)
+
+    train = sub.add_parser("train", help="the d2l chapter's training run on The Time Machine")
+    train.add_argument("--impl", default="scratch", help="implementation name or module:Class (scratch)")
+    train.add_argument("--epochs", type=positive_int, default=500)
+    train.add_argument("--batch-size", type=positive_int, default=32)
+    train.add_argument("--num-steps", type=positive_int, default=35)
+    train.add_argument("--hidden-size", type=positive_int, default=256)
+    train.add_argument("--lr", type=positive_float, default=1.0)
+    train.add_argument("--device", default="auto", help="auto (cuda when available), cpu, cuda, cuda:N")
+    train.add_argument("--data", type=Path, default=None, help="timemachine.txt to use instead of the download")
+    train.add_argument("--random-iter", action="store_true", help="random sampling instead of sequential")
+    train.add_argument("--seed", type=int, default=0, help="seed for the initial weights and data offsets")
+    train.add_argument("--curve", type=Path, default=None, help="write per-epoch perplexity, tokens/s to this CSV")
+    train.set_defaults(func=_train)
     return parser
 
 
@@ -59,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except UsageError as exc:
+    except (UsageError, DataError) as exc:
         print(f"lstm-bench: error: {exc}", file=sys.stderr)
         return 2
 
