@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 from bench.data import DataError
+from bench.grid import OPTIONS
 
 
 class _Parser(argparse.ArgumentParser):
@@ -44,20 +45,15 @@ def positive_float(text: str) -> float:
 
 
 def resolve_device(text: str):
-    """'auto' (cuda when available), 'cpu', 'cuda' or 'cuda:N'; UsageError when it cannot be used."""
+    """The torch.device for --device (see bench.grid.parse_device); UsageError when it cannot be used."""
     import torch
 
-    if text == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    from bench.grid import parse_device
+
     try:
-        device = torch.device(text)
-    except RuntimeError:
-        raise UsageError(f"--device {text!r} is not a device; choose auto, cpu, cuda or cuda:N") from None
-    if device.type not in ("cpu", "cuda"):
-        raise UsageError(f"--device {text!r}: choose auto, cpu, cuda or cuda:N")
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UsageError(f"--device {text!r}: CUDA is not available on this machine (torch {torch.__version__})")
-    return device
+        return torch.device(parse_device(text))
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
 
 
 def check_impl(name: str) -> str:
@@ -115,6 +111,33 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run(args: argparse.Namespace) -> int:
+    """The benchmark grid, through the same pytest-benchmark suite as `pytest bench/ --benchmark-only`."""
+    import pytest
+
+    from bench.grid import OPTIONS, parse_options
+    from bench.results import CSV_NAME, new_run_id, summary
+
+    raw = {name: getattr(args, name.replace("-", "_")) for name in OPTIONS}
+    try:
+        options = parse_options(lambda name: raw[name])
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    raw["run-id"] = raw["run-id"] or new_run_id()
+    run_dir = Path(raw["results-dir"]) / raw["run-id"]
+    print(f"lstm-bench run: {len(options.cells())} cells on {options.device}, results in {run_dir}", flush=True)
+    argv = [str(Path(__file__).parent), "--benchmark-only", "-p", "no:cacheprovider", "-v", "--no-header",
+            "--benchmark-columns=median,iqr,min,rounds", "--benchmark-sort=name"]
+    argv += [f"--{name}={value}" for name, value in raw.items() if value is not None]
+    argv += ["--tf32"] if args.tf32 else []
+    started = time.perf_counter()
+    code = pytest.main(argv)
+    print(f"\nrun directory: {run_dir}  ({time.perf_counter() - started:.0f} s)")
+    if (run_dir / CSV_NAME).exists():
+        print(summary(run_dir / CSV_NAME))
+    return int(code)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="lstm-bench", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -124,6 +147,12 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--hidden-size", type=positive_int, default=256)
     demo.add_argument("--steps", type=positive_int, default=12, help="training steps per implementation")
     demo.set_defaults(func=_demo)
+
+    run = sub.add_parser("run", help="measure the grid (time, memory, FLOPs) into RESULTS_DIR/<run-id>/")
+    for name, (default, help_text) in OPTIONS.items():
+        run.add_argument(f"--{name}", default=default, help=f"{help_text} (default: {default})")
+    run.add_argument("--tf32", action="store_true", help="allow TF32 in cuBLAS and cuDNN (pinned off by default)")
+    run.set_defaults(func=_run)
 
     train = sub.add_parser("train", help="the d2l chapter's training run on The Time Machine")
     train.add_argument("--impl", default="scratch", help="implementation name or module:Class (scratch)")

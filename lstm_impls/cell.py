@@ -6,8 +6,6 @@ can compile, so `scratch` runs them eagerly, `scripted` runs them under `torch.j
 `compiled` under `torch.compile`: the implementations differ only in how the same code runs.
 """
 
-from typing import List, Tuple
-
 import torch
 from torch import Tensor
 
@@ -19,22 +17,20 @@ PARAM_NAMES = (
     "W_xc", "W_hc", "b_c",  # candidate memory cell
 )  # fmt: skip
 
-
-def lstm_cell(X: Tensor, H: Tensor, C: Tensor, params: List[Tensor]) -> Tuple[Tensor, Tensor]:
+def lstm_cell(X: Tensor, H: Tensor, C: Tensor, params: list[Tensor]) -> tuple[Tensor, Tensor]:
     """One LSTM time step on X (B, I) with state H, C (B, H)."""
     W_xi, W_hi, b_i, W_xf, W_hf, b_f, W_xo, W_ho, b_o, W_xc, W_hc, b_c = params
-    I = torch.sigmoid((X @ W_xi) + (H @ W_hi) + b_i)  # noqa: E741 (the chapter's name)
+    I = torch.sigmoid((X @ W_xi) + (H @ W_hi) + b_i)
     F = torch.sigmoid((X @ W_xf) + (H @ W_hf) + b_f)
-    O = torch.sigmoid((X @ W_xo) + (H @ W_ho) + b_o)  # noqa: E741
+    O = torch.sigmoid((X @ W_xo) + (H @ W_ho) + b_o)
     C_tilda = torch.tanh((X @ W_xc) + (H @ W_hc) + b_c)
     C = F * C + I * C_tilda
     H = O * torch.tanh(C)
     return H, C
 
-
-def lstm(inputs: Tensor, H: Tensor, C: Tensor, params: List[Tensor]) -> Tuple[Tensor, Tensor, Tensor]:
+def lstm(inputs: Tensor, H: Tensor, C: Tensor, params: list[Tensor]) -> tuple[Tensor, Tensor, Tensor]:
     """The chapter's loop over time steps of inputs (T, B, I); returns outputs (T, B, H), H, C."""
-    outputs: List[Tensor] = []
+    outputs: list[Tensor] = []
     for X in inputs:
         H, C = lstm_cell(X, H, C, params)
         outputs.append(H)

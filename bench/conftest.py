@@ -1,0 +1,76 @@
+"""The pytest plugin behind `pytest bench/ --benchmark-only` and `lstm-bench run`: options, grid, results."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from bench.env import environment, pin_tf32
+from bench.grid import OPTIONS, Options, parse_options
+from bench.results import CSV_NAME, CsvRecorder, new_run_id, write_environment
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("lstm-bench", "lstm-bench grid")
+    for name, (default, help_text) in OPTIONS.items():
+        group.addoption(f"--{name}", default=default, help=f"{help_text} (default: {default})")
+    group.addoption("--tf32", action="store_true", help="allow TF32 in cuBLAS and cuDNN (pinned off by default)")
+
+
+def _get(config: pytest.Config):
+    return lambda name: config.getoption(name.replace("-", "_"))
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_configure(config: pytest.Config) -> None:
+    """Validate options (bad value: one line, exit code 2), make the run dir, point the JSON there."""
+    try:
+        options = parse_options(_get(config))
+    except ValueError as exc:
+        pytest.exit(f"lstm-bench: error: {exc}", returncode=2)
+    run_id = config.getoption("run_id") or new_run_id()
+    run_dir = Path(config.getoption("results_dir")) / run_id
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if getattr(config.option, "benchmark_json", None) is None:
+        config.option.benchmark_json = run_dir / "benchmark.json"
+    pin_tf32(config.getoption("tf32"))
+    config.stash[_STATE] = {"options": options, "run_id": run_id, "run_dir": run_dir,
+                            "env": environment(options.device)}
+    write_environment(run_dir, config.stash[_STATE]["env"])
+
+
+_STATE = pytest.StashKey[dict]()
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    state = config.stash[_STATE]
+    return f"lstm-bench: {len(state['options'].cells())} cells, results in {state['run_dir']}"
+
+
+def pytest_benchmark_update_machine_info(config: pytest.Config, machine_info: dict) -> None:
+    machine_info["lstm_bench"] = config.stash[_STATE]["env"]
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "cell" in metafunc.fixturenames:
+        cells = metafunc.config.stash[_STATE]["options"].cells()
+        metafunc.parametrize("cell", cells, ids=[c.id for c in cells])
+
+
+@pytest.fixture(scope="session")
+def options(request: pytest.FixtureRequest) -> Options:
+    return request.config.stash[_STATE]["options"]
+
+
+@pytest.fixture(scope="session")
+def run_info(request: pytest.FixtureRequest) -> dict:
+    state = request.config.stash[_STATE]
+    return {"run_id": state["run_id"], "tf32": torch.backends.cuda.matmul.allow_tf32,
+            "threads": torch.get_num_threads()}
+
+
+@pytest.fixture(scope="session")
+def recorder(request: pytest.FixtureRequest) -> CsvRecorder:
+    return CsvRecorder(request.config.stash[_STATE]["run_dir"] / CSV_NAME)

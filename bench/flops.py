@@ -1,0 +1,73 @@
+"""FLOPs of one step: analytic (the matmuls the math needs) and counted by FlopCounterMode.
+
+Only matrix products count (multiply and add = 2 FLOPs), the convention of DeepBench and of
+FlopCounterMode; the element-wise gate math is O(T*B*H), negligible next to O(T*B*H*(I+H)).
+FlopCounterMode knows no formula for the fused RNN ops, so nn.LSTM would count as 0: we register
+formulas for oneDNN's `mkldnn_rnn_layer` and cuDNN's `_cudnn_rnn`, forward and backward.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode, register_flop_formula
+
+aten = torch.ops.aten
+
+
+def lstm_flops(seq_len: int, batch_size: int, input_size: int, hidden_size: int) -> int:
+    """Forward matmul FLOPs of a one-layer LSTM: 4 gates, each X @ W_x and H @ W_h per time step."""
+    return 2 * seq_len * batch_size * 4 * hidden_size * (input_size + hidden_size)
+
+
+def step_flops(mode: str, seq_len: int, batch_size: int, vocab_size: int, hidden_size: int) -> int:
+    """Matmul FLOPs of one d2l step: LSTM plus the output Linear, and for "train" their backward.
+
+    Backward computes each weight gradient (as much work as the forward) and the gradient flowing
+    into H (H @ W_h^T, for every step but the first, whose state is detached) and into the LSTM's
+    output (through the Linear); the one-hot input needs no gradient.
+    """
+    T, B, V, H = seq_len, batch_size, vocab_size, hidden_size
+    forward = lstm_flops(T, B, V, H) + 2 * T * B * H * V
+    if mode == "forward":
+        return forward
+    weight_grads = forward
+    input_grads = 2 * (T - 1) * B * 4 * H * H + 2 * T * B * V * H
+    return forward + weight_grads + input_grads
+
+
+def count_flops(step: Callable[[], object]) -> int:
+    """FLOPs FlopCounterMode counts while step() runs (it runs torch.compile'd code eagerly)."""
+    with FlopCounterMode(display=False) as counter:
+        step()
+    return counter.get_total_flops()
+
+
+def _rnn_flops(input_shape, hidden_size: int) -> int:
+    T, B, I = input_shape
+    return lstm_flops(T, B, I, hidden_size)
+
+
+@register_flop_formula(aten.mkldnn_rnn_layer, get_raw=True)
+def _mkldnn_rnn_layer_flops(input, w0, w1, w2, w3, hx, cx, reverse, batch_sizes, mode, hidden_size,
+                            *args, out_val=None, **kwargs) -> int:
+    return _rnn_flops(input.shape, hidden_size)
+
+
+@register_flop_formula(aten.mkldnn_rnn_layer_backward, get_raw=True)
+def _mkldnn_rnn_layer_backward_flops(input, w1, w2, w3, w4, hx, cx, output, hy, cy, grad_output, grad_hy,
+                                     grad_cy, reverse, mode, hidden_size, *args, out_val=None, **kwargs) -> int:
+    return 2 * _rnn_flops(input.shape, hidden_size)  # gradients for the weights and for the inputs
+
+
+@register_flop_formula(aten._cudnn_rnn, get_raw=True)
+def _cudnn_rnn_flops(input, weight, weight_stride0, weight_buf, hx, cx, mode, hidden_size,
+                     *args, out_val=None, **kwargs) -> int:
+    return _rnn_flops(input.shape, hidden_size)
+
+
+@register_flop_formula(aten._cudnn_rnn_backward, get_raw=True)
+def _cudnn_rnn_backward_flops(input, weight, weight_stride0, weight_buf, hx, cx, output, grad_output,
+                              grad_hy, grad_cy, mode, hidden_size, *args, out_val=None, **kwargs) -> int:
+    return 2 * _rnn_flops(input.shape, hidden_size)

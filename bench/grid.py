@@ -1,0 +1,180 @@
+"""The one place that declares the benchmark grid, its option values and the CSV schema."""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import asdict, dataclass
+
+import torch
+
+import lstm_impls
+
+# The default grid: small on a CPU; DeepBench-like on a GPU (hidden 256-2048, batch 16-128).
+DEFAULT_GRID = {
+    "cpu": {"batch_sizes": (16, 32, 64), "hidden_sizes": (128, 256)},
+    "cuda": {"batch_sizes": (16, 32, 64, 128), "hidden_sizes": (256, 512, 1024, 2048)},
+}
+D2L = {"batch_size": 32, "seq_len": 35, "vocab_size": 28, "hidden_size": 256}  # the chapter's config
+DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16, "float16": torch.float16}
+MODES = ("train", "forward")
+STATUSES = ("ok", "oom", "error", "unsupported")
+
+# One row per cell of measurements.csv. Units are in the names; empty means "not measured here".
+COLUMNS = (
+    # the cell
+    "impl", "device", "dtype", "mode", "batch_size", "hidden_size", "input_size", "seq_len",
+    "status", "error", "description",
+    # time (pytest-benchmark's statistics over the timed rounds, after warm-up)
+    "step_ms_median", "step_ms_iqr", "step_ms_min", "step_ms_mean", "step_ms_stddev", "rounds",
+    "warmup_steps", "tokens_per_s", "first_step_ms",
+    # memory, from a separate pass
+    "peak_bytes", "peak_reserved_bytes", "device_used_bytes", "start_bytes",
+    "param_bytes", "grad_bytes", "optimizer_bytes", "activation_bytes", "workspace_bytes",
+    # work
+    "flops_per_step", "flops_counted", "achieved_gflops",
+    # pinned settings
+    "tf32", "threads", "run_id",
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One point of the grid: what to build and how to run it."""
+
+    impl: str
+    device: str
+    dtype: str
+    mode: str
+    batch_size: int
+    hidden_size: int
+    seq_len: int
+    vocab_size: int
+
+    @property
+    def input_size(self) -> int:
+        return self.vocab_size  # one-hot characters
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        return DTYPES[self.dtype]
+
+    @property
+    def id(self) -> str:
+        return (f"{self.impl}-{self.device}-{self.dtype}-{self.mode}"
+                f"-B{self.batch_size}-H{self.hidden_size}-T{self.seq_len}-V{self.vocab_size}")
+
+    def columns(self) -> dict:
+        """The cell's own CSV columns."""
+        row = asdict(self)
+        del row["vocab_size"]
+        return row | {"input_size": self.input_size}
+
+
+def cells(impls, devices, dtypes, modes, batch_sizes, hidden_sizes, seq_lens, vocab_size) -> list[Cell]:
+    """Every combination, in a stable order (implementation last, so shapes vary slowest)."""
+    return [Cell(impl, device, dtype, mode, b, h, t, vocab_size)
+            for device, dtype, mode, t, h, b, impl in itertools.product(
+                devices, dtypes, modes, seq_lens, hidden_sizes, batch_sizes, impls)]
+
+
+def parse_list(text: str, choices: tuple[str, ...], what: str) -> tuple[str, ...]:
+    """A comma list of choices ('all' means every one); ValueError names the valid ones."""
+    items = [s.strip() for s in text.split(",") if s.strip()]
+    if items == ["all"]:
+        return choices
+    bad = [s for s in items if s not in choices]
+    if bad or not items:
+        raise ValueError(f"{what} {text!r} is not valid; choose from {', '.join(choices)} (comma-separated)")
+    return tuple(dict.fromkeys(items))
+
+
+def parse_sizes(text: str, what: str) -> tuple[int, ...]:
+    """A comma list of positive ints; ValueError otherwise."""
+    try:
+        sizes = tuple(dict.fromkeys(int(s) for s in text.split(",") if s.strip()))
+    except ValueError:
+        sizes = ()
+    if not sizes or min(sizes) <= 0:
+        raise ValueError(f"{what} {text!r} is not valid; give positive integers, comma-separated (e.g. 16,32)")
+    return sizes
+
+
+def parse_impls(text: str) -> tuple[str, ...]:
+    """'all', or a comma list of registered names and module:Class strings."""
+    items = [s.strip() for s in text.split(",") if s.strip()]
+    if items == ["all"]:
+        return tuple(lstm_impls.names())
+    for name in items or [""]:
+        try:
+            lstm_impls.get(name)
+        except ValueError as exc:
+            raise ValueError(f"--impls: {exc}") from None
+    return tuple(dict.fromkeys(items))
+
+
+def parse_device(text: str) -> str:
+    """'auto' (cuda when available), 'cpu', 'cuda', 'cuda:N'; ValueError when it cannot be used here."""
+    if text == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        device = torch.device(text)
+    except RuntimeError:
+        device = None
+    if device is None or device.type not in ("cpu", "cuda"):
+        raise ValueError(f"--device {text!r} is not valid; choose auto, cpu, cuda or cuda:N")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {text!r}: CUDA is not available here (torch {torch.__version__})")
+    return str(device)
+
+
+@dataclass(frozen=True)
+class Options:
+    """The suite's options, validated; the same for `pytest bench/` and `lstm-bench run`."""
+
+    impls: tuple[str, ...]
+    device: str
+    dtypes: tuple[str, ...]
+    modes: tuple[str, ...]
+    batch_sizes: tuple[int, ...]
+    hidden_sizes: tuple[int, ...]
+    seq_lens: tuple[int, ...]
+    vocab_size: int
+
+    def cells(self) -> list[Cell]:
+        return cells(self.impls, (self.device,), self.dtypes, self.modes, self.batch_sizes,
+                     self.hidden_sizes, self.seq_lens, self.vocab_size)
+
+
+# Option name -> (default, help). Declared once; the pytest plugin and the CLI both add these.
+OPTIONS = {
+    "impls": ("all", "implementations: 'all' or a comma list of names / module:Class"),
+    "batch-sizes": (None, "comma list; default: the device's grid"),
+    "hidden-sizes": (None, "comma list; default: the device's grid"),
+    "seq-len": (str(D2L["seq_len"]), "sequence length(s), comma list"),
+    "vocab-size": (str(D2L["vocab_size"]), "vocabulary size = one-hot input size"),
+    "device": ("auto", "auto (cuda when available), cpu, cuda, cuda:N"),
+    "dtype": ("float32", f"comma list of {', '.join(DTYPES)}; the model is built in that dtype (native, no autocast)"),
+    "mode": ("train", "comma list of train (forward+backward+clip+SGD) and forward (inference)"),
+    "results-dir": ("results", "where each run's directory is made"),
+    "run-id": (None, "name of this run's directory (default: a timestamp)"),
+}
+
+
+def parse_options(get) -> Options:
+    """Validate raw option strings; get(name) returns the string or None. ValueError on bad values."""
+    device = parse_device(get("device") or "auto")
+    grid = DEFAULT_GRID[torch.device(device).type]
+    vocab = parse_sizes(get("vocab-size") or OPTIONS["vocab-size"][0], "--vocab-size")
+    if len(vocab) != 1:
+        raise ValueError(f"--vocab-size {get('vocab-size')!r} is not valid; give one positive integer")
+    return Options(
+        impls=parse_impls(get("impls") or "all"),
+        device=device,
+        dtypes=parse_list(get("dtype") or "float32", tuple(DTYPES), "--dtype"),
+        modes=parse_list(get("mode") or "train", MODES, "--mode"),
+        batch_sizes=parse_sizes(get("batch-sizes"), "--batch-sizes") if get("batch-sizes") else grid["batch_sizes"],
+        hidden_sizes=(parse_sizes(get("hidden-sizes"), "--hidden-sizes") if get("hidden-sizes")
+                      else grid["hidden_sizes"]),
+        seq_lens=parse_sizes(get("seq-len") or OPTIONS["seq-len"][0], "--seq-len"),
+        vocab_size=vocab[0],
+    )

@@ -1,0 +1,226 @@
+"""The instruments: build a cell's model and step, time it, and measure its memory.
+
+Time statistics come from pytest-benchmark (bench/test_suite.py); this module gives it a step to
+time that synchronizes CUDA before it returns, a warm-up that runs until step times settle, and
+the memory pass, which runs apart from the timed rounds.
+"""
+
+from __future__ import annotations
+
+import gc
+import statistics
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from .grid import Cell
+from .model import RNNModel, d2l_init_, forward_step, sgd, train_step
+
+
+def sync(device: torch.device) -> None:
+    """Wait for the device's queued work, so a clock read afterwards covers it."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class Subject:
+    """One cell's model, optimizer and fixed minibatch; `step()` runs one step and carries the state."""
+
+    def __init__(self, cell: Cell, seed: int = 0, lr: float = 1.0):
+        self.cell, self.device = cell, torch.device(cell.device)
+        self.model = d2l_init_(RNNModel(cell.impl, cell.vocab_size, cell.hidden_size, device=self.device,
+                                        dtype=cell.torch_dtype), seed=seed)
+        self.optimizer = sgd(self.model, lr) if cell.mode == "train" else None
+        g = torch.Generator().manual_seed(seed)
+        shape = (cell.batch_size, cell.seq_len)
+        self.X = torch.randint(0, cell.vocab_size, shape, generator=g).to(self.device)
+        self.Y = torch.randint(0, cell.vocab_size, shape, generator=g).to(self.device)
+        self.state = None
+
+    def step(self) -> Tensor:
+        """One training (or inference) step; returns after the device has finished it."""
+        if self.optimizer is not None:
+            loss, self.state = train_step(self.model, self.optimizer, self.X, self.Y, self.state)
+        else:
+            loss, self.state = forward_step(self.model, self.X, self.Y, self.state)
+        sync(self.device)
+        return loss
+
+    def live_tensors(self) -> list[Tensor]:
+        """What the step finds alive when it starts: weights, gradients, optimizer state, batch, state."""
+        params = list(self.model.parameters())
+        grads = [p.grad for p in params if p.grad is not None]
+        return params + grads + optimizer_tensors(self.optimizer) + [self.X, self.Y] + list(self.state or ())
+
+    def release(self) -> None:
+        """Drop every tensor, so the next cell starts from an empty allocator."""
+        self.model = self.optimizer = self.X = self.Y = self.state = None
+        release_memory()
+
+
+def release_memory() -> None:
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def optimizer_tensors(optimizer: torch.optim.Optimizer | None) -> list[Tensor]:
+    if optimizer is None:
+        return []
+    return [v for state in optimizer.state.values() for v in state.values() if isinstance(v, Tensor)]
+
+
+def storage_bytes(tensors: Iterable[Tensor]) -> int:
+    """Bytes of the distinct storages behind tensors (views and repeats count once)."""
+    seen: dict[tuple, int] = {}
+    for t in tensors:
+        storage = t.untyped_storage()
+        seen[(t.device, storage.data_ptr())] = storage.nbytes()
+    return sum(seen.values())
+
+
+def time_first_step(step: Callable[[], object]) -> float:
+    """Milliseconds of the first call, which includes scripting or compiling."""
+    start = time.perf_counter()
+    step()
+    return (time.perf_counter() - start) * 1e3
+
+
+def warm_up(step: Callable[[], object], *, window: int = 3, tolerance: float = 0.15, min_steps: int = 3,
+            max_steps: int = 60, max_seconds: float = 120.0) -> int:
+    """Run step until the last `window` step times lie within `tolerance` of their median.
+
+    TorchScript's profiling executor and torch.compile's recompiles make the first few calls
+    seconds long; timing before they settle would report them. Returns the steps run.
+    """
+    times: list[float] = []
+    deadline = time.perf_counter() + max_seconds
+    while len(times) < max_steps and time.perf_counter() < deadline:
+        start = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - start)
+        if len(times) >= max(min_steps, window):
+            last = times[-window:]
+            mid = statistics.median(last)
+            if max(last) - min(last) <= tolerance * mid:
+                break
+    return len(times)
+
+
+MEASURED = "lstm_bench::measured"
+
+
+def cpu_peak_above_start(fn: Callable[[], object]) -> int:
+    """Most bytes the CPU allocator held at once during a call of fn, above what it held when it began.
+
+    torch has no CPU peak counter; the profiler records every allocation and free with its time
+    (profile_memory=True), and their running sum, in time order, peaks at the allocator's peak.
+    The profiler cannot size a free of a block allocated before it started, so fn runs twice
+    and only the second call is measured: whatever it frees, the profiler saw allocated.
+    """
+    from torch._C._profiler import _EventType
+    from torch.profiler import ProfilerActivity, profile, record_function
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+        with record_function(MEASURED):
+            fn()
+    allocations: list[tuple[int, int]] = []
+    window = None
+    stack = list(prof.profiler.kineto_results.experimental_event_tree())
+    while stack:  # allocations sit in the tree under the op that made them
+        node = stack.pop()
+        if node.tag == _EventType.Allocation and node.extra_fields.device.type == "cpu":
+            allocations.append((node.start_time_ns, node.extra_fields.alloc_size))
+        elif node.name == MEASURED:
+            window = (node.start_time_ns, node.end_time_ns)
+        stack.extend(node.children)
+    if window is None:
+        raise RuntimeError(f"the profiler recorded no {MEASURED!r} range")
+    baseline = peak = running = 0
+    for when, size in sorted(allocations):
+        if when > window[1]:
+            break
+        running += size
+        if when < window[0]:
+            baseline = peak = running
+        peak = max(peak, running)
+    return peak - baseline
+
+
+@dataclass
+class Memory:
+    """One step's memory. peak_bytes counts what was live when the step began (start_bytes)."""
+
+    peak_bytes: int
+    start_bytes: int
+    peak_reserved_bytes: int | None = None
+    device_used_bytes: int | None = None
+
+
+def measure_memory(subject: Subject) -> Memory:
+    """Peak memory of one step of subject, on its device."""
+    device = subject.device
+    if device.type == "cuda":
+        release_memory()
+        sync(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        start = torch.cuda.memory_allocated(device)
+        subject.step()  # synchronizes
+        return Memory(peak_bytes=torch.cuda.max_memory_allocated(device), start_bytes=start,
+                      peak_reserved_bytes=torch.cuda.max_memory_reserved(device),
+                      device_used_bytes=nvml_used_bytes(device))
+    start = storage_bytes(subject.live_tensors())
+    return Memory(peak_bytes=start + cpu_peak_above_start(subject.step), start_bytes=start)
+
+
+def nvml_used_bytes(device: torch.device) -> int:
+    """Device memory in use as NVML sees it (every process, and the CUDA context)."""
+    import pynvml
+
+    pynvml.nvmlInit()
+    try:
+        uuid = torch.cuda.get_device_properties(device).uuid
+        handle = pynvml.nvmlDeviceGetHandleByUUID(f"GPU-{uuid}")
+        return int(pynvml.nvmlDeviceGetMemoryInfo(handle).used)
+    finally:
+        pynvml.nvmlShutdown()
+
+
+def saved_activation_bytes(subject: Subject) -> int:
+    """Bytes of the storages autograd saves for backward during one step (parameters excluded)."""
+    params = {(p.device, p.untyped_storage().data_ptr()) for p in subject.model.parameters()}
+    saved: list[Tensor] = []
+
+    def pack(t: Tensor) -> Tensor:
+        if (t.device, t.untyped_storage().data_ptr()) not in params:
+            saved.append(t)
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        subject.step()
+    return storage_bytes(saved)
+
+
+@dataclass
+class Breakdown:
+    param_bytes: int
+    grad_bytes: int
+    optimizer_bytes: int
+    activation_bytes: int
+    workspace_bytes: int  # the rest of the peak: batch, state, logits, temporaries, library workspace
+
+
+def breakdown(subject: Subject, peak_bytes: int) -> Breakdown:
+    """Split a step's peak into its parts; they add up to peak_bytes by construction of the last."""
+    params = list(subject.model.parameters())
+    parts = {
+        "param_bytes": storage_bytes(params),
+        "grad_bytes": storage_bytes(p.grad for p in params if p.grad is not None),
+        "optimizer_bytes": storage_bytes(optimizer_tensors(subject.optimizer)),
+        "activation_bytes": saved_activation_bytes(subject),
+    }
+    return Breakdown(**parts, workspace_bytes=peak_bytes - sum(parts.values()))

@@ -1,0 +1,184 @@
+"""The instruments and the suite: memory probe, breakdown, FLOPs, CSV schema, failure rows, options."""
+
+import csv
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from bench.cli import main
+from bench.flops import count_flops, step_flops
+from bench.grid import COLUMNS, Cell
+from bench.measure import Subject, breakdown, cpu_peak_above_start, measure_memory, saved_activation_bytes
+from bench.results import CsvRecorder
+
+TESTS = Path(__file__).resolve().parent
+MiB = 1 << 20
+
+
+def test_cpu_probe_measures_a_known_allocation_pattern_exactly():
+    kept = []
+
+    def pattern():
+        kept.clear()  # frees 3 MiB the previous call kept: below the start, it lowers the baseline
+        a = torch.empty(1 * MiB, dtype=torch.uint8)
+        b = torch.empty(2 * MiB, dtype=torch.uint8)
+        del a
+        c = torch.empty(5 * MiB, dtype=torch.uint8)
+        del b
+        kept.append(torch.empty(3 * MiB, dtype=torch.uint8))
+        del c
+
+    # running sum from the start, in MiB: -3, -2, 0, -1, +4, +2, +5 (the peak), 0
+    assert cpu_peak_above_start(pattern) == 5 * MiB
+
+
+def test_cpu_probe_sees_a_single_large_temporary():
+    assert cpu_peak_above_start(lambda: torch.ones(4 * MiB, dtype=torch.uint8).sum()) >= 4 * MiB
+
+
+def d2l_cell(impl="scratch", mode="train", **kw) -> Cell:
+    sizes = {"batch_size": 8, "hidden_size": 32, "seq_len": 10, "vocab_size": 28} | kw
+    return Cell(impl, "cpu", "float32", mode, **sizes)
+
+
+@pytest.mark.parametrize("impl", ["scratch", "cudnn"])
+def test_breakdown_parts_add_up_and_match_the_tensors(impl):
+    cell = d2l_cell(impl)
+    subject = Subject(cell)
+    for _ in range(2):
+        subject.step()
+    memory = measure_memory(subject)
+    parts = breakdown(subject, memory.peak_bytes)
+    B, T, V, H = cell.batch_size, cell.seq_len, cell.vocab_size, cell.hidden_size
+    lstm_params = 4 * H * (V + H) + 4 * H * (1 if impl == "scratch" else 2)  # d2l: one bias per gate
+    assert parts.param_bytes == 4 * (lstm_params + H * V + V)
+    assert parts.grad_bytes == parts.param_bytes and parts.optimizer_bytes == 0  # plain SGD keeps no state
+    assert parts.param_bytes + parts.grad_bytes + parts.optimizer_bytes + parts.activation_bytes \
+        + parts.workspace_bytes == memory.peak_bytes
+    assert parts.workspace_bytes > 0
+    # backward needs at least each step's gate activations and cell state: 6 (B, H) tensors a step
+    assert parts.activation_bytes >= 6 * T * B * H * 4
+    assert memory.start_bytes >= parts.param_bytes + parts.grad_bytes
+
+
+def test_forward_mode_saves_nothing_for_backward():
+    subject = Subject(d2l_cell(mode="forward"))
+    assert saved_activation_bytes(subject) == 0
+    assert breakdown(subject, 10**9).grad_bytes == 0
+
+
+@pytest.mark.parametrize("mode", ["train", "forward"])
+def test_analytic_flops_equal_the_counted_for_scratch(mode):
+    cell = d2l_cell(mode=mode)
+    subject = Subject(cell)
+    subject.step()  # the state is carried (detached) from here on, as in training
+    assert count_flops(subject.step) == step_flops(mode, cell.seq_len, cell.batch_size, cell.vocab_size,
+                                                   cell.hidden_size)
+
+
+def test_fused_lstm_is_counted_not_zero():
+    subject = Subject(d2l_cell("cudnn", mode="forward"))
+    c = subject.cell
+    assert count_flops(subject.step) == step_flops("forward", c.seq_len, c.batch_size, c.vocab_size, c.hidden_size)
+
+
+def test_recorder_writes_whole_rows_in_schema_order(tmp_path):
+    path = tmp_path / "m.csv"
+    rec = CsvRecorder(path)
+    rec.write({"impl": "x", "step_ms_median": 0.000123456789, "error": 'a, "quoted"\nmessage', "peak_bytes": None})
+    CsvRecorder(path).write({"impl": "y"})  # reopening appends, no second header
+    with open(path, newline="") as f:
+        rows = list(csv.reader(f))
+    assert rows[0] == list(COLUMNS) and len(rows) == 3
+    df = pd.read_csv(path)
+    assert df.loc[0, "step_ms_median"] == 0.000123456789  # never rounded
+    assert pd.isna(df.loc[0, "peak_bytes"])
+    with pytest.raises(ValueError, match="not in the schema"):
+        rec.write({"impl": "x", "step_time": 1})
+
+
+def run_cli(tmp_path, *args, timeout=600):
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(TESTS), str(TESTS.parent)]))
+    return subprocess.run([sys.executable, "-m", "bench.cli", "run", "--results-dir", str(tmp_path),
+                           "--run-id", "r", *args], capture_output=True, text=True, env=env, timeout=timeout)
+
+
+def test_run_writes_ok_oom_error_and_unsupported_rows_and_goes_on(tmp_path):
+    proc = run_cli(tmp_path, "--impls", "scratch,broken_impl:BrokenLSTM,broken_impl:CudaOnlyLSTM,cudnn",
+                   "--batch-sizes", "2", "--hidden-sizes", "8,1048576", "--seq-len", "4", "--device", "cpu")
+    assert proc.returncode == 1, proc.stdout[-3000:] + proc.stderr[-3000:]  # the broken cells fail the run
+    run_dir = tmp_path / "r"
+    df = pd.read_csv(run_dir / "measurements.csv")
+    assert list(df.columns) == list(COLUMNS)
+    status = {(r.impl, r.hidden_size): r.status for r in df.itertuples()}
+    assert status == {
+        ("scratch", 8): "ok", ("cudnn", 8): "ok",
+        ("scratch", 1048576): "oom", ("cudnn", 1048576): "oom",  # 4 TiB of weights: "can't allocate memory"
+        ("broken_impl:BrokenLSTM", 8): "error", ("broken_impl:BrokenLSTM", 1048576): "oom",  # fails building
+        ("broken_impl:CudaOnlyLSTM", 8): "unsupported", ("broken_impl:CudaOnlyLSTM", 1048576): "unsupported",
+    }
+    errors = df[df.status != "ok"]
+    assert errors.error.str.len().gt(0).all() and not errors.error.str.contains("\n").any()
+    assert "broken on purpose" in df[df.status == "error"].error.iloc[0]
+    ok = df[df.status == "ok"]
+    for column in ("step_ms_median", "step_ms_iqr", "step_ms_min", "step_ms_mean", "rounds", "tokens_per_s",
+                   "first_step_ms", "peak_bytes", "param_bytes", "grad_bytes", "activation_bytes",
+                   "flops_per_step", "flops_counted", "achieved_gflops"):
+        assert ok[column].notna().all() and (ok[column] > 0).all(), column
+    assert ok.peak_reserved_bytes.isna().all() and ok.device_used_bytes.isna().all()  # CUDA-only figures
+    assert (ok.param_bytes + ok.grad_bytes + ok.optimizer_bytes + ok.activation_bytes + ok.workspace_bytes
+            == ok.peak_bytes).all()
+    assert (run_dir / "benchmark.json").is_file() and (run_dir / "environment.json").is_file()
+    assert "run directory:" in proc.stdout and "tokens/s" in proc.stdout
+
+
+def test_a_killed_run_keeps_every_finished_row(tmp_path):
+    env = dict(os.environ, PYTHONPATH=str(TESTS.parent))
+    proc = subprocess.Popen([sys.executable, "-m", "bench.cli", "run", "--results-dir", str(tmp_path),
+                             "--run-id", "k", "--impls", "scratch", "--batch-sizes", "1,2,3,4,5,6,7,8,9,10,11,12",
+                             "--hidden-sizes", "4", "--seq-len", "3", "--device", "cpu"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    path = tmp_path / "k" / "measurements.csv"
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        if path.exists() and path.read_text().count("\n") >= 3:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    text = path.read_text()
+    assert text.endswith("\n")
+    df = pd.read_csv(path)
+    assert 2 <= len(df) < 12 and (df.status == "ok").all() and df.peak_bytes.notna().all()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--impls", "nope"], "unknown LSTM implementation 'nope'"),
+    (["--batch-sizes", "0"], "give positive integers"),
+    (["--hidden-sizes", "x"], "give positive integers"),
+    (["--seq-len", "-3"], "give positive integers"),
+    (["--vocab-size", "2,3"], "give one positive integer"),
+    (["--dtype", "float8"], "choose from float32, float64, bfloat16, float16"),
+    (["--mode", "backward"], "choose from train, forward"),
+    (["--device", "tpu"], "choose auto, cpu, cuda or cuda:N"),
+])
+def test_run_bad_option_values_exit_2_with_one_line(args, message, capsys, tmp_path):
+    assert main(["run", "--results-dir", str(tmp_path), *args]) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1
+    assert not any(tmp_path.iterdir())  # nothing run, nothing written
+
+
+def test_pytest_suite_rejects_bad_values_with_exit_2(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "pytest", str(TESTS.parent / "bench"), "--benchmark-only",
+                           "--mode", "backward", "--results-dir", str(tmp_path), "-p", "no:cacheprovider"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert "choose from train, forward" in proc.stdout + proc.stderr and "Traceback" not in proc.stdout + proc.stderr
