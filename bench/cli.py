@@ -130,6 +130,7 @@ def _run(args: argparse.Namespace) -> int:
             "--benchmark-columns=median,iqr,min,rounds", "--benchmark-sort=name"]
     argv += [f"--{name}={value}" for name, value in raw.items() if value is not None]
     argv += ["--tf32"] if args.tf32 else []
+    argv += args.pytest_args
     started = time.perf_counter()
     code = pytest.main(argv)
     print(f"\nrun directory: {run_dir}  ({time.perf_counter() - started:.0f} s)")
@@ -148,7 +149,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--steps", type=positive_int, default=12, help="training steps per implementation")
     demo.set_defaults(func=_demo)
 
-    run = sub.add_parser("run", help="measure the grid (time, memory, FLOPs) into RESULTS_DIR/<run-id>/")
+    run = sub.add_parser("run", help="measure the grid (time, memory, FLOPs) into RESULTS_DIR/<run-id>/; "
+                         "pytest-benchmark's --benchmark-* options pass through")
     for name, (default, help_text) in OPTIONS.items():
         run.add_argument(f"--{name}", default=default, help=f"{help_text} (default: {default})")
     run.add_argument("--tf32", action="store_true", help="allow TF32 in cuBLAS and cuDNN (pinned off by default)")
@@ -171,7 +173,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    # `run` passes pytest-benchmark's own options (--benchmark-max-time=0.5, ...) through to the suite.
+    bad = [a for a in extra if not (args.command == "run" and a.startswith("--benchmark-"))]
+    if bad:
+        parser.error(f"unrecognized arguments: {' '.join(bad)}")
+    args.pytest_args = extra
     try:
         return args.func(args)
     except (UsageError, DataError) as exc:

@@ -11,7 +11,7 @@ import lstm_impls
 
 # The default grid: small on a CPU; DeepBench-like on a GPU (hidden 256-2048, batch 16-128).
 DEFAULT_GRID = {
-    "cpu": {"batch_sizes": (16, 32, 64), "hidden_sizes": (128, 256)},
+    "cpu": {"batch_sizes": (16, 32, 64), "hidden_sizes": (128, 256, 512)},
     "cuda": {"batch_sizes": (16, 32, 64, 128), "hidden_sizes": (256, 512, 1024, 2048)},
 }
 D2L = {"batch_size": 32, "seq_len": 35, "vocab_size": 28, "hidden_size": 256}  # the chapter's config

@@ -161,18 +161,23 @@ class Memory:
     device_used_bytes: int | None = None
 
 
+def cuda_peak(fn: Callable[[], object], device: torch.device) -> Memory:
+    """Peak allocated and reserved bytes on device while fn runs, from the caching allocator's stats."""
+    release_memory()
+    sync(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    start = torch.cuda.memory_allocated(device)
+    fn()
+    sync(device)
+    return Memory(peak_bytes=torch.cuda.max_memory_allocated(device), start_bytes=start,
+                  peak_reserved_bytes=torch.cuda.max_memory_reserved(device),
+                  device_used_bytes=nvml_used_bytes(device))
+
+
 def measure_memory(subject: Subject) -> Memory:
     """Peak memory of one step of subject, on its device."""
-    device = subject.device
-    if device.type == "cuda":
-        release_memory()
-        sync(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        start = torch.cuda.memory_allocated(device)
-        subject.step()  # synchronizes
-        return Memory(peak_bytes=torch.cuda.max_memory_allocated(device), start_bytes=start,
-                      peak_reserved_bytes=torch.cuda.max_memory_reserved(device),
-                      device_used_bytes=nvml_used_bytes(device))
+    if subject.device.type == "cuda":
+        return cuda_peak(subject.step, subject.device)
     start = storage_bytes(subject.live_tensors())
     return Memory(peak_bytes=start + cpu_peak_above_start(subject.step), start_bytes=start)
 

@@ -1,6 +1,9 @@
 """Shared fixtures: the tiny shape every implementation test uses (one torch.compile for all)."""
 
 import pytest
+import torch
+
+from bench.env import pin_tf32
 
 # One small shape for every test that runs all implementations, so `compiled` compiles once.
 TINY = {"seq_len": 5, "batch_size": 3, "input_size": 4, "hidden_size": 6}
@@ -9,3 +12,12 @@ TINY = {"seq_len": 5, "batch_size": 3, "input_size": 4, "hidden_size": 6}
 @pytest.fixture
 def tiny() -> dict:
     return dict(TINY)
+
+
+@pytest.fixture
+def tf32_off():
+    """float32 means float32: no TF32 in cuBLAS or cuDNN while the test runs."""
+    before = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    pin_tf32(False)
+    yield
+    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = before

@@ -112,7 +112,8 @@ def run_cli(tmp_path, *args, timeout=600):
 
 def test_run_writes_ok_oom_error_and_unsupported_rows_and_goes_on(tmp_path):
     proc = run_cli(tmp_path, "--impls", "scratch,broken_impl:BrokenLSTM,broken_impl:CudaOnlyLSTM,cudnn",
-                   "--batch-sizes", "2", "--hidden-sizes", "8,1048576", "--seq-len", "4", "--device", "cpu")
+                   "--batch-sizes", "2", "--hidden-sizes", "8,1048576", "--seq-len", "4", "--device", "cpu",
+                   "--benchmark-min-rounds=40")  # pytest-benchmark's own options pass through
     assert proc.returncode == 1, proc.stdout[-3000:] + proc.stderr[-3000:]  # the broken cells fail the run
     run_dir = tmp_path / "r"
     df = pd.read_csv(run_dir / "measurements.csv")
@@ -132,6 +133,7 @@ def test_run_writes_ok_oom_error_and_unsupported_rows_and_goes_on(tmp_path):
                    "first_step_ms", "peak_bytes", "param_bytes", "grad_bytes", "activation_bytes",
                    "flops_per_step", "flops_counted", "achieved_gflops"):
         assert ok[column].notna().all() and (ok[column] > 0).all(), column
+    assert (ok.rounds >= 40).all()
     assert ok.peak_reserved_bytes.isna().all() and ok.device_used_bytes.isna().all()  # CUDA-only figures
     assert (ok.param_bytes + ok.grad_bytes + ok.optimizer_bytes + ok.activation_bytes + ok.workspace_bytes
             == ok.peak_bytes).all()

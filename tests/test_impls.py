@@ -8,6 +8,8 @@ import lstm_impls
 from lstm_impls import LSTMImpl, Unsupported
 
 ATOL = 1e-5
+CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device (CPU-only torch or no GPU)")
+DEVICES = ["cpu", pytest.param("cuda", marks=CUDA)]
 
 
 def reference(weights, x, h0, c0):
@@ -25,18 +27,19 @@ def _ref_call(ref, x, state):
     return y, (h[0], c[0])
 
 
-def run_both_ways(call, x, h0, c0, dtype):
+def run_both_ways(call, x, h0, c0, dtype, device="cpu"):
     """Forward with a non-zero initial state, then backward of a random linear functional."""
-    x, h0, c0 = (t.detach().to(dtype).requires_grad_() for t in (x, h0, c0))
+    x, h0, c0 = (t.detach().to(device, dtype).requires_grad_() for t in (x, h0, c0))
     y, (h, c) = call(x, (h0, c0))
     g = torch.Generator().manual_seed(7)
-    cot = [torch.randn(t.shape, generator=g, dtype=torch.float64).to(dtype) for t in (y, h, c)]
+    cot = [torch.randn(t.shape, generator=g, dtype=torch.float64).to(device, dtype) for t in (y, h, c)]
     sum((t * w).sum() for t, w in zip((y, h, c), cot)).backward()
     return {"y": y, "h": h, "c": c, "x.grad": x.grad, "h0.grad": h0.grad, "c0.grad": c0.grad}
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("name", lstm_impls.names())
-def test_matches_nn_lstm_values_and_gradients(name, tiny):
+def test_matches_nn_lstm_values_and_gradients(name, device, tiny, tf32_off):
     T, B, I, H = tiny["seq_len"], tiny["batch_size"], tiny["input_size"], tiny["hidden_size"]
     g = torch.Generator().manual_seed(0)
     weights = [torch.randn(shape, generator=g, dtype=torch.float64) * 0.5
@@ -44,10 +47,10 @@ def test_matches_nn_lstm_values_and_gradients(name, tiny):
     x, h0, c0 = (torch.randn(shape, generator=g, dtype=torch.float64) for shape in ((T, B, I), (B, H), (B, H)))
     ref, want = reference(weights, x, h0, c0)
 
-    impl = lstm_impls.create(name, I, H)
+    impl = lstm_impls.create(name, I, H, device=device)
     assert isinstance(impl, LSTMImpl)
-    impl.load_lstm_weights(*(w.float() for w in weights))
-    got = run_both_ways(impl, x, h0, c0, torch.float32)
+    impl.load_lstm_weights(*(w.to(device, torch.float32) for w in weights))
+    got = run_both_ways(impl, x, h0, c0, torch.float32, device)
     got.update(zip(("weight_ih.grad", "weight_hh.grad", "bias_ih.grad", "bias_hh.grad"), impl.lstm_weights(grad=True)))
     for key, p in zip(("weight_ih", "weight_hh", "bias_ih", "bias_hh"),
                       (ref.weight_ih_l0, ref.weight_hh_l0, ref.bias_ih_l0, ref.bias_hh_l0)):
@@ -56,7 +59,7 @@ def test_matches_nn_lstm_values_and_gradients(name, tiny):
     assert set(got) == set(want)
     for key in want:
         assert got[key].shape == want[key].shape, key
-        err = (got[key].double() - want[key]).abs().max().item()
+        err = (got[key].cpu().double() - want[key]).abs().max().item()
         assert err <= ATOL, f"{name}: {key} differs from nn.LSTM by {err:.3g}"
 
 

@@ -1,0 +1,69 @@
+"""CUDA paths: events of the allocator, NVML, the suite on a GPU. Skipped without a CUDA device."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from bench.env import environment
+from bench.grid import Cell
+from bench.measure import Subject, breakdown, cuda_peak, measure_memory, nvml_used_bytes
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(),
+                                reason="no CUDA device (CPU-only torch or no GPU): CUDA paths untested here")
+MiB = 1 << 20
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_cuda_probe_measures_a_known_allocation_pattern_exactly():
+    device = torch.device("cuda")
+    kept = [torch.empty(3 * MiB, dtype=torch.uint8, device=device)]
+
+    def pattern():
+        a = torch.empty(1 * MiB, dtype=torch.uint8, device=device)
+        b = torch.empty(2 * MiB, dtype=torch.uint8, device=device)
+        del a
+        c = torch.empty(5 * MiB, dtype=torch.uint8, device=device)
+        del b, c
+
+    memory = cuda_peak(pattern, device)
+    assert memory.start_bytes >= 3 * MiB
+    assert memory.peak_bytes - memory.start_bytes == 7 * MiB  # 1 + 2 - 1 + 5
+    assert memory.peak_reserved_bytes >= memory.peak_bytes
+    assert memory.device_used_bytes >= memory.peak_reserved_bytes  # NVML adds the context
+    del kept
+
+
+def test_nvml_and_environment_name_the_gpu():
+    env = environment("cuda")
+    assert env["gpu_total_bytes"] > 0 and env["gpu_name"] and env["gpu_driver"]
+    assert nvml_used_bytes(torch.device("cuda")) > 0
+
+
+@pytest.mark.parametrize("impl", ["scratch", "cudnn"])
+def test_breakdown_on_cuda_adds_up(impl):
+    subject = Subject(Cell(impl, "cuda", "float32", "train", 32, 256, 35, 28))
+    subject.step()
+    memory = measure_memory(subject)
+    parts = breakdown(subject, memory.peak_bytes)
+    assert parts.activation_bytes > 0 and parts.grad_bytes == parts.param_bytes
+    assert sum(vars(parts).values()) == memory.peak_bytes
+
+
+def test_suite_on_cuda_writes_device_figures(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "bench.cli", "run", "--results-dir", str(tmp_path), "--run-id", "g",
+                           "--device", "cuda", "--batch-sizes", "16", "--hidden-sizes", "64", "--seq-len", "5",
+                           "--impls", "scratch,cudnn", "--dtype", "float32,bfloat16"],
+                          capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=str(ROOT)), timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    df = pd.read_csv(tmp_path / "g" / "measurements.csv")
+    assert (df.status == "ok").all() and len(df) == 4
+    assert (df.peak_reserved_bytes >= df.peak_bytes).all() and (df.device_used_bytes > df.peak_bytes).all()
+    assert df[df.impl == "cudnn"].description.str.contains("cuDNN").all()
+    env = json.loads((tmp_path / "g" / "environment.json").read_text())
+    assert env["gpu_name"] and env["tf32_matmul"] is False
