@@ -1,4 +1,4 @@
-"""The `lstm-bench` command: `run` (the benchmark grid), `train` (the d2l run), `demo` (a quick look)."""
+"""The `lstm-bench` command: `run` (the benchmark grid) and `train` (the d2l chapter's training run)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import sys
 import time
 from pathlib import Path
 
-from bench.data import DataError
+from bench.data import DEFAULT_MAX_TOKENS, DataError
 from bench.grid import OPTIONS
 
 
@@ -69,13 +69,13 @@ def check_impl(name: str) -> str:
 
 def _train(args: argparse.Namespace) -> int:
     """The d2l chapter's training run, with any implementation."""
-    from bench.data import DEFAULT_MAX_TOKENS, SeqDataLoader, load_corpus
+    from bench.data import SeqDataLoader, load_corpus
     from bench.model import RNNModel, d2l_init_
     from bench.train import train
 
     device = resolve_device(args.device)
     check_impl(args.impl)
-    corpus, vocab = load_corpus(args.data, max_tokens=DEFAULT_MAX_TOKENS)
+    corpus, vocab = load_corpus(args.data, max_tokens=args.max_tokens)
     loader = SeqDataLoader(corpus, args.batch_size, args.num_steps, args.random_iter, seed=args.seed)
     model = d2l_init_(RNNModel(args.impl, len(vocab), args.hidden_size, device=device), seed=args.seed)
     print(f"training {args.impl} ({model.rnn.describe()}) on {device}: {len(corpus)} tokens, vocab {len(vocab)}, "
@@ -83,31 +83,6 @@ def _train(args: argparse.Namespace) -> int:
           f"{args.epochs} epochs", flush=True)
     train(model, loader, vocab, lr=args.lr, num_epochs=args.epochs, device=device,
           use_random_iter=args.random_iter, curve=args.curve, log=lambda line: print(line, flush=True))
-    return 0
-
-
-def _demo(args: argparse.Namespace) -> int:
-    """Run every implementation's d2l training step a few times and print a table."""
-    import statistics
-
-    import torch
-
-    import lstm_impls
-    from bench.model import RNNModel, d2l_init_, sgd, train_step
-
-    B, T, V, H = args.batch_size, args.num_steps, 28, args.hidden_size
-    g = torch.Generator().manual_seed(0)
-    X, Y = torch.randint(0, V, (B, T), generator=g), torch.randint(0, V, (B, T), generator=g)
-    print(f"d2l training step, batch {B}, {T} steps, vocab {V}, hidden {H}, on cpu ({torch.get_num_threads()} threads)")
-    print(f"{'impl':<10} {'first step ms':>14} {'median step ms':>15}  description")
-    for name in lstm_impls.names():
-        model = d2l_init_(RNNModel(name, V, H))
-        opt, state, times = sgd(model, 1.0), None, []
-        for _ in range(args.steps):
-            start = time.perf_counter()
-            _, state = train_step(model, opt, X, Y, state)
-            times.append((time.perf_counter() - start) * 1e3)
-        print(f"{name:<10} {times[0]:>14.1f} {statistics.median(times[-5:]):>15.2f}  {model.rnn.describe()}")
     return 0
 
 
@@ -142,13 +117,6 @@ def _run(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="lstm-bench", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    demo = sub.add_parser("demo", help="run each implementation's training step a few times, print a table")
-    demo.add_argument("--batch-size", type=positive_int, default=32)
-    demo.add_argument("--num-steps", type=positive_int, default=35)
-    demo.add_argument("--hidden-size", type=positive_int, default=256)
-    demo.add_argument("--steps", type=positive_int, default=12, help="training steps per implementation")
-    demo.set_defaults(func=_demo)
-
     run = sub.add_parser("run", help="measure the grid (time, memory, FLOPs) into RESULTS_DIR/<run-id>/; "
                          "pytest-benchmark's --benchmark-* options pass through")
     for name, (default, help_text) in OPTIONS.items():
@@ -165,6 +133,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--lr", type=positive_float, default=1.0)
     train.add_argument("--device", default="auto", help="auto (cuda when available), cpu, cuda, cuda:N")
     train.add_argument("--data", type=Path, default=None, help="timemachine.txt to use instead of the download")
+    train.add_argument("--max-tokens", type=int, default=DEFAULT_MAX_TOKENS,
+                       help=f"train on the first N characters, as d2l does ({DEFAULT_MAX_TOKENS}); -1: the whole book")
     train.add_argument("--random-iter", action="store_true", help="random sampling instead of sequential")
     train.add_argument("--seed", type=int, default=0, help="seed for the initial weights and data offsets")
     train.add_argument("--curve", type=Path, default=None, help="write per-epoch perplexity, tokens/s to this CSV")

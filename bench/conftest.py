@@ -11,6 +11,8 @@ from bench.env import environment, pin_tf32
 from bench.grid import OPTIONS, Options, parse_options
 from bench.results import CSV_NAME, CsvRecorder, new_run_id, write_environment
 
+_STATE = pytest.StashKey[dict]()  # the run's options, id, directory and environment
+
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("lstm-bench", "lstm-bench grid")
@@ -39,9 +41,6 @@ def pytest_configure(config: pytest.Config) -> None:
     config.stash[_STATE] = {"options": options, "run_id": run_id, "run_dir": run_dir,
                             "env": environment(options.device)}
     write_environment(run_dir, config.stash[_STATE]["env"])
-
-
-_STATE = pytest.StashKey[dict]()
 
 
 def pytest_report_header(config: pytest.Config) -> str:

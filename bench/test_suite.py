@@ -36,6 +36,8 @@ def measure(cell: Cell, benchmark) -> dict:
                "warmup_steps": warm_up(subject.step)}
         benchmark.extra_info.update(cell.columns())
         benchmark(subject.step)
+        if benchmark.stats is None:  # --benchmark-disable: one untimed call, nothing to report
+            return row
         stats = benchmark.stats.stats
         median_s = stats.median
         row |= {"step_ms_median": median_s * 1e3, "step_ms_iqr": stats.iqr * 1e3, "step_ms_min": stats.min * 1e3,

@@ -14,12 +14,6 @@ from .data import SeqDataLoader, Vocab
 from .model import RNNModel, sgd, train_step
 
 
-def sync(device: torch.device) -> None:
-    """Wait for queued device work so a wall-clock reading covers it."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def predict(prefix: str, num_preds: int, model: RNNModel, vocab: Vocab, device: torch.device) -> str:
     """d2l's predict_ch8: warm up on prefix, then append num_preds greedy characters."""
     state, outputs = None, [vocab[prefix[0]]]
