@@ -36,18 +36,17 @@ def measure(cell: Cell, benchmark) -> dict:
                "warmup_steps": warm_up(subject.step)}
         benchmark.extra_info.update(cell.columns())
         benchmark(subject.step)
-        if benchmark.stats is None:  # --benchmark-disable: one untimed call, nothing to report
-            return row
-        stats = benchmark.stats.stats
-        median_s = stats.median
-        row |= {"step_ms_median": median_s * 1e3, "step_ms_iqr": stats.iqr * 1e3, "step_ms_min": stats.min * 1e3,
-                "step_ms_mean": stats.mean * 1e3, "step_ms_stddev": stats.stddev * 1e3, "rounds": stats.rounds,
-                "tokens_per_s": cell.batch_size * cell.seq_len / median_s}
+        stats = benchmark.stats.stats if benchmark.stats is not None else None  # None: --benchmark-disable
+        if stats is not None:
+            row |= {"step_ms_median": stats.median * 1e3, "step_ms_iqr": stats.iqr * 1e3,
+                    "step_ms_min": stats.min * 1e3, "step_ms_mean": stats.mean * 1e3,
+                    "step_ms_stddev": stats.stddev * 1e3, "rounds": stats.rounds,
+                    "tokens_per_s": cell.batch_size * cell.seq_len / stats.median}
         memory = measure_memory(subject)
         row |= vars(memory) | vars(breakdown(subject, memory.peak_bytes))
         flops = step_flops(cell.mode, cell.seq_len, cell.batch_size, cell.vocab_size, cell.hidden_size)
         row |= {"flops_per_step": flops, "flops_counted": count_flops(subject.step),
-                "achieved_gflops": flops / median_s / 1e9}
+                "achieved_gflops": flops / stats.median / 1e9 if stats is not None else None}
         return row
     finally:
         subject.release()

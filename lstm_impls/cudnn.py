@@ -5,15 +5,13 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from .base import FLOATS, LSTMImpl, State
+from .base import LSTMImpl, State
 
 
 class CudnnLSTM(LSTMImpl):
     """The framework's fused LSTM, a single layer, time-major."""
 
     description = "torch.nn.LSTM"
-    # oneDNN's CPU RNN has no float16 kernel; cuDNN runs all four.
-    dtypes = {"cpu": FLOATS - {torch.float16}, "cuda": FLOATS}
 
     def __init__(self, input_size: int, hidden_size: int, *, device="cpu", dtype=torch.float32):
         super().__init__(input_size, hidden_size, device=device, dtype=dtype)
@@ -24,7 +22,7 @@ class CudnnLSTM(LSTMImpl):
         if weight.device.type == "cuda":
             return f"{self.description} (cuDNN {torch.backends.cudnn.version()})"
         onednn = torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled
-        if onednn and weight.dtype in (torch.float32, torch.bfloat16):
+        if onednn and weight.dtype in (torch.float32, torch.bfloat16):  # as aten::lstm dispatches in torch 2.13
             return f"{self.description} (oneDNN mkldnn_rnn on CPU)"
         return f"{self.description} (ATen native kernels on CPU)"
 

@@ -184,3 +184,15 @@ def test_pytest_suite_rejects_bad_values_with_exit_2(tmp_path):
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     assert "choose from train, forward" in proc.stdout + proc.stderr and "Traceback" not in proc.stdout + proc.stderr
+
+
+def test_pytest_suite_with_benchmarks_disabled_still_measures_memory(tmp_path):
+    """`pytest bench/ --benchmark-disable` is a smoke run: one untimed call, memory and FLOPs still measured."""
+    proc = subprocess.run([sys.executable, "-m", "pytest", str(TESTS.parent / "bench"), "--benchmark-disable",
+                           "--impls", "scratch", "--batch-sizes", "2", "--hidden-sizes", "4", "--seq-len", "3",
+                           "--device", "cpu", "--results-dir", str(tmp_path), "--run-id", "d",
+                           "-p", "no:cacheprovider"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    row = pd.read_csv(tmp_path / "d" / "measurements.csv").iloc[0]
+    assert row.status == "ok" and pd.isna(row.step_ms_median) and row.peak_bytes > 0 and row.flops_per_step > 0

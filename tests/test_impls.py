@@ -102,10 +102,21 @@ def test_non_positive_sizes_rejected(sizes):
 
 
 def test_unsupported_dtype_and_device():
-    with pytest.raises(Unsupported, match="float16"):
-        lstm_impls.create("cudnn", 3, 4, dtype=torch.float16)
-    assert lstm_impls.get("cudnn").unsupported_reason("cpu", torch.float32) is None
+    with pytest.raises(Unsupported, match="int32"):
+        lstm_impls.create("cudnn", 3, 4, dtype=torch.int32)
+    assert lstm_impls.get("cudnn").unsupported_reason("cpu", torch.float16) is None
     assert "mps" in lstm_impls.get("scratch").unsupported_reason("mps", torch.float32)
+
+
+@pytest.mark.parametrize("dtype, backend", [(torch.float32, "oneDNN"), (torch.bfloat16, "oneDNN"),
+                                            (torch.float16, "native"), (torch.float64, "native")])
+def test_cudnn_description_names_the_kernel_that_runs(dtype, backend):
+    """The description says which library runs; the profiler shows which op actually ran."""
+    impl = lstm_impls.create("cudnn", 3, 4, dtype=dtype)
+    with torch.profiler.profile() as prof:
+        impl(torch.randn(2, 1, 3, dtype=dtype))
+    ran_onednn = any(e.name == "aten::mkldnn_rnn_layer" for e in prof.events())
+    assert backend in impl.describe() and ran_onednn == (backend == "oneDNN")
 
 
 def test_register_decorator_and_module_class_string():
