@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 from bench.data import DEFAULT_MAX_TOKENS, DataError
-from bench.grid import OPTIONS
+from bench.grid import OPTIONS, parse_device, parse_options
 
 
 class _Parser(argparse.ArgumentParser):
@@ -47,8 +47,6 @@ def positive_float(text: str) -> float:
 def resolve_device(text: str):
     """The torch.device for --device (see bench.grid.parse_device); UsageError when it cannot be used."""
     import torch
-
-    from bench.grid import parse_device
 
     try:
         return torch.device(parse_device(text))
@@ -90,7 +88,6 @@ def _run(args: argparse.Namespace) -> int:
     """The benchmark grid, through the same pytest-benchmark suite as `pytest bench/ --benchmark-only`."""
     import pytest
 
-    from bench.grid import OPTIONS, parse_options
     from bench.results import CSV_NAME, new_run_id, summary
 
     raw = {name: getattr(args, name.replace("-", "_")) for name in OPTIONS}

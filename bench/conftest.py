@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from bench.env import environment, pin_tf32
-from bench.grid import OPTIONS, Options, parse_options
+from bench.grid import OPTIONS, parse_options
 from bench.results import CSV_NAME, CsvRecorder, new_run_id, write_environment
 
 _STATE = pytest.StashKey[dict]()  # the run's options, id, directory and environment
@@ -56,11 +56,6 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "cell" in metafunc.fixturenames:
         cells = metafunc.config.stash[_STATE]["options"].cells()
         metafunc.parametrize("cell", cells, ids=[c.id for c in cells])
-
-
-@pytest.fixture(scope="session")
-def options(request: pytest.FixtureRequest) -> Options:
-    return request.config.stash[_STATE]["options"]
 
 
 @pytest.fixture(scope="session")

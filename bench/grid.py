@@ -70,13 +70,6 @@ class Cell:
         return row | {"input_size": self.input_size}
 
 
-def cells(impls, devices, dtypes, modes, batch_sizes, hidden_sizes, seq_lens, vocab_size) -> list[Cell]:
-    """Every combination, in a stable order (implementation last, so shapes vary slowest)."""
-    return [Cell(impl, device, dtype, mode, b, h, t, vocab_size)
-            for device, dtype, mode, t, h, b, impl in itertools.product(
-                devices, dtypes, modes, seq_lens, hidden_sizes, batch_sizes, impls)]
-
-
 def parse_list(text: str, choices: tuple[str, ...], what: str) -> tuple[str, ...]:
     """A comma list of choices ('all' means every one); ValueError names the valid ones."""
     items = [s.strip() for s in text.split(",") if s.strip()]
@@ -141,8 +134,10 @@ class Options:
     vocab_size: int
 
     def cells(self) -> list[Cell]:
-        return cells(self.impls, (self.device,), self.dtypes, self.modes, self.batch_sizes,
-                     self.hidden_sizes, self.seq_lens, self.vocab_size)
+        """Every combination, in a stable order; the implementations of one shape run one after another."""
+        return [Cell(impl, self.device, dtype, mode, b, h, t, self.vocab_size)
+                for dtype, mode, t, h, b, impl in itertools.product(
+                    self.dtypes, self.modes, self.seq_lens, self.hidden_sizes, self.batch_sizes, self.impls)]
 
 
 # Option name -> (default, help). Declared once; the pytest plugin and the CLI both add these.
