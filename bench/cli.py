@@ -1,4 +1,5 @@
-"""The `lstm-bench` command: `run` (the benchmark grid) and `train` (the d2l chapter's training run)."""
+"""The `lstm-bench` command: `run` (the benchmark grid), `train` (the d2l chapter's training run) and
+`check` (each implementation against nn.LSTM)."""
 
 from __future__ import annotations
 
@@ -111,6 +112,27 @@ def _run(args: argparse.Namespace) -> int:
     return int(code)
 
 
+def _check(args: argparse.Namespace) -> int:
+    """Max abs error of each implementation against nn.LSTM (float64), outputs and gradients."""
+    from bench.equality import max_abs_errors
+    from bench.grid import parse_impls
+
+    try:
+        impls = parse_impls(args.impls)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    device = resolve_device(args.device)
+    T, B, I, H = args.seq_len, args.batch_size, args.input_size, args.hidden_size
+    print(f"max abs error against nn.LSTM in float64; T={T} B={B} I={I} H={H}, float32 on {device}")
+    print(f"{'impl':<12} {'outputs/state':>14} {'gradients':>10}  worst")
+    for name in impls:
+        errors = max_abs_errors(name, T, B, I, H, device=device)
+        forward = max(errors[k] for k in ("y", "h", "c"))
+        backward = max(v for k, v in errors.items() if k.endswith(".grad"))
+        print(f"{name:<12} {forward:>14.3g} {backward:>10.3g}  {max(errors, key=errors.get)}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="lstm-bench", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -120,6 +142,15 @@ def build_parser() -> argparse.ArgumentParser:
         run.add_argument(f"--{name}", default=default, help=f"{help_text} (default: {default})")
     run.add_argument("--tf32", action="store_true", help="allow TF32 in cuBLAS and cuDNN (pinned off by default)")
     run.set_defaults(func=_run)
+
+    check = sub.add_parser("check", help="each implementation's max abs error against nn.LSTM (float64)")
+    check.add_argument("--impls", default="all", help="'all' or a comma list of names / module:Class")
+    check.add_argument("--seq-len", type=positive_int, default=35)
+    check.add_argument("--batch-size", type=positive_int, default=32)
+    check.add_argument("--input-size", type=positive_int, default=28)
+    check.add_argument("--hidden-size", type=positive_int, default=256)
+    check.add_argument("--device", default="cpu", help="auto, cpu, cuda, cuda:N")
+    check.set_defaults(func=_check)
 
     train = sub.add_parser("train", help="the d2l chapter's training run on The Time Machine")
     train.add_argument("--impl", default="scratch", help="implementation name or module:Class (scratch)")

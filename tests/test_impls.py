@@ -2,9 +2,9 @@
 
 import pytest
 import torch
-from torch import nn
 
 import lstm_impls
+from bench.equality import max_abs_errors
 from lstm_impls import LSTMImpl, Unsupported
 
 ATOL = 1e-5
@@ -12,61 +12,22 @@ CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device 
 DEVICES = ["cpu", pytest.param("cuda", marks=CUDA)]
 
 
-def reference(weights, x, h0, c0):
-    """nn.LSTM in float64 (ATen's native kernels on CPU): the ground truth every float32 run is held to."""
-    I, H = x.shape[-1], h0.shape[-1]
-    ref = nn.LSTM(I, H, dtype=torch.float64)
-    with torch.no_grad():
-        for p, w in zip((ref.weight_ih_l0, ref.weight_hh_l0, ref.bias_ih_l0, ref.bias_hh_l0), weights):
-            p.copy_(w)
-    return ref, run_both_ways(lambda x, s: _ref_call(ref, x, s), x, h0, c0, torch.float64)
-
-
-def _ref_call(ref, x, state):
-    y, (h, c) = ref(x, (state[0].unsqueeze(0), state[1].unsqueeze(0)))
-    return y, (h[0], c[0])
-
-
-def run_both_ways(call, x, h0, c0, dtype, device="cpu"):
-    """Forward with a non-zero initial state, then backward of a random linear functional."""
-    x, h0, c0 = (t.detach().to(device, dtype).requires_grad_() for t in (x, h0, c0))
-    y, (h, c) = call(x, (h0, c0))
-    g = torch.Generator().manual_seed(7)
-    cot = [torch.randn(t.shape, generator=g, dtype=torch.float64).to(device, dtype) for t in (y, h, c)]
-    sum((t * w).sum() for t, w in zip((y, h, c), cot)).backward()
-    return {"y": y, "h": h, "c": c, "x.grad": x.grad, "h0.grad": h0.grad, "c0.grad": c0.grad}
-
-
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("name", lstm_impls.names())
 def test_matches_nn_lstm_values_and_gradients(name, device, tiny, tf32_off):
-    T, B, I, H = tiny["seq_len"], tiny["batch_size"], tiny["input_size"], tiny["hidden_size"]
-    g = torch.Generator().manual_seed(0)
-    weights = [torch.randn(shape, generator=g, dtype=torch.float64) * 0.5
-               for shape in ((4 * H, I), (4 * H, H), (4 * H,), (4 * H,))]
-    x, h0, c0 = (torch.randn(shape, generator=g, dtype=torch.float64) for shape in ((T, B, I), (B, H), (B, H)))
-    ref, want = reference(weights, x, h0, c0)
-
-    impl = lstm_impls.create(name, I, H, device=device)
-    assert isinstance(impl, LSTMImpl)
-    impl.load_lstm_weights(*(w.to(device, torch.float32) for w in weights))
-    got = run_both_ways(impl, x, h0, c0, torch.float32, device)
-    got.update(zip(("weight_ih.grad", "weight_hh.grad", "bias_ih.grad", "bias_hh.grad"), impl.lstm_weights(grad=True)))
-    for key, p in zip(("weight_ih", "weight_hh", "bias_ih", "bias_hh"),
-                      (ref.weight_ih_l0, ref.weight_hh_l0, ref.bias_ih_l0, ref.bias_hh_l0)):
-        want[f"{key}.grad"] = p.grad
-
-    assert set(got) == set(want)
-    for key in want:
-        assert got[key].shape == want[key].shape, key
-        err = (got[key].cpu().double() - want[key]).abs().max().item()
-        assert err <= ATOL, f"{name}: {key} differs from nn.LSTM by {err:.3g}"
+    errors = max_abs_errors(name, tiny["seq_len"], tiny["batch_size"], tiny["input_size"], tiny["hidden_size"],
+                            device=device)
+    assert set(errors) == {"y", "h", "c", "x.grad", "h0.grad", "c0.grad",
+                           "weight_ih.grad", "weight_hh.grad", "bias_ih.grad", "bias_hh.grad"}
+    worse = {key: err for key, err in errors.items() if not err <= ATOL}
+    assert not worse, f"{name} differs from nn.LSTM by more than {ATOL}: {worse}"
 
 
 @pytest.mark.parametrize("name", lstm_impls.names())
 def test_zero_state_and_weight_round_trip(name, tiny):
     I, H = tiny["input_size"], tiny["hidden_size"]
     a, b = lstm_impls.create(name, I, H), lstm_impls.create(name, I, H)
+    assert isinstance(a, LSTMImpl) and isinstance(a, torch.nn.Module)
     g = torch.Generator().manual_seed(1)
     weights = [torch.randn(s, generator=g) for s in ((4 * H, I), (4 * H, H), (4 * H,), (4 * H,))]
     a.load_lstm_weights(*weights)
@@ -149,3 +110,13 @@ def test_torchscript_deprecation_is_quiet(name, tiny):
         impl = lstm_impls.create(name, tiny["input_size"], tiny["hidden_size"])
         impl(torch.randn(tiny["seq_len"], tiny["batch_size"], tiny["input_size"]))
     assert not [w for w in caught if "torch.jit" in str(w.message)], [str(w.message) for w in caught]
+
+
+def test_check_command_prints_each_implementations_error(capsys, tiny):
+    from bench.cli import main
+
+    assert main(["check", "--impls", "scratch,cudnn", "--seq-len", "5", "--batch-size", "3", "--input-size", "4",
+                 "--hidden-size", "6"]) == 0
+    rows = [line.split() for line in capsys.readouterr().out.splitlines()[2:]]
+    assert [r[0] for r in rows] == ["scratch", "cudnn"]
+    assert all(float(r[1]) <= ATOL and float(r[2]) <= ATOL for r in rows), rows
