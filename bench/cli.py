@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 from bench.data import DEFAULT_MAX_TOKENS, DataError
-from bench.grid import OPTIONS, parse_device, parse_options
+from bench.grid import D2L, OPTIONS, parse_device, parse_options
 
 
 class _Parser(argparse.ArgumentParser):
@@ -145,19 +145,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     check = sub.add_parser("check", help="each implementation's max abs error against nn.LSTM (float64)")
     check.add_argument("--impls", default="all", help="'all' or a comma list of names / module:Class")
-    check.add_argument("--seq-len", type=positive_int, default=35)
-    check.add_argument("--batch-size", type=positive_int, default=32)
-    check.add_argument("--input-size", type=positive_int, default=28)
-    check.add_argument("--hidden-size", type=positive_int, default=256)
+    check.add_argument("--seq-len", type=positive_int, default=D2L["seq_len"])
+    check.add_argument("--batch-size", type=positive_int, default=D2L["batch_size"])
+    check.add_argument("--input-size", type=positive_int, default=D2L["vocab_size"])
+    check.add_argument("--hidden-size", type=positive_int, default=D2L["hidden_size"])
     check.add_argument("--device", default="cpu", help="auto, cpu, cuda, cuda:N")
     check.set_defaults(func=_check)
 
     train = sub.add_parser("train", help="the d2l chapter's training run on The Time Machine")
     train.add_argument("--impl", default="scratch", help="implementation name or module:Class (scratch)")
     train.add_argument("--epochs", type=positive_int, default=500)
-    train.add_argument("--batch-size", type=positive_int, default=32)
-    train.add_argument("--num-steps", type=positive_int, default=35)
-    train.add_argument("--hidden-size", type=positive_int, default=256)
+    train.add_argument("--batch-size", type=positive_int, default=D2L["batch_size"])
+    train.add_argument("--num-steps", type=positive_int, default=D2L["seq_len"])
+    train.add_argument("--hidden-size", type=positive_int, default=D2L["hidden_size"])
     train.add_argument("--lr", type=positive_float, default=1.0)
     train.add_argument("--device", default="auto", help="auto (cuda when available), cpu, cuda, cuda:N")
     train.add_argument("--data", type=Path, default=None, help="timemachine.txt to use instead of the download")
