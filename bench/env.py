@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import os
 import platform
@@ -41,20 +42,28 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-def gpu_info(device: torch.device) -> dict:
-    """Name, driver and total memory of the GPU, from NVML."""
+@contextlib.contextmanager
+def nvml_handle(device: torch.device):
+    """NVML's handle for torch's CUDA device, found by UUID (so CUDA_VISIBLE_DEVICES cannot mismatch it)."""
     import pynvml
 
     pynvml.nvmlInit()
     try:
-        handle = pynvml.nvmlDeviceGetHandleByUUID(f"GPU-{torch.cuda.get_device_properties(device).uuid}")
+        yield pynvml.nvmlDeviceGetHandleByUUID(f"GPU-{torch.cuda.get_device_properties(device).uuid}")
+    finally:
+        pynvml.nvmlShutdown()
+
+
+def gpu_info(device: torch.device) -> dict:
+    """Name, driver and total memory of the GPU, from NVML."""
+    import pynvml
+
+    with nvml_handle(device) as handle:
         return {
             "gpu_name": pynvml.nvmlDeviceGetName(handle),
             "gpu_driver": pynvml.nvmlSystemGetDriverVersion(),
             "gpu_total_bytes": int(pynvml.nvmlDeviceGetMemoryInfo(handle).total),
         }
-    finally:
-        pynvml.nvmlShutdown()
 
 
 def environment(device: str) -> dict:

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from .env import nvml_handle
 from .grid import Cell
 from .model import RNNModel, d2l_init_, forward_step, sgd, train_step
 
@@ -186,13 +187,8 @@ def nvml_used_bytes(device: torch.device) -> int:
     """Device memory in use as NVML sees it (every process, and the CUDA context)."""
     import pynvml
 
-    pynvml.nvmlInit()
-    try:
-        uuid = torch.cuda.get_device_properties(device).uuid
-        handle = pynvml.nvmlDeviceGetHandleByUUID(f"GPU-{uuid}")
+    with nvml_handle(device) as handle:
         return int(pynvml.nvmlDeviceGetMemoryInfo(handle).used)
-    finally:
-        pynvml.nvmlShutdown()
 
 
 def saved_activation_bytes(subject: Subject) -> int:
