@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 from bench.data import DEFAULT_MAX_TOKENS, DataError
-from bench.grid import D2L, OPTIONS, parse_device, parse_options
+from bench.grid import D2L, OPTIONS, OptionError, parse_device, parse_impl, parse_impls, parse_options
 
 
 class _Parser(argparse.ArgumentParser):
@@ -17,10 +17,6 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message: str):  # type: ignore[override]
         self.exit(2, f"{self.prog}: error: {message}\n")
-
-
-class UsageError(Exception):
-    """A bad option value found after parsing; reported like an argparse error."""
 
 
 def positive_int(text: str) -> int:
@@ -45,35 +41,16 @@ def positive_float(text: str) -> float:
     return value
 
 
-def resolve_device(text: str):
-    """The torch.device for --device (see bench.grid.parse_device); UsageError when it cannot be used."""
-    import torch
-
-    try:
-        return torch.device(parse_device(text))
-    except ValueError as exc:
-        raise UsageError(str(exc)) from None
-
-
-def check_impl(name: str) -> str:
-    """The name, when it names a registered implementation or a module:Class; else UsageError."""
-    import lstm_impls
-
-    try:
-        lstm_impls.get(name)
-    except ValueError as exc:
-        raise UsageError(str(exc)) from None
-    return name
-
-
 def _train(args: argparse.Namespace) -> int:
     """The d2l chapter's training run, with any implementation."""
+    import torch
+
     from bench.data import SeqDataLoader, load_corpus
     from bench.model import RNNModel, d2l_init_
     from bench.train import train
 
-    device = resolve_device(args.device)
-    check_impl(args.impl)
+    device = torch.device(parse_device(args.device))
+    parse_impl(args.impl)
     corpus, vocab = load_corpus(args.data, max_tokens=args.max_tokens)
     loader = SeqDataLoader(corpus, args.batch_size, args.num_steps, args.random_iter, seed=args.seed)
     model = d2l_init_(RNNModel(args.impl, len(vocab), args.hidden_size, device=device), seed=args.seed)
@@ -92,10 +69,7 @@ def _run(args: argparse.Namespace) -> int:
     from bench.results import CSV_NAME, new_run_id, summary
 
     raw = {name: getattr(args, name.replace("-", "_")) for name in OPTIONS}
-    try:
-        options = parse_options(lambda name: raw[name])
-    except ValueError as exc:
-        raise UsageError(str(exc)) from None
+    options = parse_options(lambda name: raw[name])
     raw["run-id"] = raw["run-id"] or new_run_id()
     run_dir = Path(raw["results-dir"]) / raw["run-id"]
     print(f"lstm-bench run: {len(options.cells())} cells on {options.device}, results in {run_dir}", flush=True)
@@ -114,14 +88,12 @@ def _run(args: argparse.Namespace) -> int:
 
 def _check(args: argparse.Namespace) -> int:
     """Max abs error of each implementation against nn.LSTM (float64), outputs and gradients."""
-    from bench.equality import max_abs_errors
-    from bench.grid import parse_impls
+    import torch
 
-    try:
-        impls = parse_impls(args.impls)
-    except ValueError as exc:
-        raise UsageError(str(exc)) from None
-    device = resolve_device(args.device)
+    from bench.equality import max_abs_errors
+
+    impls = parse_impls(args.impls)
+    device = torch.device(parse_device(args.device))
     T, B, I, H = args.seq_len, args.batch_size, args.input_size, args.hidden_size
     print(f"max abs error against nn.LSTM in float64; T={T} B={B} I={I} H={H}, float32 on {device}")
     print(f"{'impl':<12} {'outputs/state':>14} {'gradients':>10}  worst")
@@ -180,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
     args.pytest_args = extra
     try:
         return args.func(args)
-    except (UsageError, DataError) as exc:
+    except (OptionError, DataError) as exc:
         print(f"lstm-bench: error: {exc}", file=sys.stderr)
         return 2
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from bench.env import environment, pin_tf32
-from bench.grid import OPTIONS, parse_options
+from bench.grid import OPTIONS, OptionError, parse_options
 from bench.results import CSV_NAME, CsvRecorder, new_run_id, write_environment
 
 _STATE = pytest.StashKey[dict]()  # the run's options, id, directory and environment
@@ -30,7 +30,7 @@ def pytest_configure(config: pytest.Config) -> None:
     """Validate options (bad value: one line, exit code 2), make the run dir, point the JSON there."""
     try:
         options = parse_options(_get(config))
-    except ValueError as exc:
+    except OptionError as exc:
         pytest.exit(f"lstm-bench: error: {exc}", returncode=2)
     run_id = config.getoption("run_id") or new_run_id()
     run_dir = Path(config.getoption("results_dir")) / run_id

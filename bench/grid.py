@@ -37,6 +37,10 @@ COLUMNS = (
 )  # fmt: skip
 
 
+class OptionError(ValueError):
+    """A bad option value: reported as one line with exit code 2 (by the CLI and the pytest plugin)."""
+
+
 @dataclass(frozen=True)
 class Cell:
     """One point of the grid: what to build and how to run it."""
@@ -71,25 +75,34 @@ class Cell:
 
 
 def parse_list(text: str, choices: tuple[str, ...], what: str) -> tuple[str, ...]:
-    """A comma list of choices ('all' means every one); ValueError names the valid ones."""
+    """A comma list of choices ('all' means every one); OptionError names the valid ones."""
     items = [s.strip() for s in text.split(",") if s.strip()]
     if items == ["all"]:
         return choices
     bad = [s for s in items if s not in choices]
     if bad or not items:
-        raise ValueError(f"{what} {text!r} is not valid; choose from {', '.join(choices)} (comma-separated)")
+        raise OptionError(f"{what} {text!r} is not valid; choose from {', '.join(choices)} (comma-separated)")
     return tuple(dict.fromkeys(items))
 
 
 def parse_sizes(text: str, what: str) -> tuple[int, ...]:
-    """A comma list of positive ints; ValueError otherwise."""
+    """A comma list of positive ints; OptionError otherwise."""
     try:
         sizes = tuple(dict.fromkeys(int(s) for s in text.split(",") if s.strip()))
     except ValueError:
         sizes = ()
     if not sizes or min(sizes) <= 0:
-        raise ValueError(f"{what} {text!r} is not valid; give positive integers, comma-separated (e.g. 16,32)")
+        raise OptionError(f"{what} {text!r} is not valid; give positive integers, comma-separated (e.g. 16,32)")
     return sizes
+
+
+def parse_impl(name: str, what: str = "--impl") -> str:
+    """A registered name or a module:Class string naming an LSTMImpl."""
+    try:
+        lstm_impls.get(name)
+    except ValueError as exc:
+        raise OptionError(f"{what}: {exc}") from None
+    return name
 
 
 def parse_impls(text: str) -> tuple[str, ...]:
@@ -97,16 +110,11 @@ def parse_impls(text: str) -> tuple[str, ...]:
     items = [s.strip() for s in text.split(",") if s.strip()]
     if items == ["all"]:
         return tuple(lstm_impls.names())
-    for name in items or [""]:
-        try:
-            lstm_impls.get(name)
-        except ValueError as exc:
-            raise ValueError(f"--impls: {exc}") from None
-    return tuple(dict.fromkeys(items))
+    return tuple(dict.fromkeys(parse_impl(name, "--impls") for name in items or [""]))
 
 
 def parse_device(text: str) -> str:
-    """'auto' (cuda when available), 'cpu', 'cuda', 'cuda:N'; ValueError when it cannot be used here."""
+    """'auto' (cuda when available), 'cpu', 'cuda', 'cuda:N'; OptionError when it cannot be used here."""
     if text == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     try:
@@ -114,9 +122,9 @@ def parse_device(text: str) -> str:
     except RuntimeError:
         device = None
     if device is None or device.type not in ("cpu", "cuda"):
-        raise ValueError(f"--device {text!r} is not valid; choose auto, cpu, cuda or cuda:N")
+        raise OptionError(f"--device {text!r} is not valid; choose auto, cpu, cuda or cuda:N")
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {text!r}: CUDA is not available here (torch {torch.__version__})")
+        raise OptionError(f"--device {text!r}: CUDA is not available here (torch {torch.__version__})")
     return str(device)
 
 
@@ -156,12 +164,12 @@ OPTIONS = {
 
 
 def parse_options(get) -> Options:
-    """Validate raw option strings; get(name) returns the string or None. ValueError on bad values."""
+    """Validate raw option strings; get(name) returns the string or None. OptionError on bad values."""
     device = parse_device(get("device") or "auto")
     grid = DEFAULT_GRID[torch.device(device).type]
     vocab = parse_sizes(get("vocab-size") or OPTIONS["vocab-size"][0], "--vocab-size")
     if len(vocab) != 1:
-        raise ValueError(f"--vocab-size {get('vocab-size')!r} is not valid; give one positive integer")
+        raise OptionError(f"--vocab-size {get('vocab-size')!r} is not valid; give one positive integer")
     return Options(
         impls=parse_impls(get("impls") or "all"),
         device=device,
