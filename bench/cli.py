@@ -8,7 +8,7 @@ import sys
 import time
 from pathlib import Path
 
-from bench.data import DEFAULT_MAX_TOKENS, DataError
+from bench.d2l.data import DEFAULT_MAX_TOKENS, DataError
 from bench.grid import D2L, OPTIONS, OptionError, parse_device, parse_impl, parse_impls, parse_options
 
 
@@ -45,9 +45,9 @@ def _train(args: argparse.Namespace) -> int:
     """The d2l chapter's training run, with any implementation."""
     import torch
 
-    from bench.data import SeqDataLoader, load_corpus
-    from bench.model import RNNModel, d2l_init_
-    from bench.train import train
+    from bench.d2l.data import SeqDataLoader, load_corpus
+    from bench.d2l.model import RNNModel, d2l_init_
+    from bench.d2l.train import train
 
     device = torch.device(parse_device(args.device))
     parse_impl(args.impl)
@@ -90,7 +90,7 @@ def _check(args: argparse.Namespace) -> int:
     """Max abs error of each implementation against nn.LSTM (float64), outputs and gradients."""
     import torch
 
-    from bench.equality import max_abs_errors
+    from bench.instruments.equality import max_abs_errors
 
     impls = parse_impls(args.impls)
     device = torch.device(parse_device(args.device))

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from bench.env import environment, pin_tf32
 from bench.grid import OPTIONS, OptionError, parse_options
+from bench.instruments.env import environment, pin_tf32
 from bench.results import CSV_NAME, CsvRecorder, new_run_id, write_environment
 
 _STATE = pytest.StashKey[dict]()  # the run's options, id, directory and environment

@@ -6,9 +6,9 @@ import pytest
 import torch
 
 import lstm_impls
-from bench.flops import count_flops, step_flops
 from bench.grid import Cell
-from bench.measure import Subject, breakdown, measure_memory, release_memory, time_first_step, warm_up
+from bench.instruments.flops import count_flops, step_flops
+from bench.instruments.measure import Subject, breakdown, measure_memory, release_memory, time_first_step, warm_up
 from bench.results import CsvRecorder
 
 

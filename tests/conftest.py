@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from bench.env import pin_tf32
+from bench.instruments.env import pin_tf32
 
 # One small shape for every test that runs all implementations, so `compiled` compiles once.
 TINY = {"seq_len": 5, "batch_size": 3, "input_size": 4, "hidden_size": 6}

@@ -13,9 +13,9 @@ import pytest
 import torch
 
 from bench.cli import main
-from bench.flops import count_flops, step_flops
 from bench.grid import COLUMNS, Cell
-from bench.measure import Subject, breakdown, cpu_peak_above_start, measure_memory, saved_activation_bytes
+from bench.instruments.flops import count_flops, step_flops
+from bench.instruments.measure import Subject, breakdown, cpu_peak_above_start, measure_memory, saved_activation_bytes
 from bench.results import CsvRecorder
 
 TESTS = Path(__file__).resolve().parent

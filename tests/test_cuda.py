@@ -10,9 +10,9 @@ import pandas as pd
 import pytest
 import torch
 
-from bench.env import environment
 from bench.grid import Cell
-from bench.measure import Subject, breakdown, cuda_peak, measure_memory, nvml_used_bytes
+from bench.instruments.env import environment
+from bench.instruments.measure import Subject, breakdown, cuda_peak, measure_memory, nvml_used_bytes
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(),
                                 reason="no CUDA device (CPU-only torch or no GPU): CUDA paths untested here")

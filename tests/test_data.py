@@ -6,11 +6,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from bench import data
 from bench.cli import main
-from bench.data import DataError, SeqDataLoader, Vocab, load_corpus, seq_data_iter_random, seq_data_iter_sequential
-from bench.model import RNNModel, d2l_init_
-from bench.train import train
+from bench.d2l import data
+from bench.d2l.data import DataError, SeqDataLoader, Vocab, load_corpus, seq_data_iter_random, seq_data_iter_sequential
+from bench.d2l.model import RNNModel, d2l_init_
+from bench.d2l.train import train
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "timemachine.txt"
 needs_book = pytest.mark.skipif(not SHARED.is_file(), reason=f"the book is not at {SHARED}")

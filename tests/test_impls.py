@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import lstm_impls
-from bench.equality import max_abs_errors
+from bench.instruments.equality import max_abs_errors
 from lstm_impls import LSTMImpl, Unsupported
 
 ATOL = 1e-5

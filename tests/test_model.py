@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import lstm_impls
-from bench.model import RNNModel, d2l_init_, forward_step, lstm_layout_weights, sgd, train_step
+from bench.d2l.model import RNNModel, d2l_init_, forward_step, lstm_layout_weights, sgd, train_step
 
 
 def batch(tiny, seed=3):

@@ -16,9 +16,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from ..d2l.model import RNNModel, d2l_init_, forward_step, sgd, train_step
+from ..grid import Cell
 from .env import nvml_handle
-from .grid import Cell
-from .model import RNNModel, d2l_init_, forward_step, sgd, train_step
 
 
 def sync(device: torch.device) -> None:

@@ -1,0 +1,1 @@
+"""The readers of results: what turns run directories into reports, comparisons and merged runs."""
