@@ -24,16 +24,18 @@ COLUMNS = (
     # the cell
     "impl", "device", "dtype", "mode", "batch_size", "hidden_size", "input_size", "seq_len",
     "status", "error", "description",
-    # time (pytest-benchmark's statistics over the timed rounds, after warm-up)
-    "step_ms_median", "step_ms_iqr", "step_ms_min", "step_ms_mean", "step_ms_stddev", "rounds",
-    "warmup_steps", "tokens_per_s", "first_step_ms",
+    # time (pytest-benchmark's statistics over the timed rounds, after warm-up; GC off in the rounds)
+    "step_ms_median", "step_ms_iqr", "step_ms_min", "step_ms_mean", "step_ms_stddev", "rounds", "gc_in_rounds",
+    "warmup_steps", "tokens_per_s", "first_step_ms", "startup_ms",
     # memory, from a separate pass
-    "peak_bytes", "peak_reserved_bytes", "device_used_bytes", "start_bytes",
+    "peak_bytes", "peak_reserved_bytes", "start_bytes", "library_bytes", "process_used_bytes", "context_bytes",
     "param_bytes", "grad_bytes", "optimizer_bytes", "activation_bytes", "workspace_bytes",
+    # the memory model's prediction for the cell (bench/instruments/memory_model.py)
+    "predicted_peak_bytes", "predicted_activation_bytes",
     # work
     "flops_per_step", "flops_counted", "achieved_gflops",
-    # pinned settings
-    "tf32", "threads", "run_id",
+    # pinned settings, and what the row cannot say
+    "tf32", "threads", "run_id", "notes",
 )  # fmt: skip
 
 

@@ -1,5 +1,6 @@
-"""Where a run's results go: `RESULTS_DIR/<run-id>/` with measurements.csv, environment.json and
-pytest-benchmark's benchmark.json. Rows are appended and flushed one at a time."""
+"""A run directory, `RESULTS_DIR/<run-id>/`: measurements.csv, environment.json and pytest-benchmark's
+benchmark.json. The suite writes it (rows appended and flushed one at a time); `load_run` reads it
+back, checked, for every reader of results (report, compare, merge)."""
 
 from __future__ import annotations
 
@@ -9,11 +10,21 @@ import io
 import json
 import math
 import os
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .grid import COLUMNS
 
+if TYPE_CHECKING:
+    import pandas as pd
+
 CSV_NAME = "measurements.csv"
+ENV_NAME = "environment.json"
+JSON_NAME = "benchmark.json"
+#: columns a file needs to be read as measurements; the others may be missing (older schema) and read as empty.
+REQUIRED = ("impl", "device", "dtype", "mode", "batch_size", "hidden_size", "seq_len", "status")
+TEXT_COLUMNS = ("impl", "device", "dtype", "mode", "status", "error", "description", "run_id", "notes")
 
 
 def new_run_id() -> str:
@@ -53,7 +64,71 @@ def _cell_text(value) -> str:
 
 def write_environment(run_dir: Path, env: dict) -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "environment.json").write_text(json.dumps(env, indent=2, default=str) + "\n")
+    (run_dir / ENV_NAME).write_text(json.dumps(env, indent=2, default=str) + "\n")
+
+
+class RunError(Exception):
+    """A run directory that cannot be read; the message is one line for the user."""
+
+
+@dataclass
+class Run:
+    """One run directory, read back: its rows, its environment and pytest-benchmark's raw round times."""
+
+    path: Path
+    measurements: pd.DataFrame
+    environment: dict = field(default_factory=dict)
+    #: cell id (bench.grid.Cell.id) -> every timed round's seconds, from benchmark.json (empty without one)
+    rounds_s: dict[str, list[float]] = field(default_factory=dict)
+
+
+def load_run(path: str | Path) -> Run:
+    """Read and check a run directory; RunError (one line) when it is missing, not a measurements file, or damaged."""
+    import pandas as pd
+
+    path = Path(path)
+    csv_path = path / CSV_NAME
+    if not csv_path.is_file():
+        raise RunError(f"{path}: no {CSV_NAME} (not a run directory)")
+    text = csv_path.read_text(errors="replace")
+    if text and not text.endswith("\n"):
+        raise RunError(f"{csv_path}: the last row is cut off (a damaged or truncated file)")
+    header = next(csv.reader(io.StringIO(text)), [])
+    missing = [c for c in REQUIRED if c not in header]
+    unknown = [c for c in header if c not in COLUMNS]
+    if missing or unknown:
+        what = f"lacks {', '.join(missing)}" if missing else f"has unknown columns {', '.join(unknown[:5])}"
+        raise RunError(f"{csv_path}: not a measurements file ({what})")
+    try:
+        df = pd.read_csv(io.StringIO(text), dtype={c: "string" for c in TEXT_COLUMNS}, on_bad_lines="error")
+    except (pd.errors.ParserError, ValueError) as exc:
+        raise RunError(f"{csv_path}: damaged ({str(exc).strip().splitlines()[0]})") from None
+    for column in COLUMNS:
+        if column not in df:
+            df[column] = pd.NA
+    for column in set(COLUMNS) - set(TEXT_COLUMNS):
+        try:
+            df[column] = pd.to_numeric(df[column])
+        except (ValueError, TypeError):
+            raise RunError(f"{csv_path}: damaged (column {column} holds a value that is not a number)") from None
+    df = df[list(COLUMNS)]
+    environment = _read_json(path / ENV_NAME) or {}
+    rounds = {}
+    for bench in (_read_json(path / JSON_NAME) or {}).get("benchmarks", []):
+        cell_id = bench.get("param") or bench.get("name", "")
+        data = (bench.get("stats") or {}).get("data")
+        if data:
+            rounds[cell_id] = [float(x) for x in data]
+    return Run(path=path, measurements=df, environment=environment, rounds_s=rounds)
+
+
+def _read_json(path: Path) -> dict | None:
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise RunError(f"{path}: damaged JSON ({exc})") from None
 
 
 def summary(csv_path: Path) -> str:

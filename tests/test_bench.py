@@ -134,7 +134,7 @@ def test_run_writes_ok_oom_error_and_unsupported_rows_and_goes_on(tmp_path):
                    "flops_per_step", "flops_counted", "achieved_gflops"):
         assert ok[column].notna().all() and (ok[column] > 0).all(), column
     assert (ok.rounds >= 40).all()
-    assert ok.peak_reserved_bytes.isna().all() and ok.device_used_bytes.isna().all()  # CUDA-only figures
+    assert ok.peak_reserved_bytes.isna().all() and ok.process_used_bytes.isna().all()  # CUDA-only figures
     assert (ok.param_bytes + ok.grad_bytes + ok.optimizer_bytes + ok.activation_bytes + ok.workspace_bytes
             == ok.peak_bytes).all()
     assert (run_dir / "benchmark.json").is_file() and (run_dir / "environment.json").is_file()

@@ -35,7 +35,7 @@ def test_cuda_probe_measures_a_known_allocation_pattern_exactly():
     assert memory.start_bytes >= 3 * MiB
     assert memory.peak_bytes - memory.start_bytes == 7 * MiB  # 1 + 2 - 1 + 5
     assert memory.peak_reserved_bytes >= memory.peak_bytes
-    assert memory.device_used_bytes >= memory.peak_reserved_bytes  # NVML adds the context
+    assert memory.process_used_bytes >= memory.peak_reserved_bytes  # NVML adds the context
     del kept
 
 
@@ -63,7 +63,7 @@ def test_suite_on_cuda_writes_device_figures(tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     df = pd.read_csv(tmp_path / "g" / "measurements.csv")
     assert (df.status == "ok").all() and len(df) == 4
-    assert (df.peak_reserved_bytes >= df.peak_bytes).all() and (df.device_used_bytes > df.peak_bytes).all()
+    assert (df.peak_reserved_bytes >= df.peak_bytes).all() and (df.process_used_bytes > df.peak_bytes).all()
     assert df[df.impl == "cudnn"].description.str.contains("cuDNN").all()
     env = json.loads((tmp_path / "g" / "environment.json").read_text())
     assert env["gpu_name"] and env["tf32_matmul"] is False

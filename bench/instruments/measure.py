@@ -159,7 +159,7 @@ class Memory:
     peak_bytes: int
     start_bytes: int
     peak_reserved_bytes: int | None = None
-    device_used_bytes: int | None = None
+    process_used_bytes: int | None = None
 
 
 def cuda_peak(fn: Callable[[], object], device: torch.device) -> Memory:
@@ -172,7 +172,7 @@ def cuda_peak(fn: Callable[[], object], device: torch.device) -> Memory:
     sync(device)
     return Memory(peak_bytes=torch.cuda.max_memory_allocated(device), start_bytes=start,
                   peak_reserved_bytes=torch.cuda.max_memory_reserved(device),
-                  device_used_bytes=nvml_used_bytes(device))
+                  process_used_bytes=nvml_used_bytes(device))
 
 
 def measure_memory(subject: Subject) -> Memory:
