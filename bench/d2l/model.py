@@ -80,3 +80,19 @@ def forward_step(model: RNNModel, X: Tensor, Y: Tensor, state: State | None = No
 def sgd(model: nn.Module, lr: float) -> torch.optim.SGD:
     """d2l's updater for the concise model: plain SGD, no momentum (so no optimizer state)."""
     return torch.optim.SGD(model.parameters(), lr=lr)
+
+
+#: optimizer name -> what it keeps per parameter: d2l's plain SGD (nothing), SGD with momentum (one
+#: buffer), Adam (two moments, and a step count per parameter).
+OPTIMIZERS = ("sgd", "momentum", "adam")
+
+
+def make_optimizer(name: str, model: nn.Module, lr: float) -> torch.optim.Optimizer:
+    """One of OPTIMIZERS for model's parameters, with torch's defaults otherwise (foreach where it applies)."""
+    if name == "sgd":
+        return sgd(model, lr)
+    if name == "momentum":
+        return torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
+    if name == "adam":
+        return torch.optim.Adam(model.parameters(), lr=lr)
+    raise ValueError(f"unknown optimizer {name!r}; choose from {', '.join(OPTIMIZERS)}")

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from ..d2l.model import RNNModel, d2l_init_, forward_step, sgd, train_step
+from ..d2l.model import RNNModel, d2l_init_, forward_step, make_optimizer, train_step
 from ..grid import Cell
 from .env import nvml_handle
 
@@ -28,13 +28,17 @@ def sync(device: torch.device) -> None:
 
 
 class Subject:
-    """One cell's model, optimizer and fixed minibatch; `step()` runs one step and carries the state."""
+    """One cell's model, optimizer and fixed minibatch; `step()` runs one step and carries the state.
 
-    def __init__(self, cell: Cell, seed: int = 0, lr: float = 1.0):
+    The suite trains with d2l's plain SGD; `optimizer` (bench.d2l.model.OPTIMIZERS) lets the memory
+    model's checks measure the state other optimizers keep.
+    """
+
+    def __init__(self, cell: Cell, seed: int = 0, lr: float = 1.0, optimizer: str = "sgd"):
         self.cell, self.device = cell, torch.device(cell.device)
         self.model = d2l_init_(RNNModel(cell.impl, cell.vocab_size, cell.hidden_size, device=self.device,
                                         dtype=cell.torch_dtype), seed=seed)
-        self.optimizer = sgd(self.model, lr) if cell.mode == "train" else None
+        self.optimizer = make_optimizer(optimizer, self.model, lr) if cell.mode == "train" else None
         g = torch.Generator().manual_seed(seed)
         shape = (cell.batch_size, cell.seq_len)
         self.X = torch.randint(0, cell.vocab_size, shape, generator=g).to(self.device)
