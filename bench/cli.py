@@ -10,6 +10,7 @@ from pathlib import Path
 
 from bench.d2l.data import DEFAULT_MAX_TOKENS, DataError
 from bench.grid import D2L, OPTIONS, OptionError, parse_device, parse_impl, parse_impls, parse_options
+from bench.results import RunError
 
 
 class _Parser(argparse.ArgumentParser):
@@ -105,6 +106,31 @@ def _check(args: argparse.Namespace) -> int:
     return 0
 
 
+def _compare(args: argparse.Namespace) -> int:
+    """Two run directories, cell by cell: exit 1 on a regression (time: large and significant; memory)."""
+    from bench.readers import compare as cmp
+    from bench.results import load_run
+
+    try:
+        impl_map = cmp.parse_impl_map(args.match_impl)
+    except ValueError as exc:
+        raise OptionError(str(exc)) from None
+    baseline, new = load_run(args.baseline), load_run(args.new)
+    if not args.allow_env_mismatch:
+        try:
+            cmp.check_environments(baseline, new)
+        except cmp.EnvironmentMismatch as exc:
+            print(f"lstm-bench compare: {exc}", file=sys.stderr)
+            return 2
+    given = {"time_ratio": args.time_threshold, "alpha": args.alpha, "memory_ratio": args.memory_threshold}
+    thresholds = cmp.Thresholds(**{k: v for k, v in given.items() if v is not None})  # unset: its default
+    comparison = cmp.compare_runs(baseline, new, thresholds, impl_map)
+    print(comparison.table())
+    written = cmp.write_outputs(comparison, args.out or new.path, json_too=args.json, rerun_list=args.rerun_list)
+    print("wrote " + ", ".join(map(str, written)))
+    return 1 if comparison.regressed else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="lstm-bench", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -123,6 +149,27 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--hidden-size", type=positive_int, default=D2L["hidden_size"])
     check.add_argument("--device", default="cpu", help="auto, cpu, cuda, cuda:N")
     check.set_defaults(func=_check)
+
+    compare = sub.add_parser("compare", help="compare two run directories cell by cell; exit 1 on a regression")
+    compare.add_argument("baseline", type=Path, help="the baseline run directory")
+    compare.add_argument("new", type=Path, help="the run directory to judge")
+    # Threshold defaults live in bench.readers.compare.Thresholds (imported only when comparing: scipy is slow).
+    compare.add_argument("--time-threshold", type=positive_float, default=None,
+                         help="slower when the median step time grew by more than this fraction "
+                              "and the Mann-Whitney test is significant (default: 0.10, i.e. x1.10)")
+    compare.add_argument("--alpha", type=positive_float, default=None,
+                         help="significance level of the Mann-Whitney U test on the raw rounds (default: 0.01)")
+    compare.add_argument("--memory-threshold", type=positive_float, default=None,
+                         help="memory grew when peak_bytes rose by more than this fraction (default: 0.02)")
+    compare.add_argument("--match-impl", action="append", default=[], metavar="NEW=BASE",
+                         help="compare the new run's impl NEW with the baseline's impl BASE (repeatable)")
+    compare.add_argument("--allow-env-mismatch", action="store_true",
+                         help="compare runs whose device, GPU model, torch or CUDA differ")
+    compare.add_argument("--out", type=Path, default=None, help="directory for compare.md (default: NEW)")
+    compare.add_argument("--json", action="store_true", help="also write compare.json")
+    compare.add_argument("--rerun-list", type=Path, default=None,
+                         help="write the flagged cells' pytest node ids here, one a line, to measure them again")
+    compare.set_defaults(func=_compare)
 
     train = sub.add_parser("train", help="the d2l chapter's training run on The Time Machine")
     train.add_argument("--impl", default="scratch", help="implementation name or module:Class (scratch)")
@@ -152,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
     args.pytest_args = extra
     try:
         return args.func(args)
-    except (OptionError, DataError) as exc:
+    except (OptionError, DataError, RunError) as exc:
         print(f"lstm-bench: error: {exc}", file=sys.stderr)
         return 2
 

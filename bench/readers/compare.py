@@ -1,0 +1,312 @@
+"""`lstm-bench compare BASELINE NEW`: a regression gate between two run directories that does not cry wolf.
+
+A cell (same impl, device, dtype, mode and sizes in both runs) is *slower* only when its median step
+time grew beyond a factor AND the raw per-round timings of the two runs differ significantly
+(Mann-Whitney U, as asv does); *faster* likewise. Peak memory is deterministic on one setup, so growth
+beyond a small tolerance counts on its own. First-call time (compiling, scripting) is reported but
+does not gate: it is one sample per run. Runs from different environments (device, GPU model, torch,
+CUDA) are refused unless asked for. Every run directory is read through `bench.results.load_run`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from scipy.stats import mannwhitneyu
+
+from bench.grid import Cell
+from bench.results import Run
+
+#: what makes two rows the same cell
+KEY = ("impl", "device", "dtype", "mode", "batch_size", "hidden_size", "seq_len", "input_size")
+#: environment fields that must agree, or the comparison measures the setup rather than the code
+ENV_KEYS = ("device", "gpu_name", "torch", "cuda")
+#: verdicts, in the order the summary lists them; the first three are of time
+VERDICTS = ("slower", "faster", "unchanged", "failed", "new", "missing", "unmeasured")
+SUITE_TEST = "bench/test_suite.py::test_cell"  # the suite's test; a cell's node id is SUITE_TEST[<cell id>]
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """When a difference counts; the defaults and the noise behind them are in README.md ("Comparing runs")."""
+
+    #: slower when new/base median step time > 1 + time_ratio (faster when < 1 / (1 + time_ratio))
+    time_ratio: float = 0.10
+    #: ... and the Mann-Whitney U test of the two runs' rounds gives p < alpha
+    alpha: float = 0.01
+    #: memory grew when new peak_bytes > base peak_bytes * (1 + memory_ratio)
+    memory_ratio: float = 0.02
+
+
+class EnvironmentMismatch(Exception):
+    """The runs come from different environments; the message is one line for the user."""
+
+
+def environment_differences(baseline: dict, new: dict) -> dict[str, tuple]:
+    """ENV_KEYS whose values differ: name -> (baseline's, new's). A device is compared by type (cuda:0 ~ cuda)."""
+    def value(env: dict, key: str):
+        v = env.get(key)
+        return str(v).split(":")[0] if key == "device" and v is not None else v
+
+    return {k: (value(baseline, k), value(new, k)) for k in ENV_KEYS if value(baseline, k) != value(new, k)}
+
+
+def check_environments(baseline: Run, new: Run) -> None:
+    """EnvironmentMismatch (one line) unless the two runs agree on ENV_KEYS."""
+    diffs = environment_differences(baseline.environment, new.environment)
+    if diffs:
+        what = ", ".join(f"{k} {b!r} vs {n!r}" for k, (b, n) in diffs.items())
+        raise EnvironmentMismatch(f"the runs' environments differ ({what}); "
+                                  "--allow-env-mismatch compares them anyway")
+
+
+def cell_id(row: pd.Series, impl: str | None = None) -> str:
+    """The cell's id (bench.grid.Cell.id): benchmark.json's param, the suite's test id."""
+    return Cell(impl or row["impl"], row["device"], row["dtype"], row["mode"], int(row["batch_size"]),
+                int(row["hidden_size"]), int(row["seq_len"]), int(row["input_size"])).id
+
+
+def time_test(base_s: list[float], new_s: list[float]) -> tuple[float, float]:
+    """(ratio of median round times new/base, two-sided Mann-Whitney U p-value) of two runs' raw rounds."""
+    ratio = float(np.median(new_s) / np.median(base_s))
+    return ratio, float(mannwhitneyu(new_s, base_s, alternative="two-sided").pvalue)
+
+
+def _cells(run: Run, impl_map: dict[str, str]) -> pd.DataFrame:
+    """A run's rows, one per cell (the last row wins: a re-run into the same directory appends), impls mapped."""
+    df = run.measurements.copy()
+    df["source_impl"] = df["impl"]
+    if impl_map:
+        stand_ins = df["impl"].isin(list(impl_map))
+        replaced = df["impl"].isin(list(impl_map.values())) & ~stand_ins
+        df = df[~replaced].copy()  # the stand-in's cells take the place of the run's own cells of that impl
+        df["impl"] = df["impl"].map(lambda name: impl_map.get(name, name))
+    return df.drop_duplicates(list(KEY), keep="last").reset_index(drop=True)
+
+
+def _ratio(new: float, base: float) -> float:
+    return new / base if base and not (pd.isna(base) or pd.isna(new)) else math.nan
+
+
+def compare_runs(baseline: Run, new: Run, thresholds: Thresholds = Thresholds(),
+                 impl_map: dict[str, str] | None = None) -> Comparison:
+    """Every cell of either run with its verdict. impl_map {new impl: baseline impl} matches a stand-in
+    implementation of the new run (a plug-in, a rewrite) to the baseline's cells of another name."""
+    base = _cells(baseline, {})
+    news = _cells(new, impl_map or {})
+    merged = base.merge(news, on=list(KEY), how="outer", suffixes=("_base", "_new"), indicator=True)
+    records = []
+    for _, row in merged.iterrows():
+        rec = {k: row[k] for k in KEY} | {"source_impl": row["source_impl_new"]
+                                            if row["_merge"] != "left_only" else row["source_impl_base"]}
+        rec |= _compare_cell(row, baseline, new, thresholds)
+        records.append(rec)
+    cells = pd.DataFrame.from_records(records, columns=[*KEY, "source_impl", *_CELL_FIELDS])
+    cells = cells.sort_values(["verdict", *KEY], key=lambda s: s.map(VERDICTS.index) if s.name == "verdict" else s)
+    return Comparison(baseline, new, cells.reset_index(drop=True), thresholds, dict(impl_map or {}))
+
+
+_CELL_FIELDS = ("verdict", "memory", "cell_id", "base_ms", "new_ms", "time_ratio", "p_value", "base_rounds",
+                "new_rounds", "base_iqr_pct", "new_iqr_pct", "base_peak_bytes", "new_peak_bytes", "memory_ratio",
+                "base_first_step_ms", "new_first_step_ms", "first_step_ratio", "base_startup_ms", "new_startup_ms",
+                "startup_ratio", "base_status", "new_status", "note")
+
+
+def _compare_cell(row: pd.Series, baseline: Run, new: Run, t: Thresholds) -> dict:
+    """One merged row -> verdict, time test, memory change, first-call times."""
+    rec = dict.fromkeys(_CELL_FIELDS, math.nan) | {"memory": "", "note": ""}
+    rec["base_status"] = row.get("status_base") if row["_merge"] != "right_only" else ""
+    rec["new_status"] = row.get("status_new") if row["_merge"] != "left_only" else ""
+    if row["_merge"] == "left_only":
+        rec |= {"verdict": "missing", "cell_id": cell_id(row, row["source_impl_base"])}
+        return rec
+    rec["cell_id"] = cell_id(row, row["source_impl_new"])
+    if row["_merge"] == "right_only" or (row["status_base"] != "ok" and row["status_new"] == "ok"):
+        rec["verdict"] = "new"
+        return rec
+    if row["status_new"] != "ok":
+        failed = row["status_base"] == "ok"
+        rec |= {"verdict": "failed" if failed else "unmeasured", "note": str(row.get("error_new") or "")[:120]}
+        return rec
+    base_id = cell_id(row, row["source_impl_base"])
+    base_s, new_s = baseline.rounds_s.get(base_id), new.rounds_s.get(rec["cell_id"])
+    rec |= {"base_ms": row["step_ms_median_base"], "new_ms": row["step_ms_median_new"],
+            "base_iqr_pct": 100 * _ratio(row["step_ms_iqr_base"], row["step_ms_median_base"]),
+            "new_iqr_pct": 100 * _ratio(row["step_ms_iqr_new"], row["step_ms_median_new"])}
+    if base_s and new_s:
+        ratio, p = time_test(base_s, new_s)
+        rec |= {"base_ms": 1e3 * float(np.median(base_s)), "new_ms": 1e3 * float(np.median(new_s)),
+                "time_ratio": ratio, "p_value": p, "base_rounds": len(base_s), "new_rounds": len(new_s)}
+    else:
+        rec |= {"time_ratio": _ratio(rec["new_ms"], rec["base_ms"]),
+                "note": "no raw rounds in benchmark.json: time not tested"}
+    significant = rec["p_value"] < t.alpha  # False for NaN: without rounds a cell is never slower
+    if significant and rec["time_ratio"] > 1 + t.time_ratio:
+        rec["verdict"] = "slower"
+    elif significant and rec["time_ratio"] < 1 / (1 + t.time_ratio):
+        rec["verdict"] = "faster"
+    else:
+        rec["verdict"] = "unchanged"
+    rec |= {"base_peak_bytes": row["peak_bytes_base"], "new_peak_bytes": row["peak_bytes_new"],
+            "memory_ratio": _ratio(row["peak_bytes_new"], row["peak_bytes_base"])}
+    if rec["memory_ratio"] > 1 + t.memory_ratio:
+        rec["memory"] = "grew"
+    elif rec["memory_ratio"] < 1 - t.memory_ratio:
+        rec["memory"] = "shrank"
+    elif not math.isnan(rec["memory_ratio"]):
+        rec["memory"] = "same"
+    for what in ("first_step_ms", "startup_ms"):
+        base_v, new_v = row[f"{what}_base"], row[f"{what}_new"]
+        rec |= {f"base_{what}": base_v, f"new_{what}": new_v,
+                f"{what.removesuffix('_ms')}_ratio": _ratio(new_v, base_v)}
+    return rec
+
+
+@dataclass
+class Comparison:
+    """The verdict on every cell, and what the gate makes of them."""
+
+    baseline: Run
+    new: Run
+    cells: pd.DataFrame
+    thresholds: Thresholds
+    impl_map: dict[str, str] = field(default_factory=dict)
+
+    def counts(self) -> dict[str, int]:
+        counts = {v: int((self.cells["verdict"] == v).sum()) for v in VERDICTS}
+        return counts | {"memory grew": int((self.cells["memory"] == "grew").sum())}
+
+    def flagged(self) -> pd.DataFrame:
+        """The cells that fail the gate: slower (large and significant), memory grown, or ok before and not now."""
+        c = self.cells
+        return c[c["verdict"].isin(["slower", "failed"]) | (c["memory"] == "grew")]
+
+    @property
+    def regressed(self) -> bool:
+        return not self.flagged().empty
+
+    def common_ratio(self) -> float:
+        """Median time ratio over the cells both runs measured: how much the whole machine moved."""
+        return float(self.cells["time_ratio"].median())
+
+    def rerun_ids(self) -> list[str]:
+        """pytest node ids of the flagged cells, to measure them again (`pytest $(cat FILE) --benchmark-only`)."""
+        return [f"{SUITE_TEST}[{cid}]" for cid in self.flagged()["cell_id"]]
+
+    def _display(self) -> pd.DataFrame:
+        c = self.cells
+        return pd.DataFrame({
+            "verdict": c["verdict"], "impl": c["impl"], "mode": c["mode"], "dtype": c["dtype"],
+            "B": c["batch_size"], "H": c["hidden_size"], "T": c["seq_len"],
+            "base_ms": c["base_ms"].round(3), "new_ms": c["new_ms"].round(3), "ratio": c["time_ratio"].round(3),
+            "p": c["p_value"].map(lambda p: f"{p:.2g}" if not pd.isna(p) else "-"),
+            "iqr%": (c["base_iqr_pct"].round(1).astype(str) + "/" + c["new_iqr_pct"].round(1).astype(str)),
+            "memory": c["memory"], "peak_MiB": (c["new_peak_bytes"] / 2**20).round(3),
+            "mem_ratio": c["memory_ratio"].round(4), "first_ratio": c["first_step_ratio"].round(2),
+        })
+
+    def summary_line(self) -> str:
+        counts = ", ".join(f"{n} {v}" for v, n in self.counts().items() if n)
+        verdict = f"REGRESSION in {len(self.flagged())} cell(s)" if self.regressed else "no regression"
+        return f"{verdict}: {counts}"
+
+    def table(self) -> str:
+        """The terminal report: every cell, then the summary."""
+        t = self.thresholds
+        head = (f"compare {self.baseline.path} -> {self.new.path}: slower/faster beyond x{1 + t.time_ratio:g} "
+                f"with Mann-Whitney p < {t.alpha:g}; memory beyond +{100 * t.memory_ratio:g}%")
+        body = self._display().to_string(index=False, na_rep="-")
+        return f"{head}\n{body}\n{self._drift_note()}{self.summary_line()}"
+
+    def _drift_note(self) -> str:
+        """A warning when at least half of 5+ compared cells moved by half the threshold or more, together."""
+        common = self.common_ratio()
+        if (self.cells["time_ratio"].count() < 5 or math.isnan(common)
+                or abs(math.log(common)) <= math.log(1 + self.thresholds.time_ratio) / 2):
+            return ""
+        return (f"note: the median cell moved x{common:.2f}: a shift shared by most cells is more likely the "
+                "machine (load, clocks, another process) than the code; re-measure before believing it\n")
+
+    def markdown(self) -> str:
+        """compare.md: the runs, thresholds, summary, flagged cells, every cell, first-call times."""
+        t, b_env, n_env = self.thresholds, self.baseline.environment, self.new.environment
+        lines = ["# lstm-bench compare", "",
+                 f"**{self.summary_line()}**", "",
+                 "| | baseline | new |", "| --- | --- | --- |",
+                 f"| run | `{self.baseline.path}` | `{self.new.path}` |"]
+        for key in ("git_commit", "time_utc", *ENV_KEYS, "cpu_model", "torch_threads"):
+            lines.append(f"| {key} | {b_env.get(key, '-')} | {n_env.get(key, '-')} |")
+        diffs = environment_differences(b_env, n_env)
+        lines += ["", f"Environments differ in {', '.join(diffs)} (compared anyway)." if diffs else "",
+                  f"Thresholds: a cell is slower (faster) when its median step time grew beyond x{1 + t.time_ratio:g} "
+                  f"(fell below x{1 / (1 + t.time_ratio):.3g}) and the Mann-Whitney U test of the two runs' raw rounds "
+                  f"gives p < {t.alpha:g}; its memory grew when peak_bytes rose beyond +{100 * t.memory_ratio:g}%. "
+                  "First-call times are shown, never gated."]
+        if self.impl_map:
+            lines.append("Matched implementations (new = baseline): "
+                         + ", ".join(f"`{n}` = `{b}`" for n, b in self.impl_map.items()) + ".")
+        note = self._drift_note()
+        lines += [f"\n{note}" if note else "", "", "| verdict | cells |", "| --- | --- |"]
+        lines += [f"| {v} | {n} |" for v, n in self.counts().items()]
+        flagged = self.flagged()
+        if not flagged.empty:
+            lines += ["", "## Flagged cells", ""] + [f"- `{cid}`" for cid in flagged["cell_id"]]
+        lines += ["", "## Every cell", "", _markdown_table(self._display())]
+        first = self.cells.dropna(subset=["base_first_step_ms", "new_first_step_ms"], how="all")
+        if not first.empty:
+            lines += ["", "## First call (reported, not gated: one sample per run)", "", _markdown_table(pd.DataFrame({
+                "cell": first["cell_id"], "base_first_ms": first["base_first_step_ms"].round(1),
+                "new_first_ms": first["new_first_step_ms"].round(1), "ratio": first["first_step_ratio"].round(2),
+                "base_startup_ms": first["base_startup_ms"].round(1),
+                "new_startup_ms": first["new_startup_ms"].round(1),
+                "startup_ratio": first["startup_ratio"].round(2)}))]
+        return "\n".join(lines) + "\n"
+
+    def to_json(self) -> dict:
+        """The same as compare.md, for machines."""
+        cells = json.loads(self.cells.to_json(orient="records"))
+        return {"baseline": str(self.baseline.path), "new": str(self.new.path), "thresholds": asdict(self.thresholds),
+                "impl_map": self.impl_map, "regressed": self.regressed, "counts": self.counts(),
+                "common_ratio": self.common_ratio(), "flagged": list(self.flagged()["cell_id"]),
+                "environment_differences": environment_differences(self.baseline.environment, self.new.environment),
+                "cells": cells}
+
+
+def _markdown_table(df: pd.DataFrame) -> str:
+    """A GitHub markdown table (pandas' to_markdown needs tabulate, which this project does not install)."""
+    text = df.astype(object).where(df.notna(), "-").astype(str)
+    rows = [list(df.columns), ["---"] * len(df.columns), *text.values.tolist()]
+    return "\n".join("| " + " | ".join(r) + " |" for r in rows)
+
+
+def parse_impl_map(items: list[str]) -> dict[str, str]:
+    """['NEW=BASE', ...] -> {NEW: BASE}; ValueError on a malformed item."""
+    pairs = {}
+    for item in items:
+        new, sep, base = item.rpartition("=")
+        if not sep or not new or not base:
+            raise ValueError(f"--match-impl {item!r} is not valid; write NEW_IMPL=BASELINE_IMPL")
+        pairs[new] = base
+    return pairs
+
+
+def write_outputs(comparison: Comparison, out_dir: Path, *, json_too: bool = False,
+                  rerun_list: Path | None = None) -> list[Path]:
+    """compare.md (and compare.json) into out_dir, the flagged cells' node ids into rerun_list; the paths written."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = [out_dir / "compare.md"]
+    written[0].write_text(comparison.markdown())
+    if json_too:
+        written.append(out_dir / "compare.json")
+        written[-1].write_text(json.dumps(comparison.to_json(), indent=1, default=str) + "\n")
+    if rerun_list is not None:
+        rerun_list.parent.mkdir(parents=True, exist_ok=True)
+        ids = comparison.rerun_ids()
+        rerun_list.write_text("".join(f"{i}\n" for i in ids))
+        written.append(rerun_list)
+    return written

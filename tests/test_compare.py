@@ -1,0 +1,245 @@
+"""`lstm-bench compare` on synthetic run directories whose round timings come from known distributions,
+the planted slowdown used to calibrate it, and the CI files that run it (workflows, tox env, GPU check)."""
+
+import configparser
+import json
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+import lstm_impls
+from bench.cli import main
+from bench.grid import Cell
+from bench.readers.compare import SUITE_TEST, Thresholds, compare_runs, environment_differences
+from bench.results import JSON_NAME, CsvRecorder, load_run, write_environment
+
+ROOT = Path(__file__).resolve().parents[1]
+WORKFLOWS = ROOT / ".github" / "workflows"
+ENV = {"device": "cuda", "gpu_name": "NVIDIA H100 80GB HBM3", "torch": "2.13.0+cu128", "cuda": "12.8",
+       "git_commit": "abc", "time_utc": "2026-11-28T00:00:00+00:00"}
+MiB = 1 << 20
+
+
+def cell(impl="scratch", batch_size=32, hidden_size=256) -> Cell:
+    return Cell(impl, "cuda", "float32", "train", batch_size, hidden_size, 35, 28)
+
+
+def make_run(path: Path, cells: dict[Cell, dict], env: dict = ENV, seed: int = 0) -> Path:
+    """A run directory as the suite writes it. cells: Cell -> {median_ms, sigma (lognormal, relative),
+    rounds, peak_bytes, first_step_ms, status}; rounds are drawn with a fixed seed."""
+    rng = np.random.default_rng(seed)
+    recorder = CsvRecorder(path / "measurements.csv")
+    benchmarks = []
+    for c, spec in cells.items():
+        row = c.columns() | {"status": spec.get("status", "ok"), "run_id": path.name, "threads": 1, "tf32": False}
+        if row["status"] != "ok":
+            recorder.write(row | {"error": "OutOfMemoryError: CUDA out of memory"})
+            continue
+        rounds_s = spec.get("median_ms", 10.0) / 1e3 * rng.lognormal(0.0, spec.get("sigma", 0.02),
+                                                                       spec.get("rounds", 20))
+        q25_s, median_s, q75_s = (float(q) for q in np.percentile(rounds_s, [25, 50, 75]))
+        recorder.write(row | {"step_ms_median": median_s * 1e3, "step_ms_iqr": (q75_s - q25_s) * 1e3,
+                              "step_ms_min": float(rounds_s.min()) * 1e3, "rounds": len(rounds_s),
+                              "first_step_ms": spec.get("first_step_ms", 900.0), "startup_ms": 1500.0,
+                              "peak_bytes": spec.get("peak_bytes", 100 * MiB)})
+        benchmarks.append({"name": f"test_cell[{c.id}]", "param": c.id, "stats": {"data": rounds_s.tolist()}})
+    (path / JSON_NAME).write_text(json.dumps({"machine_info": {"lstm_bench": env}, "benchmarks": benchmarks}))
+    write_environment(path, env)
+    return path
+
+
+def verdicts(base: Path, new: Path, **kw) -> dict[str, tuple[str, str]]:
+    """cell id -> (time verdict, memory verdict)."""
+    comparison = compare_runs(load_run(base), load_run(new), **kw)
+    return {r.cell_id: (r.verdict, r.memory) for r in comparison.cells.itertuples()}
+
+
+A, B, C = cell(batch_size=16), cell(batch_size=64), cell(hidden_size=1024)
+
+
+def test_a_cell_20pct_slower_is_flagged_and_listed_for_the_rerun(tmp_path, capsys):
+    base = make_run(tmp_path / "base", {A: {}, B: {}}, seed=1)
+    new = make_run(tmp_path / "new", {A: {"median_ms": 12.0}, B: {}}, seed=2)
+    rerun = tmp_path / "flagged.txt"
+    assert main(["compare", str(base), str(new), "--json", "--rerun-list", str(rerun)]) == 1
+    assert rerun.read_text() == f"{SUITE_TEST}[{A.id}]\n"
+    report = json.loads((new / "compare.json").read_text())
+    assert report["regressed"] and report["flagged"] == [A.id]
+    slower = next(c for c in report["cells"] if c["cell_id"] == A.id)
+    assert slower["verdict"] == "slower" and 1.15 < slower["time_ratio"] < 1.25 and slower["p_value"] < 1e-6
+    assert "REGRESSION in 1 cell" in (new / "compare.md").read_text()
+    assert "REGRESSION" in capsys.readouterr().out
+
+
+def test_a_faster_cell_passes_the_gate(tmp_path):
+    base = make_run(tmp_path / "base", {A: {}, B: {}}, seed=1)
+    new = make_run(tmp_path / "new", {A: {"median_ms": 7.0}, B: {}}, seed=2)
+    assert verdicts(base, new) == {A.id: ("faster", "same"), B.id: ("unchanged", "same")}
+    assert main(["compare", str(base), str(new), "--out", str(tmp_path / "out")]) == 0
+    assert (tmp_path / "out" / "compare.md").is_file() and not (new / "compare.md").exists()
+
+
+def test_noise_is_not_a_regression(tmp_path):
+    # A: same distribution, 30% spread per round; B: +50% median but 3 rounds a side (the test cannot
+    # reach alpha); C: 4% slower, very significant, but under the 10% threshold.
+    spec = {A: {"sigma": 0.3}, B: {"rounds": 3}, C: {"sigma": 0.005}}
+    base = make_run(tmp_path / "base", spec, seed=3)
+    new = make_run(tmp_path / "new", spec | {B: {"rounds": 3, "median_ms": 15.0}, C: {"sigma": 0.005,
+                                                                                      "median_ms": 10.4}}, seed=4)
+    comparison = compare_runs(load_run(base), load_run(new))
+    by_id = comparison.cells.set_index("cell_id")
+    assert set(by_id["verdict"]) == {"unchanged"} and not comparison.regressed
+    assert by_id.loc[B.id, "time_ratio"] > 1.3 and by_id.loc[B.id, "p_value"] > 0.05
+    assert 1.02 < by_id.loc[C.id, "time_ratio"] < 1.06 and by_id.loc[C.id, "p_value"] < 1e-6
+    # the same 4% counts once the threshold is lowered below it
+    assert verdicts(base, new, thresholds=Thresholds(time_ratio=0.02))[C.id] == ("slower", "same")
+
+
+def test_memory_growth_beyond_the_tolerance_fails_the_gate(tmp_path):
+    base = make_run(tmp_path / "base", {A: {}, B: {}, C: {}}, seed=5)
+    new = make_run(tmp_path / "new", {A: {"peak_bytes": 105 * MiB}, B: {"peak_bytes": 101 * MiB},
+                                      C: {"peak_bytes": 80 * MiB}}, seed=6)
+    assert verdicts(base, new) == {A.id: ("unchanged", "grew"), B.id: ("unchanged", "same"),
+                                   C.id: ("unchanged", "shrank")}
+    assert main(["compare", str(base), str(new)]) == 1
+    assert main(["compare", str(base), str(new), "--memory-threshold", "0.1"]) == 0
+
+
+def test_missing_new_and_failed_cells(tmp_path):
+    base = make_run(tmp_path / "base", {A: {}, B: {}, C: {}}, seed=7)
+    D = cell(hidden_size=2048)
+    new = make_run(tmp_path / "new", {A: {}, C: {"status": "oom"}, D: {}}, seed=8)
+    assert verdicts(base, new) == {A.id: ("unchanged", "same"), B.id: ("missing", ""), C.id: ("failed", ""),
+                                   D.id: ("new", "")}
+    assert main(["compare", str(base), str(new)]) == 1  # ok before, out of memory now
+    only_gone = make_run(tmp_path / "only", {A: {}, D: {}}, seed=9)
+    assert main(["compare", str(base), str(only_gone)]) == 0  # missing and new cells do not gate
+
+
+def test_match_impl_compares_a_stand_in_with_the_baselines_impl(tmp_path):
+    stand_in = "tests.slow_impl:SlowScratchLSTM"
+    base = make_run(tmp_path / "base", {A: {}, cell("cudnn"): {}}, seed=10)
+    new = make_run(tmp_path / "new", {A: {"median_ms": 9.0}, cell(stand_in, batch_size=16): {"median_ms": 12.0},
+                                      cell("cudnn"): {}}, seed=11)
+    found = verdicts(base, new, impl_map={stand_in: "scratch"})
+    # the stand-in takes scratch's place; the new run's own scratch cell is set aside
+    assert found == {cell(stand_in, batch_size=16).id: ("slower", "same"), cell("cudnn").id: ("unchanged", "same")}
+    assert main(["compare", str(base), str(new), "--match-impl", f"{stand_in}=scratch"]) == 1
+    assert main(["compare", str(base), str(new), "--match-impl", "nonsense"]) == 2
+
+
+@pytest.mark.parametrize("key, value", [("torch", "2.14.0+cu128"), ("gpu_name", "NVIDIA A100-SXM4-40GB"),
+                                        ("cuda", "13.0"), ("device", "cpu")])
+def test_runs_from_different_environments_are_refused(tmp_path, capsys, key, value):
+    base = make_run(tmp_path / "base", {A: {}}, seed=12)
+    new = make_run(tmp_path / "new", {A: {}}, env=ENV | {key: value}, seed=13)
+    assert main(["compare", str(base), str(new)]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and key in err and value in err and "--allow-env-mismatch" in err
+    assert not (new / "compare.md").exists()
+    assert main(["compare", str(base), str(new), "--allow-env-mismatch"]) == 0
+    assert f"Environments differ in {key}" in (new / "compare.md").read_text()
+
+
+def test_same_environment_on_another_device_index_is_accepted():
+    assert environment_differences(ENV, ENV | {"device": "cuda:0", "git_commit": "def"}) == {}
+
+
+def test_an_unreadable_run_directory_is_one_line_and_exit_2(tmp_path, capsys):
+    base = make_run(tmp_path / "base", {A: {}}, seed=14)
+    (tmp_path / "empty").mkdir()
+    assert main(["compare", str(base), str(tmp_path / "empty")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "not a run directory" in err
+    damaged = make_run(tmp_path / "damaged", {A: {}}, seed=15)
+    (damaged / JSON_NAME).write_text("{not json")
+    assert main(["compare", str(base), str(damaged)]) == 2
+    assert "damaged JSON" in capsys.readouterr().err
+
+
+def test_the_planted_slowdown_computes_what_scratch_computes_with_more_work():
+    torch.manual_seed(0)
+    slow = lstm_impls.create("tests.slow_impl:SlowScratchLSTM", 5, 7)
+    scratch = lstm_impls.create("scratch", 5, 7)
+    scratch.load_state_dict(slow.state_dict())
+    x = torch.randn(8, 3, 5)
+    outputs = [m(x) for m in (slow, scratch)]
+    for y, (h, c) in outputs:
+        (y.sum() + h.sum() + c.sum()).backward()
+    (y_slow, (h_slow, c_slow)), (y, (h, c)) = outputs
+    assert torch.equal(y_slow, y) and torch.equal(h_slow, h) and torch.equal(c_slow, c)
+    assert all(torch.equal(a.grad, b.grad) for a, b in zip(slow.params(), scratch.params()))
+    # more work: the autograd graph holds a quarter more time steps (ceil(0.25 * 8) = 2 of 8)
+    assert _graph_size(outputs[0][0]) >= 1.2 * _graph_size(outputs[1][0])
+
+
+def _graph_size(tensor: torch.Tensor) -> int:
+    """Nodes in the autograd graph behind tensor."""
+    seen, todo = set(), [tensor.grad_fn]
+    while todo:
+        node = todo.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        todo.extend(fn for fn, _ in node.next_functions)
+    return len(seen)
+
+
+def _workflow(name: str) -> dict:
+    data = yaml.safe_load((WORKFLOWS / name).read_text())
+    data["on"] = data.pop(True, data.get("on"))  # YAML 1.1 reads the key `on` as true
+    return data
+
+
+def _runs(job: dict) -> str:
+    return "\n".join(step.get("run", "") + str(step.get("uses", "")) for step in job["steps"])
+
+
+def test_the_nightly_workflow_gates_on_a_repeated_regression():
+    wf = _workflow("nightly-gpu.yml")
+    assert set(wf["on"]) == {"schedule", "workflow_dispatch"} and wf["on"]["schedule"][0]["cron"]
+    (job,) = wf["jobs"].values()
+    assert {"self-hosted", "gpu"} <= set(job["runs-on"])
+    steps = {step.get("id"): step for step in job["steps"] if step.get("id")}
+    text = _runs(job)
+    for needed in ("pytest tests/", "pytest bench/ --benchmark-only", "--device cuda", "lstm-bench compare",
+                   "--rerun-list", "GITHUB_STEP_SUMMARY", "bench.cli report", "actions/upload-artifact"):
+        assert needed in text, needed
+    assert steps["baseline"]["uses"].startswith("dawidd6/action-download-artifact@")
+    assert steps["baseline"]["with"]["workflow_conclusion"] == "success"
+    # the re-measure runs only when the first comparison flagged cells, and the gate reads the re-run's verdict
+    assert "steps.compare.outputs.exit == '1'" in steps["rerun"]["if"]
+    assert "steps.recompare.outputs.exit" in str(steps["gate"])
+    order = [step.get("id") for step in job["steps"]]
+    assert order.index("grid") < order.index("compare") < order.index("rerun") < order.index("recompare") \
+        < order.index("gate")
+    uploads = [s for s in job["steps"] if str(s.get("uses", "")).startswith("actions/upload-artifact")]
+    assert uploads and all(s.get("if") == "always()" for s in uploads)
+    assert uploads[0]["with"]["name"] == steps["baseline"]["with"]["name"]  # what it uploads, it fetches next night
+
+
+def test_the_push_workflow_runs_the_ci_script():
+    wf = _workflow("ci.yml")
+    assert {"push", "pull_request"} <= set(wf["on"])
+    (job,) = wf["jobs"].values()
+    assert "bash .ci/run" in _runs(job)
+
+
+def test_tox_has_a_gpu_env_that_runs_the_cuda_grid():
+    tox = configparser.ConfigParser()
+    tox.read(ROOT / "tox.ini")
+    commands = tox["testenv:gpu"]["commands"]
+    assert "pytest tests/" in commands and "pytest bench/ --benchmark-only" in commands and "--device cuda" in commands
+
+
+def test_the_gpu_check_script_parses_and_runs_every_part():
+    script = ROOT / "bench" / "gpu_check.sh"
+    subprocess.run(["bash", "-n", str(script)], check=True)
+    text = script.read_text()
+    for needed in ("pytest tests/", "bench.cli check --device cuda", "bench.cli run --device cuda", "--impls all",
+                   "bench.cli report"):
+        assert needed in text, needed
