@@ -1,0 +1,649 @@
+"""`lstm-bench report`: one or more run directories -> report.md, PNG plots and pivot CSVs.
+
+The report answers the chapter's question with the run's own numbers (what the model takes, what a
+batch takes, how fast each implementation is) and shows how each implementation scales with batch
+and hidden size. Run directories are read only through bench.results.load_run, so bad input is a
+RunError (one line) before anything is written.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.colors import LogNorm
+from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter, NullLocator, ScalarFormatter
+from scipy.stats import linregress
+
+from bench.grid import D2L, DTYPES, MODES, STATUSES
+from bench.results import Run, RunError, load_run
+
+REPORT_NAME = "report.md"
+#: a cell: what must differ between rows of runs that are combined
+KEY = ("impl", "device", "dtype", "mode", "batch_size", "hidden_size", "seq_len", "input_size")
+#: rows that share these are plotted together (one set of plots, one set of tables per group)
+GROUP = ("device", "dtype", "mode", "seq_len", "input_size")
+#: the parts of peak_bytes, bottom to top (library_bytes: CUDA library workspaces, 0 on a CPU)
+PARTS = ("param_bytes", "grad_bytes", "optimizer_bytes", "activation_bytes", "workspace_bytes", "library_bytes")
+PART_LABELS = {"param_bytes": "parameters", "grad_bytes": "gradients", "optimizer_bytes": "optimizer state",
+               "activation_bytes": "activations", "workspace_bytes": "workspace", "library_bytes": "libraries"}
+NOISY_FRACTION = 0.10  # IQR / median above this marks a cell as noisy
+MIB = 2**20
+REFERENCE_IMPL = "cudnn"
+
+
+# ----------------------------------------------------------------------------- reading
+
+
+@dataclass
+class Combined:
+    """Every row of the runs, one per cell, with the run each came from."""
+
+    rows: pd.DataFrame  # the COLUMNS, `source` (index into runs) and step_ms_q1/q3 from the raw rounds
+    runs: list[Run]
+    superseded: int  # rows replaced by a later row of the same cell in the same run (a resumed run)
+
+
+def combine(run_dirs: Sequence[str | Path]) -> Combined:
+    """Load the runs and join them; RunError (one line) when two runs hold the same cell."""
+    named = [Path(path).resolve() for path in run_dirs]
+    twice = [path for i, path in enumerate(run_dirs) if named[i] in named[:i]]
+    if twice:
+        raise RunError(f"{twice[0]}: the same run directory is named twice")
+    runs = [load_run(path) for path in run_dirs]
+    frames, superseded = [], 0
+    for index, run in enumerate(runs):
+        df = run.measurements
+        for column in ("impl", "device", "dtype", "mode", "batch_size", "hidden_size", "seq_len"):
+            empty = df.index[df[column].isna()]
+            if len(empty):
+                raise RunError(f"{run.path}: row {empty[0] + 2} of measurements.csv has no {column}")
+        bad = df.index[~df["status"].isin(STATUSES)]
+        if len(bad):
+            raise RunError(f"{run.path}: row {bad[0] + 2} of measurements.csv has status {df['status'][bad[0]]!r}, "
+                           f"not one of {', '.join(STATUSES)}")
+        unique = df.drop_duplicates(list(KEY), keep="last")  # appended rows: the newest wins
+        superseded += len(df) - len(unique)
+        frames.append(unique.assign(source=index))
+    rows = pd.concat(frames, ignore_index=True)
+    clash = rows[rows.duplicated(list(KEY), keep=False)]
+    if not clash.empty:
+        first = clash.iloc[0]
+        same = clash[(clash[list(KEY)] == first[list(KEY)]).all(axis=1)]
+        sources = [str(runs[source].path) for source in same["source"]]
+        raise RunError(f"runs collide: cell {cell_name(first)} is in both {' and '.join(sources)} "
+                       f"({len(clash.drop_duplicates(list(KEY)))} cells in all); combine runs whose cells differ")
+    quartiles = [np.percentile(runs[r.source].rounds_s.get(cell_name(r), [np.nan]), [25, 75]) * 1e3
+                 for _, r in rows.iterrows()]
+    rows[["step_ms_q1", "step_ms_q3"]] = np.array(quartiles).reshape(len(rows), 2)
+    return Combined(rows=rows, runs=runs, superseded=superseded)
+
+
+# ----------------------------------------------------------------------------- formatting
+
+
+def cell_name(row: pd.Series) -> str:
+    """impl device dtype mode B.. H.. T.. V.. (the suite's cell id)."""
+    return (f"{row['impl']}-{row['device']}-{row['dtype']}-{row['mode']}-B{_int(row['batch_size'])}"
+            f"-H{_int(row['hidden_size'])}-T{_int(row['seq_len'])}-V{_int(row['input_size'])}")
+
+
+def _int(value) -> str:
+    return "?" if pd.isna(value) else str(int(value))
+
+
+def sig(value: float, digits: int = 3) -> str:
+    """A number to `digits` significant digits, with thousands separators for the large."""
+    if value is None or pd.isna(value):
+        return "–"
+    if abs(value) >= 10**digits:
+        return f"{value:,.0f}"
+    return f"{value:.{digits}g}"
+
+
+def human_bytes(value: float) -> str:
+    """Bytes in B, KiB, MiB or GiB, three significant digits."""
+    if value is None or pd.isna(value):
+        return "–"
+    for unit, size in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if abs(value) >= size:
+            return f"{sig(value / size)} {unit}"
+    return f"{sig(value)} B"
+
+
+def md_table(df: pd.DataFrame) -> str:
+    """A DataFrame (already formatted as text) as a GitHub markdown table."""
+    lines = ["| " + " | ".join(str(c) for c in df.columns) + " |", "|" + " --- |" * len(df.columns)]
+    lines += ["| " + " | ".join(str(v).replace("|", "\\|") for v in row) + " |" for row in df.itertuples(index=False)]
+    return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class Group:
+    """One (device, dtype, mode, seq_len, input_size): the rows plotted and tabulated together."""
+
+    device: str
+    dtype: str
+    mode: str
+    seq_len: int
+    input_size: float  # NaN for runs written before the column
+
+    @property
+    def title(self) -> str:
+        return f"{self.device} · {self.dtype} · {self.mode} · T{self.seq_len} · V{_int(self.input_size)}"
+
+    @property
+    def slug(self) -> str:
+        return f"{self.device}-{self.dtype}-{self.mode}-T{self.seq_len}-V{_int(self.input_size)}".replace(":", "")
+
+    def select(self, rows: pd.DataFrame) -> pd.DataFrame:
+        same = ((rows["device"] == self.device) & (rows["dtype"] == self.dtype) & (rows["mode"] == self.mode)
+                & (rows["seq_len"] == self.seq_len))
+        same &= rows["input_size"].isna() if pd.isna(self.input_size) else rows["input_size"] == self.input_size
+        return rows[same]
+
+
+def groups(rows: pd.DataFrame) -> list[Group]:
+    """The groups present, device first, then dtype and mode in the grid's order."""
+    found = {Group(r.device, r.dtype, r.mode, int(r.seq_len), r.input_size)
+             for r in rows[list(GROUP)].drop_duplicates().itertuples(index=False)}
+    dtype_order, mode_order = list(DTYPES), list(MODES)
+    return sorted(found, key=lambda g: (g.device, dtype_order.index(g.dtype) if g.dtype in dtype_order else 99,
+                                        mode_order.index(g.mode) if g.mode in mode_order else 99, g.seq_len,
+                                        -1 if pd.isna(g.input_size) else g.input_size))
+
+
+# ----------------------------------------------------------------------------- the numbers
+
+
+def d2l_cell(ok: pd.DataFrame) -> tuple[int, int]:
+    """(batch, hidden) of the d2l config, or of the cell nearest it (log scale) that most implementations ran."""
+    shapes = ok.groupby(["batch_size", "hidden_size"]).size().rename("impls").reset_index()
+    shapes["distance"] = (np.abs(np.log2(shapes["batch_size"] / D2L["batch_size"]))
+                          + np.abs(np.log2(shapes["hidden_size"] / D2L["hidden_size"])))
+    best = shapes.sort_values(["distance", "impls", "hidden_size", "batch_size"],
+                              ascending=[True, False, True, True]).iloc[0]
+    return int(best["batch_size"]), int(best["hidden_size"])
+
+
+def is_d2l(group: Group, batch: int, hidden: int) -> bool:
+    return (batch, hidden, group.seq_len, group.input_size) == (
+        D2L["batch_size"], D2L["hidden_size"], D2L["seq_len"], D2L["vocab_size"])
+
+
+def bytes_per_sequence(ok: pd.DataFrame, hidden_size: int) -> pd.DataFrame:
+    """Per implementation, a linear fit of peak bytes over batch size at one hidden size (one group's ok rows).
+
+    slope_bytes is what each extra sequence costs; intercept_bytes what does not grow with the batch.
+    """
+    fits = []
+    for impl, rows in ok[ok["hidden_size"] == hidden_size].groupby("impl"):
+        rows = rows.dropna(subset=["peak_bytes"])
+        if rows["batch_size"].nunique() < 2:
+            continue
+        fit = linregress(rows["batch_size"].astype(float), rows["peak_bytes"].astype(float))
+        activations = rows.dropna(subset=["activation_bytes"])
+        act_slope = (linregress(activations["batch_size"].astype(float), activations["activation_bytes"].astype(float))
+                     .slope if activations["batch_size"].nunique() >= 2 else math.nan)
+        fits.append({"impl": impl, "hidden_size": hidden_size, "slope_bytes": fit.slope,
+                     "intercept_bytes": fit.intercept, "r_squared": fit.rvalue**2, "points": len(rows),
+                     "batch_min": int(rows["batch_size"].min()), "batch_max": int(rows["batch_size"].max()),
+                     "activation_slope_bytes": act_slope})
+    return pd.DataFrame(fits)
+
+
+def hidden_growth(ok: pd.DataFrame, batch_size: int) -> pd.DataFrame:
+    """Per implementation, the exponent k of bytes ~ H^k (a least-squares line in log-log) for parameters and
+    activations, over the hidden sizes run at one batch size."""
+    fits = []
+    for impl, rows in ok[ok["batch_size"] == batch_size].groupby("impl"):
+        rows = rows.sort_values("hidden_size")
+        if rows["hidden_size"].nunique() < 2:
+            continue
+        fit = {"impl": impl, "batch_size": batch_size, "hidden_min": int(rows["hidden_size"].iloc[0]),
+               "hidden_max": int(rows["hidden_size"].iloc[-1])}
+        for column in ("param_bytes", "activation_bytes", "peak_bytes"):
+            valid = rows[rows[column] > 0]
+            name = column.removesuffix("_bytes")
+            fit[f"{name}_exponent"] = (np.polyfit(np.log(valid["hidden_size"].astype(float)),
+                                                  np.log(valid[column].astype(float)), 1)[0]
+                                       if valid["hidden_size"].nunique() >= 2 else math.nan)
+            fit[f"{name}_first_bytes"] = rows[column].iloc[0]
+            fit[f"{name}_last_bytes"] = rows[column].iloc[-1]
+        fits.append(fit)
+    return pd.DataFrame(fits)
+
+
+def pivot(ok: pd.DataFrame, values: pd.Series) -> pd.DataFrame:
+    """impl x batch rows, hidden columns, of one value per cell."""
+    table = ok.assign(value=values).pivot_table(index=["impl", "batch_size"], columns="hidden_size",
+                                                values="value", aggfunc="first", dropna=False)
+    table.columns = [f"H{int(h)}" for h in table.columns]
+    return table
+
+
+def metrics(ok: pd.DataFrame) -> dict[str, tuple[str, pd.Series]]:
+    """The pivot tables: file stem -> (title, one value per row)."""
+    return {
+        "step-ms": ("median step time (ms)", ok["step_ms_median"]),
+        "tokens-per-s": ("tokens per second (batch × seq_len / median step)", ok["tokens_per_s"]),
+        "peak-mib": ("peak memory of a step (MiB)", ok["peak_bytes"] / MIB),
+        "noise-pct": ("noise: IQR / median of the step time (%)", 100 * ok["step_ms_iqr"] / ok["step_ms_median"]),
+    }
+
+
+# ----------------------------------------------------------------------------- plots
+
+
+def _colors(impls: Sequence[str]) -> dict[str, str]:
+    """A fixed color per implementation across every plot of a report."""
+    palette = [f"C{i}" for i in range(10)]
+    return {impl: palette[i % 10] for i, impl in enumerate(sorted(impls))}
+
+
+def _save(fig: Figure, path: Path) -> Path:
+    FigureCanvasAgg(fig)
+    fig.savefig(path, dpi=110)
+    return path
+
+
+def _log2_ticks(ax, values: Sequence[float]) -> None:
+    """A log2 x axis labelled with the grid's own sizes."""
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(sorted(values))
+    ax.xaxis.set_major_formatter(ScalarFormatter())
+    ax.xaxis.set_minor_locator(NullLocator())
+    ax.xaxis.set_minor_formatter(NullFormatter())
+
+
+def _log_y(ax) -> None:
+    """A log y axis with plain numbers at 1, 2, 5 x 10^k (mathtext labels are slow and hard to read)."""
+    ax.set_yscale("log")
+    ax.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: sig(v)))
+    ax.yaxis.set_minor_locator(NullLocator())
+    ax.yaxis.set_minor_formatter(NullFormatter())
+
+
+def plot_against(ok: pd.DataFrame, group: Group, x: str, facet: str, colors: dict[str, str], path: Path) -> Path:
+    """Step time, tokens/s and peak memory against x (batch or hidden size), a panel per value of facet."""
+    rows = [("step_ms_median", "median step (ms)"), ("tokens_per_s", "tokens / s"),
+            ("peak_bytes", "peak memory (MiB)")]
+    facets = sorted(ok[facet].unique())
+    fig = Figure(figsize=(1.2 + 3.3 * len(facets), 8.2), layout="constrained")
+    axes = fig.subplots(len(rows), len(facets), squeeze=False, sharex=True, sharey="row")
+    xname = {"batch_size": "batch size", "hidden_size": "hidden size"}
+    fname = {"batch_size": "B", "hidden_size": "H"}
+    for j, value in enumerate(facets):
+        panel = ok[ok[facet] == value]
+        for i, (column, label) in enumerate(rows):
+            ax = axes[i][j]
+            for impl, lines in panel.groupby("impl"):
+                lines = lines.sort_values(x)
+                y = lines[column] / (MIB if column == "peak_bytes" else 1)
+                ax.plot(lines[x], y, marker="o", color=colors[impl], label=impl)
+                spread = _quartiles(lines, column)
+                if spread is not None:
+                    ax.errorbar(lines[x], y, yerr=spread, fmt="none", ecolor=colors[impl], capsize=3, alpha=0.7)
+            _log_y(ax)
+            _log2_ticks(ax, ok[x].unique())
+            ax.grid(True, alpha=0.3)
+            if i == 0:
+                ax.set_title(f"{fname[facet]} = {int(value)}")
+            if i == len(rows) - 1:
+                ax.set_xlabel(xname[x])
+            if j == 0:
+                ax.set_ylabel(label)
+    axes[0][0].legend(fontsize="small")
+    fig.suptitle(f"{group.title}: against {xname[x]}, a panel per {xname[facet]}\n"
+                 "(log axes; bars: the timed rounds' 25th to 75th percentile)")
+    return _save(fig, path)
+
+
+def _quartiles(lines: pd.DataFrame, column: str) -> np.ndarray | None:
+    """Distances below and above the plotted value to the rounds' quartiles (time and tokens/s), else None."""
+    if column == "step_ms_median":
+        low, high = lines["step_ms_q1"], lines["step_ms_q3"]
+    elif column == "tokens_per_s":
+        tokens = lines["batch_size"] * lines["seq_len"] * 1e3
+        low, high = tokens / lines["step_ms_q3"], tokens / lines["step_ms_q1"]
+    else:
+        return None
+    if low.isna().all():
+        return None
+    value = lines[column]
+    return np.clip(np.vstack([value - low, high - value]).astype(float), 0, None)
+
+
+def plot_relative(ok: pd.DataFrame, group: Group, path: Path) -> Path | None:
+    """Each implementation's step time divided by cudnn's in the same cell, as a heatmap over batch x hidden."""
+    reference = ok[ok["impl"] == REFERENCE_IMPL].set_index(["batch_size", "hidden_size"])["step_ms_median"]
+    others = sorted(set(ok["impl"]) - {REFERENCE_IMPL})
+    if reference.dropna().empty or not others:
+        return None
+    batches, hiddens = sorted(ok["batch_size"].unique()), sorted(ok["hidden_size"].unique(), reverse=True)
+    ratios = {}
+    for impl in others:
+        own = ok[ok["impl"] == impl].set_index(["batch_size", "hidden_size"])["step_ms_median"]
+        ratios[impl] = np.array([[own.get((b, h), np.nan) / reference.get((b, h), np.nan) for b in batches]
+                                 for h in hiddens], dtype=float)
+    finite = np.concatenate([r[np.isfinite(r)] for r in ratios.values()])
+    if finite.size == 0:
+        return None
+    span = max(2.0, float(np.exp(np.max(np.abs(np.log(finite))))))  # symmetric around 1, at least 1/2..2
+    norm = LogNorm(vmin=1 / span, vmax=span)
+    fig = Figure(figsize=(1.6 + 0.9 * len(batches) * len(others) + 1.0, 1.6 + 0.55 * len(hiddens)),
+                 layout="constrained")
+    axes = fig.subplots(1, len(others), squeeze=False)[0]
+    image = None
+    for ax, impl in zip(axes, others):
+        image = ax.imshow(ratios[impl], cmap="coolwarm", norm=norm, aspect="auto")
+        for (r, c), ratio in np.ndenumerate(ratios[impl]):
+            ax.text(c, r, "–" if not np.isfinite(ratio) else f"{sig(ratio, 2)}×", ha="center", va="center",
+                    fontsize="small")
+        ax.set_xticks(range(len(batches)), [str(int(b)) for b in batches])
+        ax.set_yticks(range(len(hiddens)), [str(int(h)) for h in hiddens])
+        ax.set_xlabel("batch size")
+        ax.set_ylabel("hidden size")
+        ax.set_title(impl)
+    bar = fig.colorbar(image, ax=list(axes), label=f"step time ÷ {REFERENCE_IMPL}'s")
+    ticks = [2.0**k for k in range(-12, 13) if 1 / span <= 2.0**k <= span]
+    bar.set_ticks(ticks, labels=[f"{sig(t, 2)}×" for t in ticks])
+    bar.ax.minorticks_off()
+    fig.suptitle(f"{group.title}: step time relative to {REFERENCE_IMPL} (>1: slower)")
+    return _save(fig, path)
+
+
+def plot_breakdown(cells: pd.DataFrame, group: Group, where: str, path: Path) -> Path:
+    """Stacked parts of the peak per implementation at one cell."""
+    fig = Figure(figsize=(4.2 + 1.4 * len(cells), 4.8), layout="constrained")
+    ax = fig.subplots()
+    heights = {part: np.clip(cells[part].fillna(0).to_numpy(float), 0, None) / MIB for part in PARTS}
+    tallest = max(float(sum(heights.values()).max()), 1e-9)
+    bottom = np.zeros(len(cells))
+    names = list(cells["impl"])
+    for part in [p for p in PARTS if p != "library_bytes" or heights[p].any()]:
+        ax.bar(names, heights[part], bottom=bottom, label=PART_LABELS[part], width=0.6)
+        for i, height in enumerate(heights[part]):
+            if height > 0.05 * tallest:  # label the parts big enough to hold one
+                ax.text(i, bottom[i] + height / 2, sig(height), ha="center", va="center", fontsize="small",
+                        color="white")
+        bottom += heights[part]
+    for i, peak in enumerate(cells["peak_bytes"].to_numpy(float) / MIB):
+        ax.annotate(f"peak {sig(peak)} MiB", (i, bottom[i]), ha="center", va="bottom", xytext=(0, 2),
+                    textcoords="offset points", fontsize="small")
+    ax.set_ylabel("MiB at the step's peak")
+    ax.set_ylim(0, tallest * 1.12)
+    handles, labels = ax.get_legend_handles_labels()
+    ax.legend(handles[::-1], labels[::-1], fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1))
+    fig.suptitle(f"Peak memory by part at {where}\n{group.title}")
+    return _save(fig, path)
+
+
+def plot_first_call(cells: pd.DataFrame, group: Group, where: str, path: Path) -> Path:
+    """Startup, first call (scripting / compiling included) and the median step, per implementation."""
+    bars = [("first_step_ms", "first call"), ("startup_ms", "startup (to steady state)"),
+            ("step_ms_median", "median step")]
+    bars = [(c, label) for c, label in bars if cells[c].notna().any()]
+    fig = Figure(figsize=(3.5 + 1.5 * len(cells), 4.4), layout="constrained")
+    ax = fig.subplots()
+    width = 0.8 / len(bars)
+    x = np.arange(len(cells))
+    shown = cells[[c for c, _ in bars]].to_numpy(float)
+    low, high = np.nanmin(shown[shown > 0]) / 2, np.nanmax(shown) * 2  # bars from 0 defeat a log autoscale
+    for k, (column, label) in enumerate(bars):
+        values = cells[column].to_numpy(float)
+        ax.bar(x + (k - (len(bars) - 1) / 2) * width, np.where(values > 0, values, np.nan), width, label=label)
+        for xi, v in zip(x, values):
+            if np.isfinite(v):  # startup_ms can be <= 0 (noise larger than the cost): no bar on a log axis
+                ax.annotate(sig(v, 2), (xi + (k - (len(bars) - 1) / 2) * width, v if v > 0 else low),
+                            ha="center", va="bottom", fontsize="x-small")
+    ax.set_xticks(x, list(cells["impl"]))
+    _log_y(ax)
+    ax.set_ylim(low, high)
+    ax.set_ylabel("ms (log scale)")
+    ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1))
+    fig.suptitle(f"First call (scripting / compiling included) vs. a warm step at {where}\n{group.title}")
+    return _save(fig, path)
+
+
+def plot_predicted(ok: pd.DataFrame, group: Group, colors: dict[str, str], path: Path) -> Path | None:
+    """The memory model's predicted peak against the measured one, every cell that has both."""
+    rows = ok.dropna(subset=["predicted_peak_bytes", "peak_bytes"])
+    if rows.empty:
+        return None
+    fig = Figure(figsize=(5.4, 4.8), layout="constrained")
+    ax = fig.subplots()
+    for impl, points in rows.groupby("impl"):
+        ax.scatter(points["peak_bytes"] / MIB, points["predicted_peak_bytes"] / MIB, color=colors[impl], label=impl)
+    low = min(rows["peak_bytes"].min(), rows["predicted_peak_bytes"].min()) / MIB
+    high = max(rows["peak_bytes"].max(), rows["predicted_peak_bytes"].max()) / MIB
+    ax.plot([low, high], [low, high], color="grey", linestyle="--", label="predicted = measured")
+    ax.set_xscale("log")
+    _log_y(ax)
+    ax.set_xlabel("measured peak (MiB)")
+    ax.set_ylabel("predicted peak (MiB)")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize="small")
+    fig.suptitle(f"{group.title}: predicted vs. measured peak")
+    return _save(fig, path)
+
+
+# ----------------------------------------------------------------------------- the markdown
+
+
+def _environment(combined: Combined) -> str:
+    """A column per run: where the numbers came from."""
+    fields = [("device", "device"), ("gpu_name", "GPU"), ("cpu_model", "CPU"), ("cpu_count", "CPU cores"),
+              ("torch_threads", "torch threads"), ("torch", "torch"), ("cuda", "CUDA"), ("cudnn", "cuDNN"),
+              ("onednn", "oneDNN"), ("tf32_matmul", "TF32 matmul"), ("tf32_cudnn", "TF32 cuDNN"),
+              ("python", "Python"), ("git_commit", "commit"), ("time_utc", "time (UTC)")]
+    table = {"": [label for key, label in fields if any(key in run.environment for run in combined.runs)]}
+    for run in combined.runs:
+        table[f"`{run.path}`"] = [str(run.environment.get(key, "–")) for key, _ in fields
+                                  if any(key in r.environment for r in combined.runs)]
+    if not table[""]:
+        return "No environment.json in the run directories."
+    return md_table(pd.DataFrame(table))
+
+
+def _grid(rows: pd.DataFrame) -> str:
+    def values(column: str) -> str:
+        return ", ".join(str(int(v)) if isinstance(v, (float, int, np.integer)) else str(v)
+                         for v in sorted(rows[column].dropna().unique()))
+
+    impls = [f"`{r.impl}` ({r.description})" if pd.notna(r.description) else f"`{r.impl}`"
+             for r in rows.drop_duplicates("impl").sort_values("impl").itertuples()]
+    lines = [f"- implementations: {', '.join(impls)}",
+             f"- devices: {values('device')}; dtypes: {values('dtype')}; modes: {values('mode')}",
+             f"- batch sizes: {values('batch_size')}; hidden sizes: {values('hidden_size')}; "
+             f"sequence lengths: {values('seq_len')}; input (vocabulary) sizes: {values('input_size') or '–'}",
+             "- cells: " + ", ".join(f"{n} {status}" for status, n in rows["status"].value_counts().items())]
+    return "\n".join(lines)
+
+
+def _answer(group: Group, ok: pd.DataFrame, batch: int, hidden: int) -> list[str]:
+    """The chapter's question in words, for one group, with its own numbers."""
+    where = f"B{batch} H{hidden} T{group.seq_len} V{_int(group.input_size)}"
+    at = ok[(ok["batch_size"] == batch) & (ok["hidden_size"] == hidden)].sort_values("impl")
+    which = "the d2l config" if is_d2l(group, batch, hidden) else "the cell nearest the d2l config (B32 H256 T35 V28)"
+    out = [f"At **{which}, {where}**:", ""]
+    reference = at[at["impl"] == REFERENCE_IMPL]["step_ms_median"]
+    for r in at.itertuples():
+        model = r.param_bytes + r.grad_bytes + r.optimizer_bytes
+        batch_bytes = r.activation_bytes + r.workspace_bytes
+        model_parts = f"parameters {human_bytes(r.param_bytes)}"
+        if group.mode == "train":
+            model_parts += (f" + gradients {human_bytes(r.grad_bytes)} + optimizer state "
+                            f"{human_bytes(r.optimizer_bytes)}")
+        speed = ""
+        if pd.notna(r.step_ms_median):
+            noise = r.step_ms_iqr / r.step_ms_median
+            speed = f" A step takes {sig(r.step_ms_median)} ms ({sig(r.tokens_per_s)} tokens/s"
+            speed += f"; noisy: IQR {noise:.0%} of the median)" if noise > NOISY_FRACTION else ")"
+            if r.impl != REFERENCE_IMPL and not reference.dropna().empty:
+                ratio = r.step_ms_median / reference.iloc[0]
+                speed += (f", {sig(ratio, 2)}× {REFERENCE_IMPL}'s time" if ratio >= 1
+                          else f", {sig(1 / ratio, 2)}× faster than {REFERENCE_IMPL}")
+            speed += "."
+        library = f" (libraries' workspaces {human_bytes(r.library_bytes)} included)" if r.library_bytes > 0 else ""
+        first = f" The first call takes {sig(r.first_step_ms)} ms" if pd.notna(r.first_step_ms) else ""
+        if first and pd.notna(r.startup_ms):
+            first += f", reaching steady state costs {sig(r.startup_ms)} ms beyond steady steps"
+        out.append(f"- **{r.impl}**: the model takes **{human_bytes(model)}** ({model_parts}); a batch of {batch} "
+                   f"sequences takes **{human_bytes(batch_bytes)}** (activations {human_bytes(r.activation_bytes)} + "
+                   f"workspace {human_bytes(r.workspace_bytes)}), {sig(batch_bytes / model, 2) if model else '–'}× "
+                   f"the model; the step peaks at {human_bytes(r.peak_bytes)}{library}.{speed}"
+                   + (f"{first}." if first else ""))
+        gpu = _gpu_memory(r)
+        if gpu:
+            out.append(f"  {gpu}")
+    fits = bytes_per_sequence(ok, hidden)
+    if not fits.empty:
+        out += ["", f"**Each extra sequence** (linear fit of the peak over batch size at H{hidden}):", ""]
+        for f in fits.itertuples():
+            exact = " — two points: the line is exact, R² says nothing" if f.points == 2 else ""
+            out.append(f"- **{f.impl}**: {human_bytes(f.slope_bytes)} per sequence "
+                       f"({human_bytes(f.slope_bytes / group.seq_len)} per token; activations "
+                       f"{human_bytes(f.activation_slope_bytes)} of it), plus {human_bytes(f.intercept_bytes)} that "
+                       f"does not grow with the batch; R² = {f.r_squared:.4f} over {f.points} batch sizes "
+                       f"{f.batch_min}–{f.batch_max}{exact}.")
+    growth = hidden_growth(ok, batch)
+    if not growth.empty:
+        out += ["", f"**With hidden size** (at B{batch}; k in bytes ∝ H^k, a line in log-log):", ""]
+        for g in growth.itertuples():
+            ratio = g.hidden_max / g.hidden_min
+            out.append(f"- **{g.impl}**: H{g.hidden_min}→H{g.hidden_max} (×{sig(ratio)}): parameters "
+                       f"{human_bytes(g.param_first_bytes)}→{human_bytes(g.param_last_bytes)} (k = "
+                       f"{g.param_exponent:.2f}), activations {human_bytes(g.activation_first_bytes)}→"
+                       f"{human_bytes(g.activation_last_bytes)} (k = {g.activation_exponent:.2f}), peak "
+                       f"{human_bytes(g.peak_first_bytes)}→{human_bytes(g.peak_last_bytes)} "
+                       f"(k = {g.peak_exponent:.2f}).")
+        out += ["", "Parameters grow with H² once H outgrows the input and output sizes (the recurrent weights "
+                "W_h· are H×H; the input weights and the output layer are linear in H); activations grow with H "
+                "(a few B×H tensors saved per time step)."]
+    return out
+
+
+def _gpu_memory(r) -> str:
+    """On a GPU: what the process holds beyond the step's peak (why nvidia-smi shows hundreds of MiB)."""
+    if not str(r.device).startswith("cuda"):
+        return ""
+    parts = [(r.context_bytes, "the CUDA context (torch's, cuBLAS's and cuDNN's kernels loaded onto the device, "
+                               "and anything allocated outside torch)"),
+             (r.peak_reserved_bytes, "the caching allocator's pool (peak reserved)")]
+    parts = [f"{what} {human_bytes(v)}" for v, what in parts if pd.notna(v)]
+    if pd.notna(r.library_bytes) and r.library_bytes > 0:
+        parts.append(f"the libraries keep {human_bytes(r.library_bytes)} of workspaces inside the pool")
+    if pd.isna(r.process_used_bytes) and not parts:
+        return ""
+    seen = (f"nvidia-smi shows {human_bytes(r.process_used_bytes)} for this process"
+            if pd.notna(r.process_used_bytes) else "NVML gave no per-process figure here (see notes)")
+    return f"{seen}, while the step peaks at {human_bytes(r.peak_bytes)}: " + "; ".join(parts) + "."
+
+
+def _across(ok: pd.DataFrame) -> str:
+    """Ranges over the whole group, per implementation."""
+    lines = []
+    for impl, rows in ok.groupby("impl"):
+        model = rows["param_bytes"] + rows["grad_bytes"] + rows["optimizer_bytes"]
+        batch = rows["activation_bytes"] + rows["workspace_bytes"]
+        peak = rows["peak_bytes"]
+        lines.append(f"- **{impl}**: model {human_bytes(model.min())}–{human_bytes(model.max())}, batch "
+                     f"{human_bytes(batch.min())}–{human_bytes(batch.max())}, peak {human_bytes(peak.min())}"
+                     f"–{human_bytes(peak.max())}, median step {sig(rows['step_ms_median'].min())}–"
+                     f"{sig(rows['step_ms_median'].max())} ms, first call {sig(rows['first_step_ms'].min())}–"
+                     f"{sig(rows['first_step_ms'].max())} ms.")
+    return "\n".join(lines)
+
+
+def _pivot_md(table: pd.DataFrame, marked: pd.DataFrame | None = None, percent: bool = False) -> str:
+    text = table.map(lambda v: "–" if pd.isna(v) else (f"{v:.1f}%" if percent else sig(v)))
+    if marked is not None:
+        text = text.where(~marked, "**" + text + "**")
+    return md_table(text.reset_index().rename(columns={"batch_size": "B"}))
+
+
+def _failures(rows: pd.DataFrame) -> str:
+    bad = rows[rows["status"] != "ok"]
+    if bad.empty:
+        return "Every cell finished ok."
+    table = pd.DataFrame({"cell": [cell_name(r) for _, r in bad.iterrows()], "status": bad["status"],
+                          "reason": bad["error"].fillna("–").str.slice(0, 300)})
+    return md_table(table)
+
+
+def write_report(run_dirs: Sequence[str | Path], out_dir: str | Path | None = None) -> Path:
+    """Read the runs and write report.md, its PNGs and pivot CSVs into out_dir (default: the one run directory)."""
+    combined = combine(run_dirs)
+    if out_dir is None:
+        if len(combined.runs) > 1:
+            raise RunError("several run directories: say where the combined report goes with --out DIR")
+        out_dir = combined.runs[0].path
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rows = combined.rows
+    ok = rows[rows["status"] == "ok"]
+    colors = _colors(rows["impl"].unique())
+    sources = ", ".join(f"`{run.path}`" for run in combined.runs)
+    md = [f"# lstm-bench report: {sources}", "", "## Environment", "", _environment(combined), "", "## Grid", "",
+          _grid(rows)]
+    if combined.superseded:
+        md += ["", f"({combined.superseded} rows were replaced by later rows of the same cell: a resumed run.)"]
+    if ok.empty:
+        md += ["", "## No results", "", f"**No cell finished ok** ({len(rows)} rows: "
+               + ", ".join(f"{n} {s}" for s, n in rows["status"].value_counts().items())
+               + "), so there is nothing to plot or tabulate; the reasons are below."]
+    long_tables: dict[str, list[pd.DataFrame]] = {}
+    for group in groups(ok) if not ok.empty else []:
+        part = group.select(ok)
+        batch, hidden = d2l_cell(part)
+        where = f"B{batch} H{hidden}"
+        at = part[(part["batch_size"] == batch) & (part["hidden_size"] == hidden)].sort_values("impl")
+        md += ["", f"## {group.title}", "", "### The answer", ""] + _answer(group, part, batch, hidden)
+        md += ["", "Across the grid:", "", _across(part)]
+        plots = []
+        if part["batch_size"].nunique() > 1:
+            plots.append(plot_against(part, group, "batch_size", "hidden_size", colors,
+                                      out_dir / f"plot-vs-batch-{group.slug}.png"))
+        if part["hidden_size"].nunique() > 1:
+            plots.append(plot_against(part, group, "hidden_size", "batch_size", colors,
+                                      out_dir / f"plot-vs-hidden-{group.slug}.png"))
+        plots.append(plot_relative(part, group, out_dir / f"plot-relative-{group.slug}.png"))
+        plots.append(plot_breakdown(at, group, where, out_dir / f"plot-breakdown-{group.slug}.png"))
+        plots.append(plot_first_call(at, group, where, out_dir / f"plot-first-call-{group.slug}.png"))
+        plots.append(plot_predicted(part, group, colors, out_dir / f"plot-predicted-{group.slug}.png"))
+        md += ["", "### Plots", ""] + [f"![{p.stem}]({p.name})" for p in plots if p is not None]
+        if REFERENCE_IMPL not in set(part["impl"]):
+            md += ["", f"(No `{REFERENCE_IMPL}` cells in this group: no plot relative to it.)"]
+        md += ["", "### Tables", ""]
+        for stem, (title, values) in metrics(part).items():
+            table = pivot(part, values)
+            long_tables.setdefault(stem, []).append(table.reset_index().assign(
+                **{c: getattr(group, c) for c in GROUP}))
+            marked = table > 100 * NOISY_FRACTION if stem == "noise-pct" else None
+            md += [f"**{title}**" + (f" — bold: above {100 * NOISY_FRACTION:.0f}%" if marked is not None else ""),
+                   "", _pivot_md(table, marked, percent=stem == "noise-pct"), ""]
+        noisy = part[part["step_ms_iqr"] / part["step_ms_median"] > NOISY_FRACTION]
+        md += [f"{len(noisy)} of {len(part)} cells are noisier than {100 * NOISY_FRACTION:.0f}% (IQR / median)"
+               + (": their times say less than their digits." if len(noisy) else ".")]
+    for stem, tables in long_tables.items():
+        table = pd.concat(tables, ignore_index=True)
+        table = table[list(GROUP) + [c for c in table.columns if c not in GROUP]]
+        table.to_csv(out_dir / f"pivot-{stem}.csv", index=False)
+    if long_tables:
+        md += ["", "Pivot tables as CSV (a row per group × impl × batch size, a column per hidden size): "
+               + ", ".join(f"[pivot-{stem}.csv](pivot-{stem}.csv)" for stem in long_tables)]
+    md += ["", "## Failed, out-of-memory and unsupported cells", "", _failures(rows)]
+    notes = rows.dropna(subset=["notes"])
+    if not notes.empty:
+        md += ["", "## Notes", ""] + [f"- {note} ({n} cells)" for note, n in notes["notes"].value_counts().items()]
+    path = out_dir / REPORT_NAME
+    path.write_text("\n".join(md) + "\n")
+    return path
