@@ -84,6 +84,13 @@ def _run(args: argparse.Namespace) -> int:
     print(f"\nrun directory: {run_dir}  ({time.perf_counter() - started:.0f} s)")
     if (run_dir / CSV_NAME).exists():
         print(summary(run_dir / CSV_NAME))
+        from bench.readers.report import write_report
+
+        try:
+            print(f"report: {write_report([run_dir])}")
+        except RunError as exc:  # the measurements stand; say why there is no report
+            print(f"lstm-bench: error: no report: {exc}", file=sys.stderr)
+            return int(code) or 2
     return int(code)
 
 
@@ -131,6 +138,16 @@ def _compare(args: argparse.Namespace) -> int:
     return 1 if comparison.regressed else 0
 
 
+def _report(args: argparse.Namespace) -> int:
+    """report.md, PNG plots and pivot CSVs from one or more run directories (bench/readers/report.py)."""
+    from bench.readers.report import write_report
+
+    started = time.perf_counter()
+    path = write_report(args.run_dirs, args.out)
+    print(f"wrote {path}, its plots and pivot CSVs ({time.perf_counter() - started:.1f} s)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="lstm-bench", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -170,6 +187,13 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--rerun-list", type=Path, default=None,
                          help="write the flagged cells' pytest node ids here, one a line, to measure them again")
     compare.set_defaults(func=_compare)
+
+    report = sub.add_parser("report", help="report.md, PNG plots and pivot CSVs from run directories "
+                            "(several combine when their cells differ)")
+    report.add_argument("run_dirs", type=Path, nargs="+", metavar="RUN_DIR", help="run directories to report on")
+    report.add_argument("--out", type=Path, default=None,
+                        help="directory for the report (default: the run directory; required for several)")
+    report.set_defaults(func=_report)
 
     train = sub.add_parser("train", help="the d2l chapter's training run on The Time Machine")
     train.add_argument("--impl", default="scratch", help="implementation name or module:Class (scratch)")
