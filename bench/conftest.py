@@ -7,11 +7,14 @@ from pathlib import Path
 import pytest
 import torch
 
+import lstm_impls
 from bench.grid import OPTIONS, OptionError, parse_options
 from bench.instruments.env import environment, pin_tf32
+from bench.instruments.measure import start_runtimes
 from bench.results import CSV_NAME, CsvRecorder, new_run_id, write_environment
 
 _STATE = pytest.StashKey[dict]()  # the run's options, id, directory and environment
+MIN_ROUNDS = 20  # timed rounds per cell at least, however long a step; --benchmark-min-rounds=N sets another
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -32,6 +35,10 @@ def pytest_configure(config: pytest.Config) -> None:
         options = parse_options(_get(config))
     except OptionError as exc:
         pytest.exit(f"lstm-bench: error: {exc}", returncode=2)
+    given = config.invocation_params.args
+    if not any(str(arg).startswith("--benchmark-min-rounds") for arg in given):
+        config.option.benchmark_min_rounds = MIN_ROUNDS  # pytest-benchmark's 5 says little about a spread
+    config.option.benchmark_disable_gc = True  # a collection inside a round would time the collector
     run_id = config.getoption("run_id") or new_run_id()
     run_dir = Path(config.getoption("results_dir")) / run_id
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -63,6 +70,13 @@ def run_info(request: pytest.FixtureRequest) -> dict:
     state = request.config.stash[_STATE]
     return {"run_id": state["run_id"], "tf32": torch.backends.cuda.matmul.allow_tf32,
             "threads": torch.get_num_threads()}
+
+
+@pytest.fixture(scope="session")
+def runtimes_started(request: pytest.FixtureRequest) -> None:
+    """The device's libraries and the grid's compilers started once, before the first cell is timed."""
+    options = request.config.stash[_STATE]["options"]
+    start_runtimes(torch.device(options.device), {lstm_impls.get(name).runtime for name in options.impls})
 
 
 @pytest.fixture(scope="session")

@@ -2,13 +2,26 @@
 
 from __future__ import annotations
 
+import gc
+import statistics
+
 import pytest
 import torch
 
 import lstm_impls
 from bench.grid import Cell
 from bench.instruments.flops import count_flops, step_flops
-from bench.instruments.measure import Subject, breakdown, measure_memory, release_memory, time_first_step, warm_up
+from bench.instruments.measure import (
+    Subject,
+    breakdown,
+    fresh_compile_caches,
+    measure_memory,
+    release_memory,
+    startup_ms,
+    time_first_step,
+    warm_up,
+)
+from bench.instruments.what_ran import what_ran
 from bench.results import CsvRecorder
 
 
@@ -28,31 +41,46 @@ def one_line(exc: BaseException) -> str:
 
 
 def measure(cell: Cell, benchmark) -> dict:
-    """Every column of an ok row: first call, warm-up, timed rounds, memory pass, FLOPs."""
-    torch.compiler.reset()  # every cell compiles afresh, so first_step_ms includes its compile
-    subject = Subject(cell)
-    try:
-        row = {"description": subject.model.rnn.describe(), "first_step_ms": time_first_step(subject.step),
-               "warmup_steps": warm_up(subject.step)}
-        benchmark.extra_info.update(cell.columns())
-        benchmark(subject.step)
-        stats = benchmark.stats.stats if benchmark.stats is not None else None  # None: --benchmark-disable
-        if stats is not None:
-            row |= {"step_ms_median": stats.median * 1e3, "step_ms_iqr": stats.iqr * 1e3,
-                    "step_ms_min": stats.min * 1e3, "step_ms_mean": stats.mean * 1e3,
-                    "step_ms_stddev": stats.stddev * 1e3, "rounds": stats.rounds,
-                    "tokens_per_s": cell.batch_size * cell.seq_len / stats.median}
-        memory = measure_memory(subject)
-        row |= vars(memory) | vars(breakdown(subject, memory.peak_bytes))
-        flops = step_flops(cell.mode, cell.seq_len, cell.batch_size, cell.vocab_size, cell.hidden_size)
-        row |= {"flops_per_step": flops, "flops_counted": count_flops(subject.step),
-                "achieved_gflops": flops / stats.median / 1e9 if stats is not None else None}
-        return row
-    finally:
-        subject.release()
+    """Every column of an ok row: first call, warm-up, timed rounds, memory pass, FLOPs.
+
+    The cell runs inside fresh compile caches, and its implementation is built (and scripted or
+    compiled) anew, so its first-call cost is the same whatever ran before it.
+    """
+    with fresh_compile_caches():
+        subject = Subject(cell)
+        try:
+            return measure_subject(subject, benchmark)
+        finally:
+            subject.release()
 
 
-def test_cell(cell: Cell, benchmark, recorder: CsvRecorder, run_info: dict) -> None:
+def measure_subject(subject: Subject, benchmark) -> dict:
+    cell = subject.cell
+    row = {"first_step_ms": time_first_step(subject.step)}
+    warmup_s = warm_up(subject.step)
+    row |= {"warmup_steps": len(warmup_s),
+            "description": f"{subject.model.rnn.describe()}; {what_ran(subject.step, subject.device)}"}
+    benchmark.extra_info.update(cell.columns())
+    gc.collect()  # the rounds run with GC off (pytest-benchmark's disable_gc): start them with none pending
+    benchmark(subject.step)
+    stats = benchmark.stats.stats if benchmark.stats is not None else None  # None: --benchmark-disable
+    if stats is not None:
+        row |= {"step_ms_median": stats.median * 1e3, "step_ms_iqr": stats.iqr * 1e3,
+                "step_ms_min": stats.min * 1e3, "step_ms_mean": stats.mean * 1e3,
+                "step_ms_stddev": stats.stddev * 1e3, "rounds": stats.rounds,
+                "gc_in_rounds": not benchmark.stats.options["disable_gc"],
+                "tokens_per_s": cell.batch_size * cell.seq_len / stats.median}
+    steady_s = stats.median if stats is not None else statistics.median(warmup_s[-3:])
+    row["startup_ms"] = startup_ms(row["first_step_ms"], warmup_s, steady_s)
+    memory = measure_memory(subject)
+    row |= vars(memory) | vars(breakdown(subject, memory.peak_bytes, memory.library_bytes))
+    flops = step_flops(cell.mode, cell.seq_len, cell.batch_size, cell.vocab_size, cell.hidden_size)
+    row |= {"flops_per_step": flops, "flops_counted": count_flops(subject.step),
+            "achieved_gflops": flops / stats.median / 1e9 if stats is not None else None}
+    return row
+
+
+def test_cell(cell: Cell, benchmark, recorder: CsvRecorder, run_info: dict, runtimes_started: None) -> None:
     row = cell.columns() | run_info
     reason = lstm_impls.get(cell.impl).unsupported_reason(cell.device, cell.torch_dtype)
     if reason:

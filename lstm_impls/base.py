@@ -26,6 +26,9 @@ class LSTMImpl(nn.Module):
 
     name: ClassVar[str] = ""
     description: ClassVar[str] = ""
+    #: what runs it: "eager", "torchscript" or "inductor". The suite starts each runtime its grid
+    #: uses once before the first cell, so no cell's first-call cost includes the process's start-up.
+    runtime: ClassVar[str] = "eager"
     #: device type ("cpu", "cuda") -> dtypes this implementation runs in there.
     dtypes: ClassVar[dict[str, frozenset[torch.dtype]]] = {"cpu": FLOATS, "cuda": FLOATS}
 

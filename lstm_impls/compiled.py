@@ -27,6 +27,7 @@ class CompiledLSTM(ScratchLSTM):
     """The scratch LSTM's own cell (or loop) compiled by torch.compile (Inductor)."""
 
     description = "d2l scratch LSTM under torch.compile (Inductor)"
+    runtime = "inductor"
 
     def __init__(self, input_size: int, hidden_size: int, *, device="cpu", dtype=torch.float32,
                  mode: str | None = None, scope: Scope = "cell"):

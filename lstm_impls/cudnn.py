@@ -18,13 +18,18 @@ class CudnnLSTM(LSTMImpl):
         self.lstm = nn.LSTM(input_size, hidden_size, device=device, dtype=dtype)
 
     def describe(self) -> str:
+        """nn.LSTM, and on CUDA whether its weights are one flat buffer (else cuDNN gets a copy every call).
+
+        Which kernel library runs on a CPU (oneDNN or ATen's native kernels) depends on the dtype and
+        on what the CPU supports natively; the suite reads it from a profiled step.
+        """
         weight = self.lstm.weight_ih_l0
-        if weight.device.type == "cuda":
-            return f"{self.description} (cuDNN {torch.backends.cudnn.version()})"
-        onednn = torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled
-        if onednn and weight.dtype in (torch.float32, torch.bfloat16):  # as aten::lstm dispatches in torch 2.13
-            return f"{self.description} (oneDNN mkldnn_rnn on CPU)"
-        return f"{self.description} (ATen native kernels on CPU)"
+        if weight.device.type != "cuda":
+            return self.description
+        if len({w.untyped_storage().data_ptr() for w in self.lstm._flat_weights}) == 1:
+            return f"{self.description} (cuDNN {torch.backends.cudnn.version()}, flattened weights)"
+        return (f"{self.description} (cuDNN {torch.backends.cudnn.version()}, weights not flattened in "
+                f"{str(weight.dtype).removeprefix('torch.')}: copied into a new buffer every call)")
 
     def forward(self, x: Tensor, state: State | None = None) -> tuple[Tensor, State]:
         hx = None if state is None else (state[0].unsqueeze(0), state[1].unsqueeze(0))

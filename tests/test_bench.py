@@ -15,7 +15,15 @@ import torch
 from bench.cli import main
 from bench.grid import COLUMNS, Cell
 from bench.instruments.flops import count_flops, step_flops
-from bench.instruments.measure import Subject, breakdown, cpu_peak_above_start, measure_memory, saved_activation_bytes
+from bench.instruments.measure import (
+    Subject,
+    breakdown,
+    cpu_peak_above_start,
+    fresh_compile_caches,
+    measure_memory,
+    saved_activation_bytes,
+    startup_ms,
+)
 from bench.results import CsvRecorder
 
 TESTS = Path(__file__).resolve().parent
@@ -104,10 +112,10 @@ def test_recorder_writes_whole_rows_in_schema_order(tmp_path):
         rec.write({"impl": "x", "step_time": 1})
 
 
-def run_cli(tmp_path, *args, timeout=600):
+def run_cli(tmp_path, *args, run_id="r", timeout=600):
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(TESTS), str(TESTS.parent)]))
     return subprocess.run([sys.executable, "-m", "bench.cli", "run", "--results-dir", str(tmp_path),
-                           "--run-id", "r", *args], capture_output=True, text=True, env=env, timeout=timeout)
+                           "--run-id", run_id, *args], capture_output=True, text=True, env=env, timeout=timeout)
 
 
 def test_run_writes_ok_oom_error_and_unsupported_rows_and_goes_on(tmp_path):
@@ -196,3 +204,42 @@ def test_pytest_suite_with_benchmarks_disabled_still_measures_memory(tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:]
     row = pd.read_csv(tmp_path / "d" / "measurements.csv").iloc[0]
     assert row.status == "ok" and pd.isna(row.step_ms_median) and row.peak_bytes > 0 and row.flops_per_step > 0
+
+
+def test_fresh_compile_caches_make_every_compile_cold(tiny):
+    """Each cell compiles into an empty Inductor cache of its own: nothing from an earlier compile, in this
+    process or on disk, shortens its first call."""
+    import os
+
+    from lstm_impls import cell
+
+    X, H, C = torch.randn(tiny["batch_size"], 4), torch.zeros(tiny["batch_size"], 6), torch.zeros(tiny["batch_size"], 6)
+    params = [torch.randn(s) for s in [(4, 6), (6, 6), (6,)] * 4]
+    dirs = []
+    for _ in range(2):
+        with fresh_compile_caches():
+            cache = Path(os.environ["TORCHINDUCTOR_CACHE_DIR"])
+            assert not any(cache.iterdir())  # empty when the cell starts
+            torch.compile(cell.lstm_cell)(X, H, C, params)
+            assert any(cache.rglob("*.py")), "the compile wrote its code into the fresh cache"
+            dirs.append(cache)
+    assert dirs[0] != dirs[1] and not dirs[0].exists()
+
+
+def test_rounds_default_to_twenty_without_gc_and_a_user_can_lower_them(tmp_path):
+    grid = ["--impls", "scratch", "--batch-sizes", "2", "--hidden-sizes", "4", "--seq-len", "3", "--device", "cpu",
+            "--benchmark-max-time=0.000001"]  # pytest-benchmark's time budget alone would give 1 round
+    proc = run_cli(tmp_path, *grid)
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    row = pd.read_csv(tmp_path / "r" / "measurements.csv").iloc[0]
+    assert row.rounds == 20 and not row.gc_in_rounds
+    assert row.warmup_steps >= 3 and pd.notna(row.startup_ms) and pd.notna(row.first_step_ms)
+    assert row.description.endswith("ran: eager ATen ops") and row.library_bytes == 0 and pd.isna(row.notes)
+    lowered = run_cli(tmp_path, *grid, "--benchmark-min-rounds=3", run_id="lowered")
+    assert lowered.returncode == 0, lowered.stdout[-3000:]
+    assert pd.read_csv(tmp_path / "lowered" / "measurements.csv").iloc[0].rounds == 3
+
+
+def test_startup_is_the_first_call_and_warm_up_beyond_steady_steps():
+    # a 900 ms first call, then 300 and 120 ms warm-up steps, at a steady 100 ms: 800 + 200 + 20 ms beyond steady
+    assert startup_ms(900.0, [0.300, 0.120], 0.100) == pytest.approx(1020.0)

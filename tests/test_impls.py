@@ -5,6 +5,7 @@ import torch
 
 import lstm_impls
 from bench.instruments.equality import max_abs_errors
+from bench.instruments.what_ran import what_ran
 from lstm_impls import LSTMImpl, Unsupported
 
 ATOL = 1e-5
@@ -69,15 +70,36 @@ def test_unsupported_dtype_and_device():
     assert "mps" in lstm_impls.get("scratch").unsupported_reason("mps", torch.float32)
 
 
-@pytest.mark.parametrize("dtype, backend", [(torch.float32, "oneDNN"), (torch.bfloat16, "oneDNN"),
-                                            (torch.float16, "native"), (torch.float64, "native")])
-def test_cudnn_description_names_the_kernel_that_runs(dtype, backend):
-    """The description says which library runs; the profiler shows which op actually ran."""
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16, torch.float64])
+def test_cudnn_description_names_the_kernel_that_ran(dtype):
+    """The description is read from a profiled call: oneDNN exactly where the profiler shows its op
+    (float32; bfloat16 only where the CPU has native bfloat16), ATen's native kernels elsewhere."""
     impl = lstm_impls.create("cudnn", 3, 4, dtype=dtype)
+    x = torch.randn(2, 1, 3, dtype=dtype)
     with torch.profiler.profile() as prof:
-        impl(torch.randn(2, 1, 3, dtype=dtype))
+        impl(x)
     ran_onednn = any(e.name == "aten::mkldnn_rnn_layer" for e in prof.events())
-    assert backend in impl.describe() and ran_onednn == (backend == "oneDNN")
+    description = what_ran(lambda: impl(x), torch.device("cpu"))
+    assert ("oneDNN mkldnn_rnn_layer" in description) == ran_onednn
+    assert ("ATen native LSTM kernels" in description) == (not ran_onednn)
+    assert "oneDNN" not in impl.describe() and "native" not in impl.describe()  # no guess in the static text
+    if dtype == torch.float32:
+        assert ran_onednn
+
+
+def test_descriptions_say_how_the_scratch_code_ran(tiny):
+    x = torch.randn(tiny["seq_len"], tiny["batch_size"], tiny["input_size"])
+    for name, expected in (("scratch", "eager ATen ops"), ("scripted", "TorchScript, no fusion groups")):
+        impl = lstm_impls.create(name, tiny["input_size"], tiny["hidden_size"])
+        impl(x)  # scripts on the first call
+        assert what_ran(lambda impl=impl: impl(x)[0].sum().backward(), torch.device("cpu")) == f"ran: {expected}"
+
+
+def test_each_scripted_module_scripts_afresh(tiny):
+    """torch.jit.script caches per function for the process; every ScriptedLSTM must pay its own scripting."""
+    from lstm_impls.scripted import script_lstm
+
+    assert script_lstm().qualified_name != script_lstm().qualified_name
 
 
 def test_register_decorator_and_module_class_string():

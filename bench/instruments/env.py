@@ -44,12 +44,20 @@ def cpu_model() -> str:
 
 @contextlib.contextmanager
 def nvml_handle(device: torch.device):
-    """NVML's handle for torch's CUDA device, found by UUID (so CUDA_VISIBLE_DEVICES cannot mismatch it)."""
+    """NVML's handle for torch's CUDA device, found by UUID (so CUDA_VISIBLE_DEVICES cannot mismatch it).
+
+    On a MIG slice CUDA reports the slice's UUID, which NVML knows as "MIG-<uuid>"; a whole GPU is "GPU-<uuid>".
+    """
     import pynvml
 
+    uuid = torch.cuda.get_device_properties(device).uuid
     pynvml.nvmlInit()
     try:
-        yield pynvml.nvmlDeviceGetHandleByUUID(f"GPU-{torch.cuda.get_device_properties(device).uuid}")
+        try:
+            handle = pynvml.nvmlDeviceGetHandleByUUID(f"GPU-{uuid}")
+        except pynvml.NVMLError_NotFound:
+            handle = pynvml.nvmlDeviceGetHandleByUUID(f"MIG-{uuid}")
+        yield handle
     finally:
         pynvml.nvmlShutdown()
 

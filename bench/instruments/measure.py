@@ -7,10 +7,13 @@ the memory pass, which runs apart from the timed rounds.
 
 from __future__ import annotations
 
+import contextlib
 import gc
+import os
 import statistics
 import time
-from collections.abc import Callable, Iterable
+import warnings
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -87,6 +90,46 @@ def storage_bytes(tensors: Iterable[Tensor]) -> int:
     return sum(seen.values())
 
 
+@contextlib.contextmanager
+def fresh_compile_caches() -> Iterator[None]:
+    """Inductor's and Triton's caches, on disk and in memory, fresh for the duration: a compile inside
+    pays its full cost whatever compiled before, in this process or an earlier run."""
+    with warnings.catch_warnings():  # Inductor's first import uses torch.jit.script_method, deprecated
+        warnings.filterwarnings("ignore", category=DeprecationWarning, message=r".*torch\.jit")
+        from torch._inductor.utils import fresh_cache  # what torch's own benchmarks use to compile cold
+
+    torch.compiler.reset()
+    with fresh_cache():
+        yield
+    torch.compiler.reset()
+
+
+def start_runtimes(device: torch.device, runtimes: Iterable[str] = ()) -> None:
+    """Pay the process's one-time start-up costs before the first cell, so that no cell is charged them.
+
+    On CUDA: the context, cuBLAS handles for the forward's thread and for autograd's backward thread,
+    cuDNN's handle; their workspaces stay allocated and count as library_bytes. For the runtimes
+    named (LSTMImpl.runtime): TorchScript's and Inductor's first use (imports, pass registration,
+    the C++ toolchain probe).
+    """
+    def toy(x: Tensor) -> Tensor:
+        return torch.sigmoid(x @ x) * x
+
+    x = torch.randn(8, 8, device=device, requires_grad=True)
+    lstm = torch.nn.LSTM(8, 8, device=device)
+    lstm(x.unsqueeze(1))[0].sum().backward()
+    if "inductor" in runtimes:
+        with fresh_compile_caches():
+            torch.compile(toy)(x).sum().backward()
+    if "torchscript" in runtimes:
+        with warnings.catch_warnings():  # TorchScript is deprecated in torch 2.13; this start-up is ours
+            warnings.filterwarnings("ignore", message=r".*torch\.jit")
+            scripted = torch.jit.script(toy)
+        for _ in range(3):  # the profiling executor optimizes on the second call
+            scripted(x).sum().backward()
+    sync(device)
+
+
 def time_first_step(step: Callable[[], object]) -> float:
     """Milliseconds of the first call, which includes scripting or compiling."""
     start = time.perf_counter()
@@ -95,11 +138,11 @@ def time_first_step(step: Callable[[], object]) -> float:
 
 
 def warm_up(step: Callable[[], object], *, window: int = 3, tolerance: float = 0.15, min_steps: int = 3,
-            max_steps: int = 60, max_seconds: float = 120.0) -> int:
+            max_steps: int = 60, max_seconds: float = 120.0) -> list[float]:
     """Run step until the last `window` step times lie within `tolerance` of their median.
 
     TorchScript's profiling executor and torch.compile's recompiles make the first few calls
-    seconds long; timing before they settle would report them. Returns the steps run.
+    seconds long; timing before they settle would report them. Returns each warm-up step's seconds.
     """
     times: list[float] = []
     deadline = time.perf_counter() + max_seconds
@@ -112,7 +155,16 @@ def warm_up(step: Callable[[], object], *, window: int = 3, tolerance: float = 0
             mid = statistics.median(last)
             if max(last) - min(last) <= tolerance * mid:
                 break
-    return len(times)
+    return times
+
+
+def startup_ms(first_step_ms: float, warmup_s: list[float], steady_s: float) -> float:
+    """The cost to reach steady state: the first call and the warm-up, beyond as many steady steps.
+
+    It is what scripting, compiling, autotuning and profiling executors cost the first user of a
+    shape, where first_step_ms alone misses recompiles and profiling runs after the first call.
+    """
+    return first_step_ms + (sum(warmup_s) - (1 + len(warmup_s)) * steady_s) * 1e3
 
 
 MEASURED = "lstm_bench::measured"
@@ -158,41 +210,64 @@ def cpu_peak_above_start(fn: Callable[[], object]) -> int:
 
 @dataclass
 class Memory:
-    """One step's memory. peak_bytes counts what was live when the step began (start_bytes)."""
+    """One step's memory. peak_bytes counts what was live when the step began (start_bytes), library
+    memory included; library_bytes is what libraries held before the step that is no tensor of the
+    subject (CUDA: cuBLAS/cuBLASLt workspaces, kept per handle and stream; a CPU: none)."""
 
     peak_bytes: int
     start_bytes: int
+    library_bytes: int = 0
     peak_reserved_bytes: int | None = None
-    process_used_bytes: int | None = None
+    process_used_bytes: int | None = None  # NVML: this process's device memory (context included)
+    context_bytes: int | None = None  # process_used_bytes minus the caching allocator's reserved bytes
+    notes: str | None = None  # what could not be measured, and why
 
 
-def cuda_peak(fn: Callable[[], object], device: torch.device) -> Memory:
-    """Peak allocated and reserved bytes on device while fn runs, from the caching allocator's stats."""
+def cuda_peak(fn: Callable[[], object], device: torch.device, live: Iterable[Tensor] = ()) -> Memory:
+    """Peak allocated and reserved bytes on device while fn runs, from the caching allocator's stats.
+
+    Before fn, what is allocated beyond the storages of `live` is library memory (workspaces the
+    libraries keep across calls); after it, NVML's figure for this process minus what the
+    allocator reserves is the CUDA context (and anything else allocated outside the allocator).
+    """
     release_memory()
     sync(device)
     torch.cuda.reset_peak_memory_stats(device)
     start = torch.cuda.memory_allocated(device)
+    library = start - storage_bytes(t for t in live if t.device.type == "cuda")
     fn()
     sync(device)
-    return Memory(peak_bytes=torch.cuda.max_memory_allocated(device), start_bytes=start,
-                  peak_reserved_bytes=torch.cuda.max_memory_reserved(device),
-                  process_used_bytes=nvml_used_bytes(device))
+    used, note = nvml_process_used_bytes(device)
+    return Memory(peak_bytes=torch.cuda.max_memory_allocated(device), start_bytes=start, library_bytes=library,
+                  peak_reserved_bytes=torch.cuda.max_memory_reserved(device), process_used_bytes=used,
+                  context_bytes=None if used is None else used - torch.cuda.memory_reserved(device), notes=note)
 
 
 def measure_memory(subject: Subject) -> Memory:
     """Peak memory of one step of subject, on its device."""
     if subject.device.type == "cuda":
-        return cuda_peak(subject.step, subject.device)
+        return cuda_peak(subject.step, subject.device, subject.live_tensors())
     start = storage_bytes(subject.live_tensors())
     return Memory(peak_bytes=start + cpu_peak_above_start(subject.step), start_bytes=start)
 
 
-def nvml_used_bytes(device: torch.device) -> int:
-    """Device memory in use as NVML sees it (every process, and the CUDA context)."""
+def nvml_process_used_bytes(device: torch.device) -> tuple[int | None, str | None]:
+    """This process's device memory as NVML sees it (CUDA context included), or None and why not.
+
+    NVML lists compute processes by their PID as the host sees it: inside a container with its
+    own PID namespace, or where the driver withholds per-process figures, there is no answer.
+    """
     import pynvml
 
     with nvml_handle(device) as handle:
-        return int(pynvml.nvmlDeviceGetMemoryInfo(handle).used)
+        processes = pynvml.nvmlDeviceGetComputeRunningProcesses(handle)
+    mine = [p for p in processes if p.pid == os.getpid()]
+    if not mine:
+        return None, (f"NVML lists no compute process with this PID ({os.getpid()}) among {len(processes)} on "
+                      "the device (a container's PID namespace?): process and context bytes not measured")
+    if mine[0].usedGpuMemory is None:
+        return None, "NVML withholds per-process memory here: process and context bytes not measured"
+    return int(mine[0].usedGpuMemory), None
 
 
 def saved_activation_bytes(subject: Subject) -> int:
@@ -216,11 +291,12 @@ class Breakdown:
     grad_bytes: int
     optimizer_bytes: int
     activation_bytes: int
-    workspace_bytes: int  # the rest of the peak: batch, state, logits, temporaries, library workspace
+    workspace_bytes: int  # the rest of the peak: batch, state, logits, the step's temporaries
 
 
-def breakdown(subject: Subject, peak_bytes: int) -> Breakdown:
-    """Split a step's peak into its parts; they add up to peak_bytes by construction of the last."""
+def breakdown(subject: Subject, peak_bytes: int, library_bytes: int = 0) -> Breakdown:
+    """Split a step's peak into its parts; with library_bytes they add up to peak_bytes by construction
+    of the last, so workspace_bytes is the step's own temporaries, not what libraries keep."""
     params = list(subject.model.parameters())
     parts = {
         "param_bytes": storage_bytes(params),
@@ -228,4 +304,4 @@ def breakdown(subject: Subject, peak_bytes: int) -> Breakdown:
         "optimizer_bytes": storage_bytes(optimizer_tensors(subject.optimizer)),
         "activation_bytes": saved_activation_bytes(subject),
     }
-    return Breakdown(**parts, workspace_bytes=peak_bytes - sum(parts.values()))
+    return Breakdown(**parts, workspace_bytes=peak_bytes - library_bytes - sum(parts.values()))
