@@ -26,6 +26,9 @@ _REGISTRY: dict[str, type[LSTMImpl] | str] = {
     "scripted": "lstm_impls.scripted:ScriptedLSTM",
     "compiled": "lstm_impls.compiled:CompiledLSTM",
     "cudnn": "lstm_impls.cudnn:CudnnLSTM",
+    "fused": "lstm_impls.fused:FusedLSTM",
+    "fused_compiled": "lstm_impls.fused_compiled:FusedCompiledLSTM",
+    "triton": "lstm_impls.triton_lstm:TritonLSTM",  # CUDA; needs the optional triton extra
 }
 
 
