@@ -2,7 +2,7 @@
 
     >>> import lstm_impls
     >>> lstm_impls.names()
-    ['compiled', 'cudnn', 'scratch', 'scripted']
+    ['compiled', 'cudnn', 'fused', 'fused_compiled', 'scratch', 'scripted', 'triton']
     >>> lstm = lstm_impls.create("scratch", input_size=28, hidden_size=256)
 
 Wherever a name is accepted, a "package.module:Class" string naming an `LSTMImpl` subclass is too.
