@@ -19,11 +19,13 @@ import numpy as np
 import pandas as pd
 from scipy.stats import mannwhitneyu
 
+from bench import grid
 from bench.grid import Cell
 from bench.results import Run
 
-#: what makes two rows the same cell
-KEY = ("impl", "device", "dtype", "mode", "batch_size", "hidden_size", "seq_len", "input_size")
+#: what makes two rows the same cell: bench.grid.CELL_KEY (with world_size) where the grid declares it
+KEY: tuple[str, ...] = getattr(grid, "CELL_KEY", ("impl", "device", "dtype", "mode", "batch_size", "hidden_size",
+                                                   "input_size", "seq_len"))
 #: environment fields that must agree, or the comparison measures the setup rather than the code
 ENV_KEYS = ("device", "gpu_name", "torch", "cuda")
 #: verdicts, in the order the summary lists them; the first three are of time
@@ -67,8 +69,11 @@ def check_environments(baseline: Run, new: Run) -> None:
 
 def cell_id(row: pd.Series, impl: str | None = None) -> str:
     """The cell's id (bench.grid.Cell.id): benchmark.json's param, the suite's test id."""
-    return Cell(impl or row["impl"], row["device"], row["dtype"], row["mode"], int(row["batch_size"]),
-                int(row["hidden_size"]), int(row["seq_len"]), int(row["input_size"])).id
+    sizes = {k: int(row[k]) for k in ("batch_size", "hidden_size", "seq_len")}
+    if "world_size" in KEY:
+        sizes["world_size"] = int(row["world_size"])
+    return Cell(impl or row["impl"], row["device"], row["dtype"], row["mode"], vocab_size=int(row["input_size"]),
+                **sizes).id
 
 
 def time_test(base_s: list[float], new_s: list[float]) -> tuple[float, float]:
@@ -81,6 +86,8 @@ def _cells(run: Run, impl_map: dict[str, str]) -> pd.DataFrame:
     """A run's rows, one per cell (the last row wins: a re-run into the same directory appends), impls mapped."""
     df = run.measurements.copy()
     df["source_impl"] = df["impl"]
+    if "world_size" in df:
+        df["world_size"] = df["world_size"].fillna(1)  # rows written before the column were single-process
     if impl_map:
         stand_ins = df["impl"].isin(list(impl_map))
         replaced = df["impl"].isin(list(impl_map.values())) & ~stand_ins
@@ -194,6 +201,14 @@ class Comparison:
         """Median time ratio over the cells both runs measured: how much the whole machine moved."""
         return float(self.cells["time_ratio"].median())
 
+    def spread_line(self) -> str:
+        """The time ratios' range: on an A/A pair (one commit twice) it is the noise a threshold must clear."""
+        ratios = self.cells["time_ratio"].dropna()
+        if ratios.empty:
+            return "no cell timed in both runs"
+        return (f"time ratio new/base over {len(ratios)} cells: min {ratios.min():.3f}, "
+                f"median {ratios.median():.3f}, max {ratios.max():.3f}")
+
     def rerun_ids(self) -> list[str]:
         """pytest node ids of the flagged cells, to measure them again (`pytest $(cat FILE) --benchmark-only`)."""
         return [f"{SUITE_TEST}[{cid}]" for cid in self.flagged()["cell_id"]]
@@ -221,7 +236,7 @@ class Comparison:
         head = (f"compare {self.baseline.path} -> {self.new.path}: slower/faster beyond x{1 + t.time_ratio:g} "
                 f"with Mann-Whitney p < {t.alpha:g}; memory beyond +{100 * t.memory_ratio:g}%")
         body = self._display().to_string(index=False, na_rep="-")
-        return f"{head}\n{body}\n{self._drift_note()}{self.summary_line()}"
+        return f"{head}\n{body}\n{self.spread_line()}\n{self._drift_note()}{self.summary_line()}"
 
     def _drift_note(self) -> str:
         """A warning when at least half of 5+ compared cells moved by half the threshold or more, together."""
@@ -251,7 +266,7 @@ class Comparison:
             lines.append("Matched implementations (new = baseline): "
                          + ", ".join(f"`{n}` = `{b}`" for n, b in self.impl_map.items()) + ".")
         note = self._drift_note()
-        lines += [f"\n{note}" if note else "", "", "| verdict | cells |", "| --- | --- |"]
+        lines += ["", self.spread_line() + ".", f"\n{note}" if note else "", "", "| verdict | cells |", "| --- | --- |"]
         lines += [f"| {v} | {n} |" for v, n in self.counts().items()]
         flagged = self.flagged()
         if not flagged.empty:
@@ -272,7 +287,8 @@ class Comparison:
         cells = json.loads(self.cells.to_json(orient="records"))
         return {"baseline": str(self.baseline.path), "new": str(self.new.path), "thresholds": asdict(self.thresholds),
                 "impl_map": self.impl_map, "regressed": self.regressed, "counts": self.counts(),
-                "common_ratio": self.common_ratio(), "flagged": list(self.flagged()["cell_id"]),
+                "common_ratio": self.common_ratio(), "spread": self.spread_line(),
+                "flagged": list(self.flagged()["cell_id"]),
                 "environment_differences": environment_differences(self.baseline.environment, self.new.environment),
                 "cells": cells}
 
