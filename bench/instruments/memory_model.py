@@ -1,0 +1,522 @@
+"""The memory model: every part of a step's memory, per implementation, counted from the tensors.
+
+For a cell (implementation, device, dtype, mode, optimizer, sizes B, H, T, V) it predicts what the
+suite measures (bench/instruments/measure.py): param_bytes, grad_bytes, optimizer_bytes,
+activation_bytes (storages autograd saves, parameters excluded), workspace_bytes (the rest of the
+peak), library_bytes (CUDA: cuBLAS/cuBLASLt workspaces kept across steps) and peak_bytes.
+
+How: a step is a sequence of moments (end of forward, a point in backward, the optimizer step,
+...). For each moment the model lists the tensors alive then, as (count, bytes each), from what the
+code allocates and what autograd keeps; the peak is the largest moment. Nothing is fitted to the
+totals. The few constants that are measured rather than derived are in FITTED, each with the
+measurement it came from, and a prediction that uses one lists it in `fitted`.
+
+Symbols: s = bytes per element of the dtype; u = B*H*s (one (B, H) tensor); I = V (one-hot input).
+The counts below were derived from the code (lstm_impls/cell.py, torch's autograd formulas,
+aten/src/ATen/native/RNN.cpp and mkldnn/RNN.cpp, oneDNN's rnn_utils) and checked event by event
+against the profiler's allocation timeline of one step (torch 2.13, oneDNN 3.12, AVX2 CPU).
+
+What each kernel saves for backward (activation_bytes), per step t of T:
+- autograd ops (scratch, and nn.LSTM on ATen's native CPU kernels): 7 (B, H) tensors: the previous
+  h and c (for t = 0 the carried state), the gates I, F, O, C~ and tanh(C) (native: the (B, 4H)
+  gates buffer, the previous h and c, tanh(c)); plus the one-hot input (T, B, V), the stacked
+  outputs (T, B, H), log-softmax (T*B, V), the int64 target and a scalar total weight.
+- TorchScript (scripted): the same tensors (autodiff's differentiable graphs capture them).
+- Inductor (compiled, cell scope): what the min-cut partitioner saves per call; see _inductor.
+- oneDNN (nn.LSTM, float32 on a CPU): the training workspace (_onednn_workspace_bytes), the input,
+  the carried state, the outputs and the final h, c.
+- cuDNN: the reserve space (fitted, see FITTED), input, state, outputs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import torch
+
+from ..grid import DTYPES, MODES, Cell
+
+OPTIMIZERS = ("sgd", "momentum", "adam")  # as bench.d2l.model.OPTIMIZERS
+IMPLS = ("compiled", "cudnn", "scratch", "scripted")
+DTYPE_BYTES = {"float32": 4, "float64": 8, "bfloat16": 2, "float16": 2}
+PAGE_BYTES = 4096  # oneDNN aligns each workspace / scratchpad region to a page
+MIB = 1 << 20
+INDUCTOR_COUNTED_ON = "2.13"  # torch version whose partitioner the compiled count follows
+
+#: Constants measured rather than derived, with the measurement each came from.
+FITTED = {
+    "onednn_scratchpad_extra": (
+        "oneDNN's scratchpad beyond the regions set_offsets books (scratch gates, ht, diff ht): 4664 B in "
+        "training and 4952 B in inference, the same at (T, B, H) = (9,12,100), (18,12,100), (9,24,100), "
+        "(9,12,200), (9,12,256), (35,16,512) [training] and those plus (35,64,512), (35,128,128), (10,7,64), "
+        "(100,96,768) [inference]; oneDNN 3.12, AVX2 CPU, torch 2.13"),
+    "cudnn_reserve": (
+        "cuDNN's training reserve: 5 elements per (t, b, h) (20 B in float32), fitted to pytorch issue #2895's "
+        "P100 figure (4 layers, H=320): reserve = s*T*B*H*(6L-1); not measured on cuDNN 9"),
+    "cudnn_workspace": (
+        "cuDNN's RNN workspace: taken as the input projections of all steps, T*B*4H elements; an estimate, "
+        "not measured"),
+}
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """The sizes of one step: batch B, hidden H, sequence T, vocabulary V (= the one-hot input size)."""
+
+    batch_size: int
+    hidden_size: int
+    seq_len: int
+    vocab_size: int
+
+
+@dataclass
+class Prediction:
+    """What the model predicts for one cell; parts add up to peak_bytes (library_bytes included)."""
+
+    impl: str
+    device: str
+    dtype: str
+    mode: str
+    optimizer: str
+    batch_size: int
+    hidden_size: int
+    seq_len: int
+    vocab_size: int
+    kernel: str  # what runs the LSTM: autograd ops, TorchScript, Inductor, oneDNN, ATen native, cuDNN
+    param_bytes: int
+    grad_bytes: int
+    optimizer_bytes: int
+    activation_bytes: int
+    workspace_bytes: int
+    library_bytes: int
+    peak_bytes: int
+    peak_at: str  # when in the step the peak happens
+    peak_live: dict[str, int] = field(default_factory=dict)  # what is alive then, bytes by name
+    fitted: tuple[str, ...] = ()  # FITTED keys this prediction used
+    notes: tuple[str, ...] = ()
+
+    @property
+    def model_bytes(self) -> int:
+        """What the model takes whatever the batch: parameters, gradients, optimizer state."""
+        return self.param_bytes + self.grad_bytes + self.optimizer_bytes
+
+    @property
+    def batch_bytes(self) -> int:
+        """What the batch takes at the peak: activations and workspace."""
+        return self.activation_bytes + self.workspace_bytes
+
+    def as_dict(self) -> dict:
+        return asdict(self) | {"model_bytes": self.model_bytes, "batch_bytes": self.batch_bytes}
+
+
+# A tensor kind alive at a moment: (count, bytes each). CUDA rounds each to the allocator's 512 B.
+Term = tuple[int, int]
+
+
+@dataclass
+class _Moment:
+    name: str
+    live: dict[str, Term]
+
+
+def _page(nbytes: int) -> int:
+    return -(-nbytes // PAGE_BYTES) * PAGE_BYTES
+
+
+def _round_up(n: int, multiple: int) -> int:
+    return -(-n // multiple) * multiple
+
+
+def good_ld(dim: int, elem_bytes: int) -> int:
+    """oneDNN's get_good_ld: a leading dimension rounded up to 64 bytes, plus 64 bytes when a multiple of 256."""
+    ld = _round_up(dim, 64 // elem_bytes)
+    return ld + 64 // elem_bytes if ld % 256 == 0 else ld
+
+
+class _Counts:
+    """The sizes every kernel's count uses."""
+
+    def __init__(self, impl: str, sizes: Sizes, dtype: str, mode: str, optimizer: str, *, cuda: bool = False,
+                 flat_lstm: bool = False):
+        self.impl, self.dtype, self.mode, self.optimizer = impl, dtype, mode, optimizer
+        self.B, self.H, self.T, self.V = sizes.batch_size, sizes.hidden_size, sizes.seq_len, sizes.vocab_size
+        self.I = self.V
+        self.s = DTYPE_BYTES[dtype]
+        self.u = self.B * self.H * self.s
+        B, H, T, V, s = self.B, self.H, self.T, self.V, self.s
+        self.train = mode == "train"
+        if impl == "cudnn":  # nn.LSTM: weight_ih (4H, I), weight_hh (4H, H), bias_ih, bias_hh (4H,)
+            self.lstm_params: list[int] = [4 * H * self.I * s, 4 * H * H * s, 4 * H * s, 4 * H * s]
+        else:  # d2l: W_x* (I, H), W_h* (H, H), b_* (H,) for 4 gates
+            self.lstm_params = [self.I * H * s, H * H * s, H * s] * 4
+        self.linear_params = [V * H * s, V * s]
+        self.params = self.lstm_params + self.linear_params
+        self.P_lstm, self.P_lin = sum(self.lstm_params), sum(self.linear_params)
+
+        def block(nbytes: int) -> int:  # the CUDA caching allocator hands out multiples of 512 B
+            return _round_up(nbytes, 512) if cuda else nbytes
+
+        lstm = [block(self.P_lstm)] if flat_lstm else [block(p) for p in self.lstm_params]  # cuDNN: one flat buffer
+        self.P = sum(lstm) + sum(block(p) for p in self.linear_params)
+        self.G = self.P if self.train else 0
+        self.O = 0
+        if self.train and optimizer == "momentum":
+            self.O = self.P  # one momentum buffer per parameter
+        elif self.train and optimizer == "adam":  # exp_avg, exp_avg_sq, and a float32 0-d step per parameter
+            self.O = 2 * self.P + len(self.params) * block(4)
+        self.TBH, self.TBV, self.TB = T * B * H * s, T * B * V * s, T * B
+
+    # pieces every moment has
+    def model(self) -> dict[str, Term]:
+        live = {"parameters": (1, self.P)}
+        if self.G:
+            live["gradients"] = (1, self.G)
+        if self.O:
+            live["optimizer state"] = (1, self.O)
+        return live
+
+    def batch_and_state(self) -> dict[str, Term]:
+        return {"batch X, Y (int64)": (2, 8 * self.TB), "carried state h, c": (2, self.u)}
+
+    def ops_activations(self) -> dict[str, Term]:
+        """What autograd saves for the chapter's cell run op by op (and for ATen's native LSTM)."""
+        return {"one-hot input": (1, self.TBV), "carried state h, c": (2, self.u),
+                "per-step saved h, c, gates, tanh(c)": (7 * self.T - 2, self.u),
+                "stacked outputs": (1, self.TBH), "log-softmax": (1, self.TBV), "target (int64)": (1, 8 * self.TB),
+                "total weight": (1, self.s)}
+
+    def optimizer_step(self) -> _Moment:
+        """After backward: model, batch, both states, logits, loss; Adam's foreach sqrt(exp_avg_sq) list."""
+        live = self.model() | self.batch_and_state() | {"new state h, c": (2, self.u), "logits": (1, self.TBV),
+                                                         "loss": (1, self.s)}
+        if self.optimizer == "adam":
+            live["Adam's sqrt(exp_avg_sq) (foreach temporary)"] = (1, self.P)
+        return _Moment("optimizer step", live)
+
+    def loss_backward(self, acts: dict[str, Term], new_state: dict[str, Term]) -> list[_Moment]:
+        """Backward's first nodes, before the LSTM's: zero_grad has freed the gradients.
+
+        First log-softmax's backward: log-softmax, the logits and two (T*B, V) gradients (nll_loss's and
+        log_softmax's) alive with every saved tensor; then the output layer's (addmm) backward: dY
+        (T, B, H) and the layer's gradients beside dlogits, the stacked outputs still saved. These are
+        the peak when B*T is large against H*H (the LSTM's backward then frees more than it adds)."""
+        saved = {k: v for k, v in acts.items() if k not in ("target (int64)", "total weight")}
+        base = ({k: v for k, v in self.model().items() if k != "gradients"} | self.batch_and_state() | new_state
+                | {"logits": (1, self.TBV), "loss and its gradient": (2, self.s)})
+        del_logsm = {k: v for k, v in saved.items() if k != "log-softmax"}
+        return [
+            _Moment("backward of the loss (log-softmax's gradient computed)", base | saved | {
+                "gradients of log-softmax and of the logits": (2, self.TBV)}),
+            _Moment("backward of the output layer (dY computed)", base | del_logsm | {
+                "gradient of the logits": (1, self.TBV), "dY (T, B, H)": (1, self.TBH),
+                "output layer's gradients": (1, self.P_lin)}),
+        ]
+
+    def forward_moments(self, saved: dict[str, Term]) -> list[_Moment]:
+        """Inference moments shared by the op-by-op kernels: the one-hot cast and the stack of outputs."""
+        base = self.model() | self.batch_and_state()
+        return [
+            _Moment("one-hot cast (int64 and float copies)", base | {"one-hot int64": (1, 8 * self.TB * self.V),
+                                                                    "one-hot input": (1, self.TBV)}),
+            _Moment("torch.stack of the outputs, end of the LSTM", base | saved),
+            _Moment("loss", base | {"new state h, c": (2, self.u), "logits": (1, self.TBV),
+                                    "log-softmax": (1, self.TBV), "target (int64)": (1, 8 * self.TB)}),
+        ]
+
+
+def _total(live: dict[str, Term], cuda: bool) -> int:
+    return sum(n * (_round_up(each, 512) if cuda and each else each) for n, each in live.values())
+
+
+# ---------------------------------------------------------------- the kernels
+
+
+def _autograd_ops(c: _Counts) -> tuple[dict[str, Term], list[_Moment]]:
+    """scratch: the chapter's cell op by op in eager autograd."""
+    if not c.train:
+        return {}, c.forward_moments({"one-hot input": (1, c.TBV), "outputs list h_1..h_T": (c.T, c.u),
+                                      "last c": (1, c.u), "stacked outputs": (1, c.TBH)})
+    acts = c.ops_activations()
+    end_of_forward = _Moment("end of forward (loss computed, before zero_grad)", c.model() | c.batch_and_state()
+                             | acts | {"new state h, c": (2, c.u), "logits": (1, c.TBV), "loss": (1, c.s)})
+    # Backward, second-to-last time step, first gate's matmul backward: all new gradients exist
+    # (the last step allocated them), step T-1's saved tensors, the stack, log-softmax and the
+    # target are freed; dY (T, B, H) is alive, and the (H, H) weight-gradient term of this step
+    # waits to be added into W_h's buffer, with 4 (B, H) gradients of the step in flight.
+    saved_left = dict(acts)
+    for key in ("stacked outputs", "log-softmax", "target (int64)", "total weight"):
+        del saved_left[key]
+    saved_left["per-step saved h, c, gates, tanh(c)"] = (7 * c.T - 2 - 7, c.u)
+    backward = _Moment("backward, step T-2: W_h gradient term before it is added", c.model() | c.batch_and_state()
+                       | saved_left | {
+        "new state h, c": (2, c.u), "logits": (1, c.TBV), "loss and its gradient": (2, c.s),
+        "dY (T, B, H)": (1, c.TBH), "(B, H) gradients in flight": (4, c.u),
+        "W_h gradient term (H, H)": (1, c.H * c.H * c.s)})
+    return acts, [end_of_forward, *c.loss_backward(acts, {"new state h, c": (2, c.u)}), backward,
+                  c.optimizer_step()]
+
+
+def _torchscript(c: _Counts) -> tuple[dict[str, Term], list[_Moment]]:
+    """scripted: TorchScript's profiling executor unrolls the loop by 8 (loop_unrolling.cpp kUnrollFactor)
+    and differentiates each unrolled body as one graph: its backward holds the 8 steps' per-step
+    weight-gradient terms (8 x the LSTM's parameters) until it sums them at its end."""
+    if not c.train:
+        return _autograd_ops(c)
+    acts, moments = _autograd_ops(c)
+    K = 8 * (c.T // 8)  # steps in unrolled bodies; the T % 8 remainder runs (and differentiates) first
+    if K:
+        remainder = c.T - K
+        live = c.model() | c.batch_and_state() | {
+            "one-hot input": (1, c.TBV), "saved h, c, gates, tanh(c) of the unrolled steps": (7 * K - 2, c.u),
+            "new state h, c": (2, c.u), "logits": (1, c.TBV), "loss and its gradient": (2, c.s),
+            "dY (T, B, H)": (1, c.TBH), "(B, H) gradients in flight": (3 + 2 * (remainder > 1), c.u),
+            "8 steps' weight-gradient terms": (8, c.P_lstm)}
+        moments.append(_Moment("backward of the last unrolled 8-step body, before it sums its weight gradients",
+                               live))
+    return acts, moments
+
+
+def _inductor(c: _Counts) -> tuple[dict[str, Term], list[_Moment]]:
+    """compiled (cell scope): each call's forward graph returns what the min-cut partitioner saves.
+
+    Counted in torch 2.13 (INDUCTOR_COUNTED_ON): per step the previous h and c and the four gates
+    (tanh(c) is recomputed in backward), and the last step's c: 6T + 1 (B, H) tensors with the
+    carried state. The backward graph of a step returns all 12 weight gradients of that step at once,
+    which autograd then adds into the gradient buffers.
+    """
+    if not c.train:
+        return _autograd_ops(c)
+    acts = c.ops_activations()
+    acts["per-step saved h, c, gates (partitioner)"] = acts.pop("per-step saved h, c, gates, tanh(c)")
+    acts["per-step saved h, c, gates (partitioner)"] = (6 * c.T - 1, c.u)
+    end_of_forward = _Moment("end of forward (loss computed, before zero_grad)", c.model() | c.batch_and_state()
+                             | acts | {"new h": (1, c.u), "logits": (1, c.TBV), "loss": (1, c.s)})
+    backward = _Moment("backward, step T-2: the step's 12 weight gradients before they are added", c.model()
+                       | c.batch_and_state() | {
+        "one-hot input and logits": (2, c.TBV), "saved (B, H) left, new state, gradients in flight": (6 * c.T - 8, c.u),
+        "loss and its gradient": (2, c.s), "dY (T, B, H)": (1, c.TBH),
+        "one step's 12 weight gradients": (1, c.P_lstm)})
+    return acts, [end_of_forward, *c.loss_backward(acts, {"new h": (1, c.u)}), backward, c.optimizer_step()]
+
+
+def _aten_native(c: _Counts) -> tuple[dict[str, Term], list[_Moment]]:
+    """nn.LSTM on ATen's native CPU kernels (RNN.cpp): the input projection of all steps at once
+    (T, B, 4H), then per step gates = linear_hh(h) + that, in-place sigmoid/tanh on its chunks."""
+    B4H = c.B * 4 * c.H * c.s
+    if not c.train:
+        return {}, c.forward_moments({"one-hot input": (1, c.TBV), "input projection (T, B, 4H)": (1, c.T * B4H),
+                                      "outputs h_1..h_T": (c.T, c.u), "last c": (1, c.u),
+                                      "stacked outputs": (1, c.TBH)})
+    acts = c.ops_activations()
+    forward = _Moment("forward, torch.stack of the outputs", c.model() | c.batch_and_state() | {
+        "one-hot input": (1, c.TBV), "input projection (T, B, 4H)": (1, c.T * B4H),
+        "per-step gates (B, 4H)": (c.T, B4H), "per-step c, tanh(c), h": (3 * c.T, c.u),
+        "stacked outputs": (1, c.TBH)})
+    H4H = c.H * 4 * c.H * c.s
+    backward = _Moment("backward, step T-2: W_hh gradient summed out of place", {
+        "parameters": (1, c.P), **({"optimizer state": (1, c.O)} if c.O else {}),
+        "gradients so far (output layer, W_hh, b_hh)": (1, c.P_lin + H4H + 4 * c.H * c.s),
+        **c.batch_and_state(), "one-hot input and logits": (2, c.TBV), "loss and its gradient": (2, c.s),
+        "per-step gates and their gradients (B, 4H)": (c.T, B4H),
+        "saved h, c, tanh(c) left, new state, in flight": (3 * c.T - 4, c.u),
+        "dY (T, B, H)": (1, c.TBH), "W_hh gradient term and the sum (4H, H)": (2, H4H)})
+    return acts, [forward, *c.loss_backward(acts, {"new state h, c": (2, c.u)}), backward, c.optimizer_step()]
+
+
+def _onednn_workspace_bytes(c: _Counts) -> int:
+    """oneDNN's LSTM training workspace (rnn_utils set_workspace_sizes + set_offsets), 1 layer, 1 direction."""
+    T, B, H, I, s = c.T, c.B, c.H, c.I, c.s
+    f32 = 4
+    states_ld = good_ld(max(I, H), s)
+    diff_ld = good_ld(max(I, H), f32)
+    regions = [
+        T * B * good_ld(4 * H, f32) * f32,  # ws_gates (gates_t: float)
+        T * B * good_ld(H, s) * s,  # ws_ht
+        2 * (T + 1) * B * states_ld * s,  # ws_states_layer (L + 1 layers of T + 1 states)
+        2 * (T + 1) * B * H * f32,  # ws_states_iter_c (src_iter_c: float)
+        2 * (T + 1) * B * diff_ld * f32,  # ws_diff_states_layer
+        2 * (T + 1) * B * diff_ld * f32,  # ws_diff_states_iter
+        2 * (T + 1) * B * H * f32,  # ws_diff_states_iter_c
+    ]
+    return sum(_page(r) for r in regions)
+
+
+def _onednn(c: _Counts) -> tuple[dict[str, Term], list[_Moment]]:
+    """nn.LSTM through oneDNN (aten mkldnn_rnn_layer): workspace from oneDNN's layout rules."""
+    T, B, H, I, s, f32 = c.T, c.B, c.H, c.I, c.s, 4
+    bias_sum = (1, 4 * H * s)
+    if not c.train:  # inference: brgemm kernels; weights reordered to ldgOi16o; scratchpad holds the states
+        n16 = _round_up(H, 16)
+        scratch = (_page(2 * (T + 1) * B * good_ld(max(I, H), s) * s) + _page(2 * (T + 1) * B * H * f32)
+                   + _page(B * good_ld(4 * H, f32) * f32) + _page(B * good_ld(H, s) * s) + 4952)
+        live = c.model() | c.batch_and_state() | {
+            "one-hot input": (1, c.TBV), "outputs (T, B, H)": (1, c.TBH), "h_n, c_n": (2, c.u), "bias sum": bias_sum,
+            "weights reordered (ldgOi16o)": (1, 4 * n16 * (I + H) * s), "oneDNN scratchpad": (1, scratch)}
+        return {}, [_Moment("inside mkldnn_rnn_layer (inference)", live)]
+    W = _onednn_workspace_bytes(c)
+    acts = {"one-hot input": (1, c.TBV), "carried state h, c": (2, c.u), "outputs (T, B, H)": (1, c.TBH),
+            "h_n, c_n (layer outputs)": (2, c.u), "oneDNN workspace": (1, W), "log-softmax": (1, c.TBV),
+            "target (int64)": (1, 8 * c.TB), "total weight": (1, c.s)}
+    scratch = (_page(T * B * good_ld(4 * H, f32) * f32) + 2 * _page(B * good_ld(H, f32) * f32) + 4664)
+    live = c.model() | c.batch_and_state()
+    live["gradients"] = (1, c.G - 4 * H * s)  # the clone of diff_b (bias_hh's gradient) comes after
+    live |= {
+        "one-hot input and logits": (2, c.TBV), "outputs and dY (T, B, H)": (2, c.TBH),
+        "h_n, c_n, returned state, zero grad_hy, grad_cy": (6, c.u), "oneDNN workspace": (1, W),
+        "loss and its gradient": (2, c.s), "diff_x (T, B, I) float32": (1, T * B * I * f32),
+        "diff_hx, diff_cx float32": (2, B * H * f32), "bias sum, and oneDNN's bias copy": (2, 4 * H * s),
+        "weights reordered for forward (ldigo)": (1, (I + H) * good_ld(4 * H, s) * s),
+        # ldgoi with a good leading dimension is torch's own (4H, K) layout unless good_ld(K) != K
+        "weights reordered for backward (ldgoi)": (1, sum(good_ld(k, s) * 4 * H * s for k in (I, H)
+                                                          if good_ld(k, s) != k)),
+        "oneDNN scratchpad": (1, scratch)}
+    return acts, [_Moment("inside mkldnn_rnn_layer_backward (its scratchpad allocated)", live),
+                  *c.loss_backward(acts, {"returned state h, c": (2, c.u)}), c.optimizer_step()]
+
+
+def _cudnn(c: _Counts) -> tuple[dict[str, Term], list[_Moment]]:
+    """nn.LSTM on cuDNN (aten/src/ATen/native/cudnn/RNN.cpp): flat weights; reserve kept for backward."""
+    T, B, H, I, s = c.T, c.B, c.H, c.I, c.s
+    reserve = 5 * T * B * H * s  # fitted: cudnn_reserve
+    workspace = T * B * 4 * H * s  # fitted: cudnn_workspace
+    # flatten_parameters skips bfloat16 (cudnn.CUDNN_TENSOR_DTYPES): each call copies the weights, saved for backward
+    weight_copy = {"weight copy (bfloat16 is not flattened)": (1, c.P_lstm)} if c.dtype == "bfloat16" else {}
+    base = c.model() | c.batch_and_state()
+    if not c.train:
+        live = base | {"one-hot input": (1, c.TBV), "outputs (T, B, H)": (1, c.TBH), "h_n, c_n": (2, c.u),
+                       "cuDNN workspace": (1, workspace)} | weight_copy
+        return {}, [_Moment("inside _cudnn_rnn (inference)", live)]
+    acts = {"one-hot input": (1, c.TBV), "carried state h, c": (2, c.u), "outputs (T, B, H)": (1, c.TBH),
+            "cuDNN reserve": (1, reserve), "log-softmax": (1, c.TBV), "target (int64)": (1, 8 * c.TB),
+            "total weight": (1, c.s)} | weight_copy
+    forward = _Moment("inside _cudnn_rnn (training forward)", base | {
+        "one-hot input": (1, c.TBV), "outputs (T, B, H)": (1, c.TBH), "h_n, c_n": (2, c.u),
+        "cuDNN reserve": (1, reserve), "cuDNN workspace": (1, workspace)} | weight_copy)
+    live = {k: v for k, v in base.items() if k != "gradients"} | {
+        "gradients of the output layer": (1, c.P_lin), "one-hot input and logits": (2, c.TBV),
+        "outputs and dY (T, B, H)": (2, c.TBH), "cuDNN reserve": (1, reserve), "new state, zero grad_hy, grad_cy":
+        (4, c.u), "loss and its gradient": (2, c.s), "dx (T, B, I)": (1, T * B * I * s), "dhx, dcx": (2, c.u),
+        "flat dw": (1, c.P_lstm), "cuDNN workspace": (1, workspace)} | weight_copy
+    return acts, [forward, _Moment("inside _cudnn_rnn_backward (weights)", live), c.optimizer_step()]
+
+
+# ---------------------------------------------------------------- the public functions
+
+
+def kernel_of(impl: str, device: str, dtype: str, mode: str) -> str:
+    """Which kernel runs the LSTM for this cell, as aten::lstm dispatches in torch 2.13."""
+    device_type = torch.device(device).type
+    if impl == "scratch":
+        return "autograd ops"
+    if impl == "scripted":
+        return "TorchScript"
+    if impl == "compiled":
+        return "Inductor"
+    if impl != "cudnn":
+        raise ValueError(f"the memory model knows {', '.join(IMPLS)}, not {impl!r}")
+    if device_type == "cuda":
+        return "cuDNN"
+    if torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled:
+        if dtype == "float32":
+            return "oneDNN"
+        if dtype == "bfloat16" and torch.ops.mkldnn._is_mkldnn_bf16_supported():
+            return "oneDNN"
+        if dtype == "float16" and mode == "forward" and torch.ops.mkldnn._is_mkldnn_fp16_supported():
+            return "oneDNN"
+    return "ATen native"
+
+
+def cublas_workspace_bytes(capability: tuple[int, int]) -> int:
+    """cuBLAS's workspace per (handle, stream): 32 MiB on sm_90, else 8 MiB + 128 KiB (CUDABlas / CublasHandlePool)."""
+    return 32 * MIB if capability[0] == 9 else 8 * MIB + 128 * 1024
+
+
+def library_bytes_cuda(mode: str, capability: tuple[int, int]) -> int:
+    """What cuBLAS keeps across steps: a workspace per handle (the forward's thread, and autograd's device
+    thread in training) and cuBLASLt's 1 MiB."""
+    handles = 2 if mode == "train" else 1
+    return handles * cublas_workspace_bytes(capability) + MIB
+
+
+def predict_sizes(impl: str, sizes: Sizes, *, device: str = "cpu", dtype: str = "float32", mode: str = "train",
+                  optimizer: str = "sgd", cuda_capability: tuple[int, int] | None = None) -> Prediction:
+    """The prediction for any sizes; CUDA predictions need no GPU (capability defaults to the GPU's, else sm_90)."""
+    if dtype not in DTYPES or mode not in MODES or optimizer not in OPTIMIZERS:
+        raise ValueError(f"dtype {dtype!r}, mode {mode!r} or optimizer {optimizer!r} is not known")
+    if min(sizes.batch_size, sizes.hidden_size, sizes.seq_len, sizes.vocab_size) <= 0:
+        raise ValueError(f"sizes must be positive: {sizes}")
+    kernel = kernel_of(impl, device, dtype, mode)
+    cuda = torch.device(device).type == "cuda"
+    c = _Counts(impl, sizes, dtype, mode, optimizer, cuda=cuda, flat_lstm=cuda and kernel == "cuDNN")
+    fitted: list[str] = []
+    notes: list[str] = []
+    counter = {"autograd ops": _autograd_ops, "TorchScript": _torchscript, "Inductor": _inductor,
+               "ATen native": _aten_native, "oneDNN": _onednn, "cuDNN": _cudnn}[kernel]
+    acts, moments = counter(c)
+    if kernel == "oneDNN":
+        fitted.append("onednn_scratchpad_extra")
+        if dtype != "float32":
+            notes.append("oneDNN in bfloat16/float16 is counted with the float32 rules for its float buffers; "
+                         "not measured (this CPU has no native bfloat16)")
+    if kernel == "Inductor" and mode == "train" and not torch.__version__.startswith(INDUCTOR_COUNTED_ON):
+        notes.append(f"compiled's saved tensors were counted on torch {INDUCTOR_COUNTED_ON}; this is torch "
+                     f"{torch.__version__}, whose partitioner may save others")
+    if kernel == "cuDNN" and mode == "train":
+        fitted.append("cudnn_reserve")
+    if kernel == "cuDNN":
+        fitted.append("cudnn_workspace")
+    library = 0
+    if cuda:
+        if cuda_capability is None:
+            cuda_capability = torch.cuda.get_device_capability(device) if torch.cuda.is_available() else (9, 0)
+        library = library_bytes_cuda(mode, cuda_capability)
+        notes.append(f"CUDA: counted, not measured here; sm_{cuda_capability[0]}{cuda_capability[1]}; every "
+                     "tensor rounded to 512 B; a reused cached block can charge up to ~1 MiB more")
+        if kernel in ("TorchScript", "Inductor"):
+            notes.append(f"{kernel} on CUDA fuses differently from the CPU; counted as on the CPU")
+    peak_moment = max(moments, key=lambda m: _total(m.live, cuda))
+    peak = _total(peak_moment.live, cuda) + library
+    P, G, O = c.P, c.G, c.O
+    A = _total(acts, cuda)
+    return Prediction(
+        impl=impl, device=device, dtype=dtype, mode=mode, optimizer=optimizer, batch_size=c.B, hidden_size=c.H,
+        seq_len=c.T, vocab_size=c.V, kernel=kernel, param_bytes=P, grad_bytes=G, optimizer_bytes=O,
+        activation_bytes=A, workspace_bytes=peak - library - P - G - O - A, library_bytes=library, peak_bytes=peak,
+        peak_at=peak_moment.name,
+        peak_live={k: n * (_round_up(e, 512) if cuda else e) for k, (n, e) in peak_moment.live.items()},
+        fitted=tuple(fitted), notes=tuple(notes))
+
+
+def predict(cell: Cell, optimizer: str = "sgd") -> Prediction:
+    """The prediction for one grid cell (what the suite writes beside its measurement)."""
+    return predict_sizes(cell.impl, Sizes(cell.batch_size, cell.hidden_size, cell.seq_len, cell.vocab_size),
+                         device=cell.device, dtype=cell.dtype, mode=cell.mode, optimizer=optimizer)
+
+
+def per_sequence_bytes(impl: str, sizes: Sizes, **options) -> int:
+    """Bytes one more sequence in the batch adds to the peak (the slope from B to B + 1)."""
+    bigger = Sizes(sizes.batch_size + 1, sizes.hidden_size, sizes.seq_len, sizes.vocab_size)
+    return predict_sizes(impl, bigger, **options).peak_bytes - predict_sizes(impl, sizes, **options).peak_bytes
+
+
+def largest_batch(impl: str, budget_bytes: int, sizes: Sizes, **options) -> int:
+    """The largest batch whose predicted peak fits in budget_bytes; 0 when not even a batch of 1 fits."""
+    def fits(b: int) -> bool:
+        return predict_sizes(impl, Sizes(b, sizes.hidden_size, sizes.seq_len, sizes.vocab_size),
+                             **options).peak_bytes <= budget_bytes
+
+    if not fits(1):
+        return 0
+    lo, hi = 1, 2
+    while fits(hi):
+        lo, hi = hi, hi * 2
+        if hi > 1 << 40:
+            return lo
+    while hi - lo > 1:  # the peak grows with B: fits(lo), not fits(hi)
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if fits(mid) else (lo, mid)
+    return lo
+
+
+__all__ = ["FITTED", "Prediction", "Sizes", "kernel_of", "largest_batch", "per_sequence_bytes", "predict",
+           "predict_sizes"]
