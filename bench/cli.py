@@ -10,6 +10,7 @@ from pathlib import Path
 
 from bench.d2l.data import DEFAULT_MAX_TOKENS, DataError
 from bench.grid import D2L, OPTIONS, OptionError, parse_device, parse_impl, parse_impls, parse_options
+from bench.memory_cli import add_parser as add_memory_parser
 from bench.results import RunError
 
 
@@ -210,6 +211,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--seed", type=int, default=0, help="seed for the initial weights and data offsets")
     train.add_argument("--curve", type=Path, default=None, help="write per-epoch perplexity, tokens/s to this CSV")
     train.set_defaults(func=_train)
+
+    add_memory_parser(sub)  # `lstm-bench memory`: bench/memory_cli.py
     return parser
 
 
