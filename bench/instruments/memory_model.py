@@ -426,6 +426,18 @@ def kernel_of(impl: str, device: str, dtype: str, mode: str) -> str:
     return "ATen native"
 
 
+def cudnn_algorithm(hidden_size: int, dtype: str) -> str:
+    """Which cuDNN RNN algorithm PyTorch picks (cudnn/RNN.cpp, PRs #62143, #73211), in words."""
+    if dtype in ("float32", "float16") and hidden_size <= 128:
+        algo = "PERSIST_STATIC_SMALL_H in forward and backward"
+    elif dtype in ("float32", "float16") and hidden_size <= 192:
+        algo = "PERSIST_STATIC_SMALL_H in forward, STANDARD in backward"
+    else:
+        algo = "STANDARD"
+    return (f"cuDNN algorithm: {algo} (H={hidden_size}, {dtype}, sm >= 6.0); the reserve and workspace constants "
+            "are for STANDARD and unmeasured for the persistent kernels")
+
+
 def cublas_workspace_bytes(capability: tuple[int, int]) -> int:
     """cuBLAS's workspace per (handle, stream): 32 MiB on sm_90, else 8 MiB + 128 KiB (CUDABlas / CublasHandlePool)."""
     return 32 * MIB if capability[0] == 9 else 8 * MIB + 128 * 1024
@@ -465,6 +477,7 @@ def predict_sizes(impl: str, sizes: Sizes, *, device: str = "cpu", dtype: str = 
         fitted.append("cudnn_reserve")
     if kernel == "cuDNN":
         fitted.append("cudnn_workspace")
+        notes.append(cudnn_algorithm(sizes.hidden_size, dtype))
     library = 0
     if cuda:
         if cuda_capability is None:
