@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -11,7 +12,7 @@ import lstm_impls
 from bench.grid import OPTIONS, OptionError, parse_options
 from bench.instruments.env import environment, pin_tf32
 from bench.instruments.measure import start_runtimes
-from bench.results import CSV_NAME, CsvRecorder, new_run_id, write_environment
+from bench.results import CSV_NAME, GRID_NAME, CsvRecorder, benchmark_json_path, new_run_id, resume, write_environment
 
 _STATE = pytest.StashKey[dict]()  # the run's options, id, directory and environment
 MIN_ROUNDS = 20  # timed rounds per cell at least, however long a step; --benchmark-min-rounds=N sets another
@@ -43,16 +44,21 @@ def pytest_configure(config: pytest.Config) -> None:
     run_dir = Path(config.getoption("results_dir")) / run_id
     run_dir.mkdir(parents=True, exist_ok=True)
     if getattr(config.option, "benchmark_json", None) is None:
-        config.option.benchmark_json = run_dir / "benchmark.json"
+        config.option.benchmark_json = benchmark_json_path(run_dir)
     pin_tf32(config.getoption("tf32"))
-    config.stash[_STATE] = {"options": options, "run_id": run_id, "run_dir": run_dir,
-                            "env": environment(options.device)}
+    cells = options.cells()
+    (run_dir / GRID_NAME).write_text(json.dumps(sorted(c.id for c in cells), indent=0) + "\n")
+    config.stash[_STATE] = {"options": options, "run_id": run_id, "run_dir": run_dir, "cells": cells,
+                            "todo": resume(run_dir / CSV_NAME, cells), "env": environment(options.device)}
     write_environment(run_dir, config.stash[_STATE]["env"])
 
 
-def pytest_report_header(config: pytest.Config) -> str:
+def pytest_report_collectionfinish(config: pytest.Config) -> str:
+    """After collection (shown under `lstm-bench run`'s --no-header too): what this session will measure."""
     state = config.stash[_STATE]
-    return f"lstm-bench: {len(state['options'].cells())} cells, results in {state['run_dir']}"
+    done = len(state["cells"]) - len(state["todo"])
+    resumed = f" ({done} recorded ok before: skipped)" if done else ""
+    return f"lstm-bench: {len(state['todo'])} cells to measure{resumed}, results in {state['run_dir']}"
 
 
 def pytest_benchmark_update_machine_info(config: pytest.Config, machine_info: dict) -> None:
@@ -61,7 +67,7 @@ def pytest_benchmark_update_machine_info(config: pytest.Config, machine_info: di
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "cell" in metafunc.fixturenames:
-        cells = metafunc.config.stash[_STATE]["options"].cells()
+        cells = metafunc.config.stash[_STATE]["todo"]
         metafunc.parametrize("cell", cells, ids=[c.id for c in cells])
 
 

@@ -17,12 +17,13 @@ DEFAULT_GRID = {
 D2L = {"batch_size": 32, "seq_len": 35, "vocab_size": 28, "hidden_size": 256}  # the chapter's config
 DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16, "float16": torch.float16}
 MODES = ("train", "forward")
-STATUSES = ("ok", "oom", "error", "unsupported")
+DDP_MODE = "ddp"  # rows of `lstm-bench ddp`: a training step under DistributedDataParallel, per world size
+STATUSES = ("ok", "oom", "error", "unsupported", "nonfinite")  # nonfinite: the loss became inf or nan
 
 # One row per cell of measurements.csv. Units are in the names; empty means "not measured here".
 COLUMNS = (
     # the cell
-    "impl", "device", "dtype", "mode", "batch_size", "hidden_size", "input_size", "seq_len",
+    "impl", "device", "dtype", "mode", "batch_size", "hidden_size", "input_size", "seq_len", "world_size",
     "status", "error", "description",
     # time (pytest-benchmark's statistics over the timed rounds, after warm-up; GC off in the rounds)
     "step_ms_median", "step_ms_iqr", "step_ms_min", "step_ms_mean", "step_ms_stddev", "rounds", "gc_in_rounds",
@@ -32,11 +33,15 @@ COLUMNS = (
     "param_bytes", "grad_bytes", "optimizer_bytes", "activation_bytes", "workspace_bytes",
     # the memory model's prediction for the cell (bench/instruments/memory_model.py)
     "predicted_peak_bytes", "predicted_activation_bytes",
-    # work
-    "flops_per_step", "flops_counted", "achieved_gflops",
+    # work; for ddp rows, tokens/s of all ranks over world_size times one rank's alone
+    "flops_per_step", "flops_counted", "achieved_gflops", "scaling_efficiency",
     # pinned settings, and what the row cannot say
     "tf32", "threads", "run_id", "notes",
 )  # fmt: skip
+
+
+#: the columns that name a cell: two rows with equal values here measure the same thing.
+CELL_KEY = ("impl", "device", "dtype", "mode", "batch_size", "hidden_size", "input_size", "seq_len", "world_size")
 
 
 class OptionError(ValueError):
@@ -55,6 +60,7 @@ class Cell:
     hidden_size: int
     seq_len: int
     vocab_size: int
+    world_size: int = 1  # processes that train it data-parallel (DDP_MODE); 1 otherwise
 
     @property
     def input_size(self) -> int:
@@ -66,14 +72,60 @@ class Cell:
 
     @property
     def id(self) -> str:
+        world = f"-W{self.world_size}" if self.world_size != 1 else ""
         return (f"{self.impl}-{self.device}-{self.dtype}-{self.mode}"
-                f"-B{self.batch_size}-H{self.hidden_size}-T{self.seq_len}-V{self.vocab_size}")
+                f"-B{self.batch_size}-H{self.hidden_size}-T{self.seq_len}-V{self.vocab_size}{world}")
+
+    def expected_cost_s(self) -> float:
+        """A rough guess of the seconds the suite spends on this cell, to balance shards: a fixed
+        overhead, the compile for compiled runtimes, and ~60 steps (warm-up, rounds, memory, FLOPs)
+        at a nominal throughput. Only the ratios between cells matter."""
+        from .instruments.flops import step_flops
+
+        flops = step_flops("forward" if self.mode == "forward" else "train", self.seq_len, self.batch_size,
+                           self.vocab_size, self.hidden_size)
+        rate = NOMINAL_FLOPS_PER_S[torch.device(self.device).type]
+        compile_s = COMPILE_COST_S.get(lstm_impls.get(self.impl).runtime, 0.0)
+        return 2.0 + compile_s + 60 * flops * self.world_size / rate
 
     def columns(self) -> dict:
         """The cell's own CSV columns."""
         row = asdict(self)
         del row["vocab_size"]
         return row | {"input_size": self.input_size}
+
+
+# The cost model's constants, measured roughly on this project's 2-core CPU (Inductor compiles a cell
+# cold in ~12 s, TorchScript's profiling executor optimizes in ~3 s; ~20 GFLOP/s achieved) and guessed
+# for a GPU. They only order and balance shards; a wrong guess makes shards uneven, never wrong.
+NOMINAL_FLOPS_PER_S = {"cpu": 20e9, "cuda": 20e12}
+COMPILE_COST_S = {"inductor": 12.0, "torchscript": 3.0}
+
+
+def shard(cells: list[Cell], index: int, count: int) -> list[Cell]:
+    """Part `index` (0-based, like RANK) of `count` disjoint parts whose union is `cells`, balanced by
+    expected cost: the costliest cell first, each to the part with the least cost so far (LPT). The
+    result keeps the grid's order. Deterministic: it depends only on the cells."""
+    totals = [0.0] * count
+    owner: dict[Cell, int] = {}
+    for cell in sorted(cells, key=lambda c: (-c.expected_cost_s(), c.id)):
+        part = min(range(count), key=lambda k: (totals[k], k))
+        owner[cell] = part
+        totals[part] += cell.expected_cost_s()
+    return [c for c in cells if owner[c] == index]
+
+
+def parse_shard(text: str | None) -> tuple[int, int]:
+    """'i/n' (0 <= i < n) -> (i, n); None -> (0, 1), the whole grid."""
+    if not text:
+        return 0, 1
+    try:
+        index, count = (int(s) for s in text.split("/"))
+    except ValueError:
+        index, count = -1, 0
+    if not 0 <= index < count:
+        raise OptionError(f"--shard {text!r} is not valid; give i/n with 0 <= i < n (e.g. 0/2 and 1/2)")
+    return index, count
 
 
 def parse_list(text: str, choices: tuple[str, ...], what: str) -> tuple[str, ...]:
@@ -142,12 +194,17 @@ class Options:
     hidden_sizes: tuple[int, ...]
     seq_lens: tuple[int, ...]
     vocab_size: int
+    shard: tuple[int, int] = (0, 1)  # (index, count): this process runs that part of the grid
 
-    def cells(self) -> list[Cell]:
+    def grid(self) -> list[Cell]:
         """Every combination, in a stable order; the implementations of one shape run one after another."""
         return [Cell(impl, self.device, dtype, mode, b, h, t, self.vocab_size)
                 for dtype, mode, t, h, b, impl in itertools.product(
                     self.dtypes, self.modes, self.seq_lens, self.hidden_sizes, self.batch_sizes, self.impls)]
+
+    def cells(self) -> list[Cell]:
+        """This process's part of the grid (all of it unless sharded)."""
+        return shard(self.grid(), *self.shard)
 
 
 # Option name -> (default, help). Declared once; the pytest plugin and the CLI both add these.
@@ -161,7 +218,10 @@ OPTIONS = {
     "dtype": ("float32", f"comma list of {', '.join(DTYPES)}; the model is built in that dtype (native, no autocast)"),
     "mode": ("train", "comma list of train (forward+backward+clip+SGD) and forward (inference)"),
     "results-dir": ("results", "where each run's directory is made"),
-    "run-id": (None, "name of this run's directory (default: a timestamp)"),
+    "run-id": (None, "name of this run's directory (default: a timestamp); an existing one is resumed: cells "
+               "recorded ok are skipped, the others measured again"),
+    "shard": (None, "i/n: run part i (0-based) of n parts of the grid, balanced by expected cost "
+              "(under torchrun: RANK/WORLD_SIZE)"),
 }
 
 
@@ -182,4 +242,5 @@ def parse_options(get) -> Options:
                       else grid["hidden_sizes"]),
         seq_lens=parse_sizes(get("seq-len") or OPTIONS["seq-len"][0], "--seq-len"),
         vocab_size=vocab[0],
+        shard=parse_shard(get("shard")),
     )

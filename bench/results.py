@@ -14,14 +14,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .grid import COLUMNS
+from .grid import CELL_KEY, COLUMNS, Cell
 
 if TYPE_CHECKING:
     import pandas as pd
 
 CSV_NAME = "measurements.csv"
 ENV_NAME = "environment.json"
-JSON_NAME = "benchmark.json"
+JSON_NAME = "benchmark.json"  # a resumed run adds benchmark-2.json, benchmark-3.json, ...
+GRID_NAME = "grid.json"  # the ids of the cells this run was asked to measure: what a merge expects
 #: columns a file needs to be read as measurements; the others may be missing (older schema) and read as empty.
 REQUIRED = ("impl", "device", "dtype", "mode", "batch_size", "hidden_size", "seq_len", "status")
 TEXT_COLUMNS = ("impl", "device", "dtype", "mode", "status", "error", "description", "run_id", "notes")
@@ -53,6 +54,68 @@ class CsvRecorder:
             f.write(line.getvalue())  # one write of one whole line
             f.flush()
             os.fsync(f.fileno())
+
+
+def failure_status(exc: BaseException) -> str:
+    """oom for allocation failures (CUDA OutOfMemoryError; the CPU allocator's RuntimeError), else error."""
+    import torch
+
+    if isinstance(exc, torch.cuda.OutOfMemoryError):
+        return "oom"
+    text = str(exc)
+    if isinstance(exc, RuntimeError) and ("can't allocate memory" in text or "out of memory" in text):
+        return "oom"
+    return "error"
+
+
+def one_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[0] if lines else ''}"[:500]
+
+
+def row_key(row: dict) -> tuple:
+    """A row's cell, as CELL_KEY values (strings, so a row read back from the CSV compares equal)."""
+    defaults = {"world_size": "1"}  # rows written before the column existed were single-process
+    return tuple(str(row[k]) if row.get(k) not in (None, "") else defaults.get(k, "") for k in CELL_KEY)
+
+
+def cell_key(cell: Cell) -> tuple:
+    return row_key(cell.columns())
+
+
+def resume(csv_path: Path, cells: list[Cell]) -> list[Cell]:
+    """The cells still to measure in a run directory that may hold an earlier attempt's rows.
+
+    Cells recorded ok are done. The rows of the others (failures, or cells a killed run left
+    unfinished) are dropped from the file, atomically, before they are measured again: a resumed
+    run never holds two rows for one cell.
+    """
+    if not csv_path.exists() or csv_path.stat().st_size == 0:
+        return cells
+    with open(csv_path, newline="") as f:
+        reader = csv.DictReader(f)
+        rows, header = list(reader), reader.fieldnames
+    done = {row_key(r) for r in rows if r.get("status") == "ok"}
+    todo = [c for c in cells if cell_key(c) not in done]
+    again = {cell_key(c) for c in todo}
+    kept = [r for r in rows if row_key(r) not in again]
+    if len(kept) < len(rows) or header != list(COLUMNS):  # (an older schema is rewritten in this one)
+        tmp = csv_path.with_suffix(".tmp")
+        with open(tmp, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=COLUMNS, lineterminator="\n")
+            writer.writeheader()
+            writer.writerows({k: r.get(k, "") for k in COLUMNS} for r in kept)
+        os.replace(tmp, csv_path)
+    return todo
+
+
+def benchmark_json_path(run_dir: Path) -> Path:
+    """Where this session's pytest-benchmark JSON goes: benchmark.json, or the next free benchmark-N.json."""
+    path, n = run_dir / JSON_NAME, 1
+    while path.exists():
+        n += 1
+        path = run_dir / f"benchmark-{n}.json"
+    return path
 
 
 def _cell_text(value) -> str:
@@ -114,11 +177,12 @@ def load_run(path: str | Path) -> Run:
     df = df[list(COLUMNS)]
     environment = _read_json(path / ENV_NAME) or {}
     rounds = {}
-    for bench in (_read_json(path / JSON_NAME) or {}).get("benchmarks", []):
-        cell_id = bench.get("param") or bench.get("name", "")
-        data = (bench.get("stats") or {}).get("data")
-        if data:
-            rounds[cell_id] = [float(x) for x in data]
+    for json_path in sorted(path.glob("benchmark*.json"), key=lambda p: (len(p.name), p.name)):  # resumes last
+        for bench in (_read_json(json_path) or {}).get("benchmarks", []):
+            cell_id = bench.get("param") or bench.get("name", "")
+            data = (bench.get("stats") or {}).get("data")
+            if data:
+                rounds[cell_id] = [float(x) for x in data]
     return Run(path=path, measurements=df, environment=environment, rounds_s=rounds)
 
 

@@ -6,7 +6,6 @@ import gc
 import statistics
 
 import pytest
-import torch
 
 import lstm_impls
 from bench.grid import Cell
@@ -22,22 +21,7 @@ from bench.instruments.measure import (
     warm_up,
 )
 from bench.instruments.what_ran import what_ran
-from bench.results import CsvRecorder
-
-
-def failure_status(exc: BaseException) -> str:
-    """oom for allocation failures (CUDA OutOfMemoryError; the CPU allocator's RuntimeError), else error."""
-    if isinstance(exc, torch.cuda.OutOfMemoryError):
-        return "oom"
-    text = str(exc)
-    if isinstance(exc, RuntimeError) and ("can't allocate memory" in text or "out of memory" in text):
-        return "oom"
-    return "error"
-
-
-def one_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {lines[0] if lines else ''}"[:500]
+from bench.results import CsvRecorder, failure_status, one_line
 
 
 def measure(cell: Cell, benchmark) -> dict:
@@ -72,6 +56,8 @@ def measure_subject(subject: Subject, benchmark) -> dict:
                 "tokens_per_s": cell.batch_size * cell.seq_len / stats.median}
     steady_s = stats.median if stats is not None else statistics.median(warmup_s[-3:])
     row["startup_ms"] = startup_ms(row["first_step_ms"], warmup_s, steady_s)
+    diverged = subject.diverged()  # checked once the rounds are over: no sync inside them
+    row |= {"status": "nonfinite", "error": diverged} if diverged else {"status": "ok"}
     memory = measure_memory(subject)
     row |= vars(memory) | vars(breakdown(subject, memory.peak_bytes, memory.library_bytes))
     flops = step_flops(cell.mode, cell.seq_len, cell.batch_size, cell.vocab_size, cell.hidden_size)
@@ -95,4 +81,6 @@ def test_cell(cell: Cell, benchmark, recorder: CsvRecorder, run_info: dict, runt
         if status == "oom":
             pytest.skip(f"out of memory: {one_line(exc)}")
         raise
-    recorder.write(row | {"status": "ok"})
+    recorder.write(row)
+    if row["status"] == "nonfinite":
+        pytest.skip(row["error"])

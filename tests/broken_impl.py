@@ -24,3 +24,13 @@ class CudaOnlyLSTM(LSTMImpl):
 
     def forward(self, x, state=None):
         return torch.zeros(x.shape[0], x.shape[1], self.hidden_size), state
+
+
+class DivergingLSTM(ScratchLSTM):
+    """Runs, but its outputs are nan: the loss is not finite, like float16 training that diverged."""
+
+    description = "diverges on purpose"
+
+    def forward(self, x, state=None):
+        y, (h, c) = super().forward(x, state)
+        return y * float("nan"), (h, c)

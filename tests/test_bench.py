@@ -167,6 +167,10 @@ def test_a_killed_run_keeps_every_finished_row(tmp_path):
     assert text.endswith("\n")
     df = pd.read_csv(path)
     assert 2 <= len(df) < 12 and (df.status == "ok").all() and df.peak_bytes.notna().all()
+    # the same command again finishes the run: every cell once
+    subprocess.run(proc.args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, timeout=600, check=True)
+    df = pd.read_csv(path)
+    assert sorted(df.batch_size) == list(range(1, 13)) and (df.status == "ok").all()
 
 
 @pytest.mark.parametrize("args, message", [

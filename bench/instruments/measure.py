@@ -41,21 +41,29 @@ class Subject:
         self.cell, self.device = cell, torch.device(cell.device)
         self.model = d2l_init_(RNNModel(cell.impl, cell.vocab_size, cell.hidden_size, device=self.device,
                                         dtype=cell.torch_dtype), seed=seed)
-        self.optimizer = make_optimizer(optimizer, self.model, lr) if cell.mode == "train" else None
+        self.optimizer = make_optimizer(optimizer, self.model, lr) if cell.mode != "forward" else None
+        self.runner: torch.nn.Module = self.model  # what a step calls: the model, or a wrapper of it (DDP)
         g = torch.Generator().manual_seed(seed)
         shape = (cell.batch_size, cell.seq_len)
         self.X = torch.randint(0, cell.vocab_size, shape, generator=g).to(self.device)
         self.Y = torch.randint(0, cell.vocab_size, shape, generator=g).to(self.device)
         self.state = None
+        self.loss: Tensor | None = None  # the last step's
 
     def step(self) -> Tensor:
         """One training (or inference) step; returns after the device has finished it."""
         if self.optimizer is not None:
-            loss, self.state = train_step(self.model, self.optimizer, self.X, self.Y, self.state)
+            self.loss, self.state = train_step(self.runner, self.optimizer, self.X, self.Y, self.state)
         else:
-            loss, self.state = forward_step(self.model, self.X, self.Y, self.state)
+            self.loss, self.state = forward_step(self.runner, self.X, self.Y, self.state)
         sync(self.device)
-        return loss
+        return self.loss
+
+    def diverged(self) -> str | None:
+        """Why the timings are of a broken model (its loss is inf or nan), or None."""
+        if self.loss is not None and not bool(torch.isfinite(self.loss)):
+            return f"the loss is {self.loss.item()} (not finite): the model diverged, its step times mean little"
+        return None
 
     def live_tensors(self) -> list[Tensor]:
         """What the step finds alive when it starts: weights, gradients, optimizer state, batch, state."""
@@ -65,7 +73,7 @@ class Subject:
 
     def release(self) -> None:
         """Drop every tensor, so the next cell starts from an empty allocator."""
-        self.model = self.optimizer = self.X = self.Y = self.state = None
+        self.model = self.runner = self.optimizer = self.X = self.Y = self.state = self.loss = None
         release_memory()
 
 
