@@ -85,9 +85,9 @@ def test_a_faster_cell_passes_the_gate(tmp_path):
 
 
 def test_noise_is_not_a_regression(tmp_path):
-    # A: same distribution, 30% spread per round; B: +50% median but 3 rounds a side (the test cannot
-    # reach alpha); C: 4% slower, very significant, but under the 10% threshold.
-    spec = {A: {"sigma": 0.3}, B: {"rounds": 3}, C: {"sigma": 0.005}}
+    # A: same distribution; B: +50% median but 3 rounds a side (the test cannot reach alpha);
+    # C: 4% slower, very significant, but under the 10% threshold.
+    spec = {A: {}, B: {"rounds": 3}, C: {"sigma": 0.005}}
     base = make_run(tmp_path / "base", spec, seed=3)
     new = make_run(tmp_path / "new", spec | {B: {"rounds": 3, "median_ms": 15.0}, C: {"sigma": 0.005,
                                                                                       "median_ms": 10.4}}, seed=4)
@@ -98,6 +98,19 @@ def test_noise_is_not_a_regression(tmp_path):
     assert 1.02 < by_id.loc[C.id, "time_ratio"] < 1.06 and by_id.loc[C.id, "p_value"] < 1e-6
     # the same 4% counts once the threshold is lowered below it
     assert verdicts(base, new, thresholds=Thresholds(time_ratio=0.02))[C.id] == ("slower", "same")
+
+
+def test_a_cell_whose_rounds_spread_wider_than_the_threshold_is_noisy_not_slower(tmp_path):
+    # rounds spread ~40% (IQR) within each run: a busy machine. Twice as slow, and significant, but not judged.
+    base = make_run(tmp_path / "base", {A: {"sigma": 0.3, "rounds": 30}, B: {}}, seed=16)
+    new = make_run(tmp_path / "new", {A: {"sigma": 0.3, "rounds": 30, "median_ms": 20.0}, B: {}}, seed=17)
+    comparison = compare_runs(load_run(base), load_run(new))
+    noisy = comparison.cells.set_index("cell_id").loc[A.id]
+    assert noisy["verdict"] == "noisy" and noisy["time_ratio"] > 1.5 and noisy["p_value"] < 1e-4
+    assert min(noisy["base_iqr_pct"], noisy["new_iqr_pct"]) > 25
+    assert "1 cell(s) noisy" in comparison.table()
+    assert main(["compare", str(base), str(new)]) == 0
+    assert main(["compare", str(base), str(new), "--max-iqr", "1"]) == 1  # judged anyway: slower
 
 
 def test_memory_growth_beyond_the_tolerance_fails_the_gate(tmp_path):
@@ -131,6 +144,14 @@ def test_match_impl_compares_a_stand_in_with_the_baselines_impl(tmp_path):
     assert found == {cell(stand_in, batch_size=16).id: ("slower", "same"), cell("cudnn").id: ("unchanged", "same")}
     assert main(["compare", str(base), str(new), "--match-impl", f"{stand_in}=scratch"]) == 1
     assert main(["compare", str(base), str(new), "--match-impl", "nonsense"]) == 2
+
+
+def test_match_impl_within_one_run_compares_only_the_two_implementations(tmp_path):
+    stand_in = "slow_impl:SlowScratchLSTM"
+    side_by_side = make_run(tmp_path / "run", {A: {}, cell(stand_in, batch_size=16): {"median_ms": 12.0},
+                                               cell("cudnn"): {}}, seed=18)
+    found = verdicts(side_by_side, side_by_side, impl_map={stand_in: "scratch"})
+    assert found == {cell(stand_in, batch_size=16).id: ("slower", "same")}
 
 
 @pytest.mark.parametrize("key, value", [("torch", "2.14.0+cu128"), ("gpu_name", "NVIDIA A100-SXM4-40GB"),

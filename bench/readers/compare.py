@@ -2,10 +2,12 @@
 
 A cell (same impl, device, dtype, mode and sizes in both runs) is *slower* only when its median step
 time grew beyond a factor AND the raw per-round timings of the two runs differ significantly
-(Mann-Whitney U, as asv does); *faster* likewise. Peak memory is deterministic on one setup, so growth
-beyond a small tolerance counts on its own. First-call time (compiling, scripting) is reported but
-does not gate: it is one sample per run. Runs from different environments (device, GPU model, torch,
-CUDA) are refused unless asked for. Every run directory is read through `bench.results.load_run`.
+(Mann-Whitney U, as asv does); *faster* likewise; *noisy*, and not judged on time, when its rounds
+spread wider within a run than the change the gate looks for (the machine was busy). Peak memory is
+deterministic on one setup, so growth beyond a small tolerance counts on its own. First-call time
+(compiling, scripting) is reported but does not gate: it is one sample per run. Runs from different
+environments (device, GPU model, torch, CUDA) are refused unless asked for. Every run directory is
+read through `bench.results.load_run`.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ KEY: tuple[str, ...] = getattr(grid, "CELL_KEY", ("impl", "device", "dtype", "mo
 #: environment fields that must agree, or the comparison measures the setup rather than the code
 ENV_KEYS = ("device", "gpu_name", "torch", "cuda")
 #: verdicts, in the order the summary lists them; the first three are of time
-VERDICTS = ("slower", "faster", "unchanged", "failed", "new", "missing", "unmeasured")
+VERDICTS = ("slower", "faster", "unchanged", "noisy", "failed", "new", "missing", "unmeasured")
 SUITE_TEST = "bench/test_suite.py::test_cell"  # the suite's test; a cell's node id is SUITE_TEST[<cell id>]
 
 
@@ -43,6 +45,8 @@ class Thresholds:
     alpha: float = 0.01
     #: memory grew when new peak_bytes > base peak_bytes * (1 + memory_ratio)
     memory_ratio: float = 0.02
+    #: noisy (time not judged) when the rounds' IQR exceeds this fraction of their median in either run
+    max_iqr: float = 0.10
 
 
 class EnvironmentMismatch(Exception):
@@ -96,6 +100,12 @@ def _cells(run: Run, impl_map: dict[str, str]) -> pd.DataFrame:
     return df.drop_duplicates(list(KEY), keep="last").reset_index(drop=True)
 
 
+def _iqr_pct(rounds_s: list[float]) -> float:
+    """The rounds' interquartile range in percent of their median: how much one run's own rounds spread."""
+    q25, median, q75 = np.percentile(rounds_s, [25, 50, 75])
+    return float(100 * (q75 - q25) / median)
+
+
 def _ratio(new: float, base: float) -> float:
     return new / base if base and not (pd.isna(base) or pd.isna(new)) else math.nan
 
@@ -106,6 +116,10 @@ def compare_runs(baseline: Run, new: Run, thresholds: Thresholds = Thresholds(),
     implementation of the new run (a plug-in, a rewrite) to the baseline's cells of another name."""
     base = _cells(baseline, {})
     news = _cells(new, impl_map or {})
+    if impl_map and Path(baseline.path).resolve() == Path(new.path).resolve():
+        # one run against itself: only the matched implementations mean anything (side by side in one run)
+        base = base[base["impl"].isin(list(impl_map.values()))]
+        news = news[news["source_impl"].isin(list(impl_map))]
     merged = base.merge(news, on=list(KEY), how="outer", suffixes=("_base", "_new"), indicator=True)
     records = []
     for _, row in merged.iterrows():
@@ -148,12 +162,16 @@ def _compare_cell(row: pd.Series, baseline: Run, new: Run, t: Thresholds) -> dic
     if base_s and new_s:
         ratio, p = time_test(base_s, new_s)
         rec |= {"base_ms": 1e3 * float(np.median(base_s)), "new_ms": 1e3 * float(np.median(new_s)),
-                "time_ratio": ratio, "p_value": p, "base_rounds": len(base_s), "new_rounds": len(new_s)}
+                "time_ratio": ratio, "p_value": p, "base_rounds": len(base_s), "new_rounds": len(new_s),
+                "base_iqr_pct": _iqr_pct(base_s), "new_iqr_pct": _iqr_pct(new_s)}
     else:
         rec |= {"time_ratio": _ratio(rec["new_ms"], rec["base_ms"]),
                 "note": "no raw rounds in benchmark.json: time not tested"}
     significant = rec["p_value"] < t.alpha  # False for NaN: without rounds a cell is never slower
-    if significant and rec["time_ratio"] > 1 + t.time_ratio:
+    spreads_pct = [v for v in (rec["base_iqr_pct"], rec["new_iqr_pct"]) if not pd.isna(v)]
+    if spreads_pct and max(spreads_pct) > 100 * t.max_iqr:
+        rec["verdict"] = "noisy"
+    elif significant and rec["time_ratio"] > 1 + t.time_ratio:
         rec["verdict"] = "slower"
     elif significant and rec["time_ratio"] < 1 / (1 + t.time_ratio):
         rec["verdict"] = "faster"
@@ -234,17 +252,22 @@ class Comparison:
         """The terminal report: every cell, then the summary."""
         t = self.thresholds
         head = (f"compare {self.baseline.path} -> {self.new.path}: slower/faster beyond x{1 + t.time_ratio:g} "
-                f"with Mann-Whitney p < {t.alpha:g}; memory beyond +{100 * t.memory_ratio:g}%")
+                f"with Mann-Whitney p < {t.alpha:g}; noisy when rounds spread (IQR) beyond {100 * t.max_iqr:g}%; "
+                f"memory beyond +{100 * t.memory_ratio:g}%")
         body = self._display().to_string(index=False, na_rep="-")
         return f"{head}\n{body}\n{self.spread_line()}\n{self._drift_note()}{self.summary_line()}"
 
     def _drift_note(self) -> str:
         """A warning when at least half of 5+ compared cells moved by half the threshold or more, together."""
+        noisy = int((self.cells["verdict"] == "noisy").sum())
+        note = (f"note: {noisy} cell(s) noisy: their rounds spread beyond {100 * self.thresholds.max_iqr:g}% of "
+                "the median within a run, wider than the change the gate looks for; the machine was busy. "
+                "Measure again on a quiet one\n") if noisy else ""
         common = self.common_ratio()
         if (self.cells["time_ratio"].count() < 5 or math.isnan(common)
                 or abs(math.log(common)) <= math.log(1 + self.thresholds.time_ratio) / 2):
-            return ""
-        return (f"note: the median cell moved x{common:.2f}: a shift shared by most cells is more likely the "
+            return note
+        return note + (f"note: the median cell moved x{common:.2f}: a shift shared by most cells is more likely the "
                 "machine (load, clocks, another process) than the code; re-measure before believing it\n")
 
     def markdown(self) -> str:
@@ -260,7 +283,9 @@ class Comparison:
         lines += ["", f"Environments differ in {', '.join(diffs)} (compared anyway)." if diffs else "",
                   f"Thresholds: a cell is slower (faster) when its median step time grew beyond x{1 + t.time_ratio:g} "
                   f"(fell below x{1 / (1 + t.time_ratio):.3g}) and the Mann-Whitney U test of the two runs' raw rounds "
-                  f"gives p < {t.alpha:g}; its memory grew when peak_bytes rose beyond +{100 * t.memory_ratio:g}%. "
+                  f"gives p < {t.alpha:g}, unless its rounds spread (IQR) beyond {100 * t.max_iqr:g}% of their "
+                  "median in either run: then it is noisy and not judged on time. Its memory grew when peak_bytes "
+                  f"rose beyond +{100 * t.memory_ratio:g}%. "
                   "First-call times are shown, never gated."]
         if self.impl_map:
             lines.append("Matched implementations (new = baseline): "
