@@ -262,13 +262,22 @@ def _log2_ticks(ax, values: Sequence[float]) -> None:
     ax.xaxis.set_minor_formatter(NullFormatter())
 
 
-def _log_y(ax) -> None:
-    """A log y axis with plain numbers at 1, 2, 5 x 10^k (mathtext labels are slow and hard to read)."""
-    ax.set_yscale("log")
-    ax.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
-    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: sig(v)))
-    ax.yaxis.set_minor_locator(NullLocator())
-    ax.yaxis.set_minor_formatter(NullFormatter())
+def _scale(ax, which: str, values) -> None:
+    """A log axis with plain labels at 1, 2, 5 x 10^k when values span a factor of 3 or more (mathtext
+    labels are slow and hard to read); else linear, as a log axis over a narrow range has no labelled ticks."""
+    values = np.asarray(values, dtype=float)
+    values = values[np.isfinite(values) & (values > 0)]
+    axis = ax.yaxis if which == "y" else ax.xaxis
+    if values.size and values.max() >= 3 * values.min():
+        (ax.set_yscale if which == "y" else ax.set_xscale)("log")
+        axis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+        axis.set_major_formatter(FuncFormatter(lambda v, _: sig(v)))
+        axis.set_minor_locator(NullLocator())
+        axis.set_minor_formatter(NullFormatter())
+    else:
+        (ax.set_yscale if which == "y" else ax.set_xscale)("linear")
+        axis.set_major_formatter(ScalarFormatter(useOffset=False))
+        (ax.set_ylim if which == "y" else ax.set_xlim)(0, values.max() * 1.15 if values.size else 1)  # from 0
 
 
 def plot_against(ok: pd.DataFrame, group: Group, x: str, facet: str, colors: dict[str, str], path: Path) -> Path:
@@ -276,7 +285,12 @@ def plot_against(ok: pd.DataFrame, group: Group, x: str, facet: str, colors: dic
     rows = [("step_ms_median", "median step (ms)"), ("tokens_per_s", "tokens / s"),
             ("peak_bytes", "peak memory (MiB)")]
     facets = sorted(ok[facet].unique())
-    fig = Figure(figsize=(1.2 + 3.3 * len(facets), 8.2), layout="constrained")
+    # Fixed margins (inches) rather than a layout engine: these grids are the report's slowest figures.
+    width_in, height_in = max(7.0, 1.2 + 3.1 * len(facets)), 8.2
+    left_in, right_in, top_in, bottom_in = 1.0, 0.2, 0.9, 0.6
+    fig = Figure(figsize=(width_in, height_in))
+    fig.subplots_adjust(left=left_in / width_in, right=1 - right_in / width_in, top=1 - top_in / height_in,
+                        bottom=bottom_in / height_in, wspace=0.08, hspace=0.1)
     axes = fig.subplots(len(rows), len(facets), squeeze=False, sharex=True, sharey="row")
     xname = {"batch_size": "batch size", "hidden_size": "hidden size"}
     fname = {"batch_size": "B", "hidden_size": "H"}
@@ -291,7 +305,7 @@ def plot_against(ok: pd.DataFrame, group: Group, x: str, facet: str, colors: dic
                 spread = _quartiles(lines, column)
                 if spread is not None:
                     ax.errorbar(lines[x], y, yerr=spread, fmt="none", ecolor=colors[impl], capsize=3, alpha=0.7)
-            _log_y(ax)
+            _scale(ax, "y", ok[column])
             _log2_ticks(ax, ok[x].unique())
             ax.grid(True, alpha=0.3)
             if i == 0:
@@ -302,7 +316,7 @@ def plot_against(ok: pd.DataFrame, group: Group, x: str, facet: str, colors: dic
                 ax.set_ylabel(label)
     axes[0][0].legend(fontsize="small")
     fig.suptitle(f"{group.title}: against {xname[x]}, a panel per {xname[facet]}\n"
-                 "(log axes; bars: the timed rounds' 25th to 75th percentile)")
+                 "(bars: the timed rounds' 25th to 75th percentile)")
     return _save(fig, path)
 
 
@@ -386,11 +400,13 @@ def plot_breakdown(cells: pd.DataFrame, group: Group, where: str, path: Path) ->
     return _save(fig, path)
 
 
-def plot_first_call(cells: pd.DataFrame, group: Group, where: str, path: Path) -> Path:
+def plot_first_call(cells: pd.DataFrame, group: Group, where: str, path: Path) -> Path | None:
     """Startup, first call (scripting / compiling included) and the median step, per implementation."""
     bars = [("first_step_ms", "first call"), ("startup_ms", "startup (to steady state)"),
             ("step_ms_median", "median step")]
-    bars = [(c, label) for c, label in bars if cells[c].notna().any()]
+    bars = [(c, label) for c, label in bars if (cells[c] > 0).any()]
+    if not bars:
+        return None
     fig = Figure(figsize=(3.5 + 1.5 * len(cells), 4.4), layout="constrained")
     ax = fig.subplots()
     width = 0.8 / len(bars)
@@ -405,7 +421,7 @@ def plot_first_call(cells: pd.DataFrame, group: Group, where: str, path: Path) -
                 ax.annotate(sig(v, 2), (xi + (k - (len(bars) - 1) / 2) * width, v if v > 0 else low),
                             ha="center", va="bottom", fontsize="x-small")
     ax.set_xticks(x, list(cells["impl"]))
-    _log_y(ax)
+    _scale(ax, "y", [low, high])
     ax.set_ylim(low, high)
     ax.set_ylabel("ms (log scale)")
     ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1))
@@ -425,8 +441,8 @@ def plot_predicted(ok: pd.DataFrame, group: Group, colors: dict[str, str], path:
     low = min(rows["peak_bytes"].min(), rows["predicted_peak_bytes"].min()) / MIB
     high = max(rows["peak_bytes"].max(), rows["predicted_peak_bytes"].max()) / MIB
     ax.plot([low, high], [low, high], color="grey", linestyle="--", label="predicted = measured")
-    ax.set_xscale("log")
-    _log_y(ax)
+    _scale(ax, "x", [low, high])
+    _scale(ax, "y", [low, high])
     ax.set_xlabel("measured peak (MiB)")
     ax.set_ylabel("predicted peak (MiB)")
     ax.grid(True, alpha=0.3)
@@ -475,6 +491,9 @@ def _answer(group: Group, ok: pd.DataFrame, batch: int, hidden: int) -> list[str
     which = "the d2l config" if is_d2l(group, batch, hidden) else "the cell nearest the d2l config (B32 H256 T35 V28)"
     out = [f"At **{which}, {where}**:", ""]
     reference = at[at["impl"] == REFERENCE_IMPL]["step_ms_median"]
+    fits = bytes_per_sequence(ok, hidden)
+    out += [_summary_table(at, fits.set_index("impl")["slope_bytes"] if not fits.empty else pd.Series(dtype=float),
+                           reference.iloc[0] if not reference.dropna().empty else math.nan), ""]
     for r in at.itertuples():
         model = r.param_bytes + r.grad_bytes + r.optimizer_bytes
         batch_bytes = r.activation_bytes + r.workspace_bytes
@@ -486,7 +505,7 @@ def _answer(group: Group, ok: pd.DataFrame, batch: int, hidden: int) -> list[str
         if pd.notna(r.step_ms_median):
             noise = r.step_ms_iqr / r.step_ms_median
             speed = f" A step takes {sig(r.step_ms_median)} ms ({sig(r.tokens_per_s)} tokens/s"
-            speed += f"; noisy: IQR {noise:.0%} of the median)" if noise > NOISY_FRACTION else ")"
+            speed += f"; noisy: IQR {noise:.1%} of the median)" if noise > NOISY_FRACTION else ")"
             if r.impl != REFERENCE_IMPL and not reference.dropna().empty:
                 ratio = r.step_ms_median / reference.iloc[0]
                 speed += (f", {sig(ratio, 2)}× {REFERENCE_IMPL}'s time" if ratio >= 1
@@ -504,7 +523,6 @@ def _answer(group: Group, ok: pd.DataFrame, batch: int, hidden: int) -> list[str
         gpu = _gpu_memory(r)
         if gpu:
             out.append(f"  {gpu}")
-    fits = bytes_per_sequence(ok, hidden)
     if not fits.empty:
         out += ["", f"**Each extra sequence** (linear fit of the peak over batch size at H{hidden}):", ""]
         for f in fits.itertuples():
@@ -531,6 +549,25 @@ def _answer(group: Group, ok: pd.DataFrame, batch: int, hidden: int) -> list[str
     return out
 
 
+def _summary_table(at: pd.DataFrame, per_sequence_bytes: pd.Series, reference_ms: float) -> str:
+    """One line per implementation at the answer's cell: the numbers the sentences below explain."""
+    model = "model (params+grads+optimizer)" if (at["mode"] == "train").any() else "model (params)"
+    table = pd.DataFrame({
+        "impl": at["impl"],
+        model: (at["param_bytes"] + at["grad_bytes"] + at["optimizer_bytes"]).map(human_bytes),
+        "batch (activations+workspace)": (at["activation_bytes"] + at["workspace_bytes"]).map(human_bytes),
+        "peak": at["peak_bytes"].map(human_bytes),
+        "per extra sequence": at["impl"].map(per_sequence_bytes).map(human_bytes),
+        "step (ms)": at["step_ms_median"].map(sig),
+        "tokens/s": at["tokens_per_s"].map(sig),
+        f"time ÷ {REFERENCE_IMPL}'s": (at["step_ms_median"] / reference_ms).map(lambda v: f"{sig(v, 2)}×"
+                                                                               if pd.notna(v) else "–"),
+    })
+    if math.isnan(reference_ms):
+        table = table.drop(columns=table.columns[-1])
+    return md_table(table)
+
+
 def _gpu_memory(r) -> str:
     """On a GPU: what the process holds beyond the step's peak (why nvidia-smi shows hundreds of MiB)."""
     if not str(r.device).startswith("cuda"):
@@ -548,18 +585,21 @@ def _gpu_memory(r) -> str:
     return f"{seen}, while the step peaks at {human_bytes(r.peak_bytes)}: " + "; ".join(parts) + "."
 
 
+def _span(values: pd.Series, fmt) -> str:
+    """'low–high' of a column, formatted; one value when they read the same."""
+    low, high = fmt(values.min()), fmt(values.max())
+    return low if low == high else f"{low}–{high}"
+
+
 def _across(ok: pd.DataFrame) -> str:
     """Ranges over the whole group, per implementation."""
     lines = []
     for impl, rows in ok.groupby("impl"):
         model = rows["param_bytes"] + rows["grad_bytes"] + rows["optimizer_bytes"]
         batch = rows["activation_bytes"] + rows["workspace_bytes"]
-        peak = rows["peak_bytes"]
-        lines.append(f"- **{impl}**: model {human_bytes(model.min())}–{human_bytes(model.max())}, batch "
-                     f"{human_bytes(batch.min())}–{human_bytes(batch.max())}, peak {human_bytes(peak.min())}"
-                     f"–{human_bytes(peak.max())}, median step {sig(rows['step_ms_median'].min())}–"
-                     f"{sig(rows['step_ms_median'].max())} ms, first call {sig(rows['first_step_ms'].min())}–"
-                     f"{sig(rows['first_step_ms'].max())} ms.")
+        lines.append(f"- **{impl}**: model {_span(model, human_bytes)}, batch {_span(batch, human_bytes)}, peak "
+                     f"{_span(rows['peak_bytes'], human_bytes)}, median step {_span(rows['step_ms_median'], sig)} ms, "
+                     f"first call {_span(rows['first_step_ms'], sig)} ms.")
     return "\n".join(lines)
 
 
