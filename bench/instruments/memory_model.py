@@ -506,6 +506,15 @@ def predict(cell: Cell, optimizer: str = "sgd") -> Prediction:
                          device=cell.device, dtype=cell.dtype, mode=cell.mode, optimizer=optimizer)
 
 
+def predicted_columns(cell: Cell, optimizer: str = "sgd") -> dict[str, int | None]:
+    """The suite's prediction columns for a cell; empty (None) for an implementation the model does not count."""
+    try:
+        p = predict(cell, optimizer)
+    except ValueError:  # e.g. a module:Class implementation
+        return {"predicted_peak_bytes": None, "predicted_activation_bytes": None}
+    return {"predicted_peak_bytes": p.peak_bytes, "predicted_activation_bytes": p.activation_bytes}
+
+
 def per_sequence_bytes(impl: str, sizes: Sizes, **options) -> int:
     """Bytes one more sequence in the batch adds to the peak (the slope from B to B + 1)."""
     bigger = Sizes(sizes.batch_size + 1, sizes.hidden_size, sizes.seq_len, sizes.vocab_size)
@@ -532,4 +541,4 @@ def largest_batch(impl: str, budget_bytes: int, sizes: Sizes, **options) -> int:
 
 
 __all__ = ["FITTED", "Prediction", "Sizes", "kernel_of", "largest_batch", "per_sequence_bytes", "predict",
-           "predict_sizes"]
+           "predict_sizes", "predicted_columns"]
