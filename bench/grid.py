@@ -88,6 +88,16 @@ class Cell:
         compile_s = COMPILE_COST_S.get(lstm_impls.get(self.impl).runtime, 0.0)
         return 2.0 + compile_s + 60 * flops * self.world_size / rate
 
+    @classmethod
+    def from_row(cls, row, impl: str | None = None) -> Cell:
+        """The cell a measurements row (a dict or pandas row) records; impl overrides the row's."""
+        try:
+            world = int(row.get("world_size"))
+        except (TypeError, ValueError):  # empty, NaN or NA: a row from before the column, single-process
+            world = 1
+        return cls(impl or row["impl"], row["device"], row["dtype"], row["mode"], int(row["batch_size"]),
+                   int(row["hidden_size"]), int(row["seq_len"]), int(row["input_size"]), world)
+
     def columns(self) -> dict:
         """The cell's own CSV columns."""
         row = asdict(self)

@@ -130,6 +130,20 @@ def write_environment(run_dir: Path, env: dict) -> None:
     (run_dir / ENV_NAME).write_text(json.dumps(env, indent=2, default=str) + "\n")
 
 
+#: environment fields that must agree for two runs' rows to be read side by side (compared or merged),
+#: or the difference measures the setup rather than the code
+ENV_KEYS = ("device", "gpu_name", "torch", "cuda")
+
+
+def environment_differences(baseline: dict, new: dict) -> dict[str, tuple]:
+    """ENV_KEYS whose values differ: name -> (baseline's, new's). A device is compared by type (cuda:0 ~ cuda)."""
+    def value(env: dict, key: str):
+        v = env.get(key)
+        return str(v).split(":")[0] if key == "device" and v is not None else v
+
+    return {k: (value(baseline, k), value(new, k)) for k in ENV_KEYS if value(baseline, k) != value(new, k)}
+
+
 class RunError(Exception):
     """A run directory that cannot be read; the message is one line for the user."""
 

@@ -21,15 +21,10 @@ import numpy as np
 import pandas as pd
 from scipy.stats import mannwhitneyu
 
-from bench import grid
-from bench.grid import Cell
-from bench.results import Run
+from bench.grid import CELL_KEY, Cell
+from bench.results import ENV_KEYS, Run, environment_differences
 
-#: what makes two rows the same cell: bench.grid.CELL_KEY (with world_size) where the grid declares it
-KEY: tuple[str, ...] = getattr(grid, "CELL_KEY", ("impl", "device", "dtype", "mode", "batch_size", "hidden_size",
-                                                   "input_size", "seq_len"))
-#: environment fields that must agree, or the comparison measures the setup rather than the code
-ENV_KEYS = ("device", "gpu_name", "torch", "cuda")
+KEY = CELL_KEY  # what makes two rows the same cell
 #: verdicts, in the order the summary lists them; the first three are of time
 VERDICTS = ("slower", "faster", "unchanged", "noisy", "failed", "new", "missing", "unmeasured")
 SUITE_TEST = "bench/test_suite.py::test_cell"  # the suite's test; a cell's node id is SUITE_TEST[<cell id>]
@@ -53,15 +48,6 @@ class EnvironmentMismatch(Exception):
     """The runs come from different environments; the message is one line for the user."""
 
 
-def environment_differences(baseline: dict, new: dict) -> dict[str, tuple]:
-    """ENV_KEYS whose values differ: name -> (baseline's, new's). A device is compared by type (cuda:0 ~ cuda)."""
-    def value(env: dict, key: str):
-        v = env.get(key)
-        return str(v).split(":")[0] if key == "device" and v is not None else v
-
-    return {k: (value(baseline, k), value(new, k)) for k in ENV_KEYS if value(baseline, k) != value(new, k)}
-
-
 def check_environments(baseline: Run, new: Run) -> None:
     """EnvironmentMismatch (one line) unless the two runs agree on ENV_KEYS."""
     diffs = environment_differences(baseline.environment, new.environment)
@@ -73,11 +59,7 @@ def check_environments(baseline: Run, new: Run) -> None:
 
 def cell_id(row: pd.Series, impl: str | None = None) -> str:
     """The cell's id (bench.grid.Cell.id): benchmark.json's param, the suite's test id."""
-    sizes = {k: int(row[k]) for k in ("batch_size", "hidden_size", "seq_len")}
-    if "world_size" in KEY:
-        sizes["world_size"] = int(row["world_size"])
-    return Cell(impl or row["impl"], row["device"], row["dtype"], row["mode"], vocab_size=int(row["input_size"]),
-                **sizes).id
+    return Cell.from_row(row, impl).id
 
 
 def time_test(base_s: list[float], new_s: list[float]) -> tuple[float, float]:

@@ -15,10 +15,16 @@ from pathlib import Path
 import pandas as pd
 
 from bench.grid import CELL_KEY, COLUMNS, Cell
-from bench.results import CSV_NAME, GRID_NAME, JSON_NAME, Run, RunError, load_run, write_environment
-
-#: environment keys that must agree for rows to be read side by side
-ENV_MUST_MATCH = ("device_type", "gpu_name", "torch", "cuda")
+from bench.results import (
+    CSV_NAME,
+    GRID_NAME,
+    JSON_NAME,
+    Run,
+    RunError,
+    environment_differences,
+    load_run,
+    write_environment,
+)
 
 
 class MergeError(RunError):
@@ -32,17 +38,8 @@ class Merged:
     missing: list[str]  # ids of cells some part was asked to measure and no part recorded
 
 
-def env_signature(env: dict) -> dict:
-    """The environment facts that must agree, device type derived from the device ("cuda:1" -> "cuda")."""
-    device = str(env.get("device", ""))
-    return {"device_type": device.split(":")[0], **{k: env.get(k) for k in ENV_MUST_MATCH[1:]}}
-
-
 def cell_id(row: pd.Series) -> str:
-    """bench.grid.Cell.id of a row (input_size is the vocabulary)."""
-    world = int(row["world_size"]) if pd.notna(row["world_size"]) else 1
-    return Cell(row["impl"], row["device"], row["dtype"], row["mode"], int(row["batch_size"]),
-                int(row["hidden_size"]), int(row["seq_len"]), int(row["input_size"]), world).id
+    return Cell.from_row(row).id
 
 
 def merge_runs(parts: list[Path], out: Path, *, allow_mixed: bool = False, replace: bool = False) -> Merged:
@@ -54,10 +51,12 @@ def merge_runs(parts: list[Path], out: Path, *, allow_mixed: bool = False, repla
     runs = [load_run(p) for p in parts]
     if not runs:
         raise MergeError("nothing to merge: give run directories")
-    signatures = {json.dumps(env_signature(r.environment), sort_keys=True): r.path for r in runs}
-    if len(signatures) > 1 and not allow_mixed:
-        a, b = list(signatures.items())[:2]
-        raise MergeError(f"environments differ ({a[1]}: {a[0]}; {b[1]}: {b[0]}); --allow-mixed merges anyway")
+    for run in runs[1:]:
+        diffs = environment_differences(runs[0].environment, run.environment)
+        if diffs and not allow_mixed:
+            what = ", ".join(f"{k} {a!r} vs {b!r}" for k, (a, b) in diffs.items())
+            raise MergeError(f"environments differ ({runs[0].path} and {run.path}: {what}); "
+                             "--allow-mixed merges anyway")
     frames = [r.measurements.assign(world_size=r.measurements.world_size.fillna(1)) for r in runs]
     rows = pd.concat(frames, ignore_index=True)
     collisions = rows[rows.duplicated(list(CELL_KEY), keep=False)]
