@@ -20,6 +20,7 @@ from bench.instruments.measure import (
     time_first_step,
     warm_up,
 )
+from bench.instruments.memory_model import predicted_columns
 from bench.instruments.what_ran import what_ran
 from bench.results import CsvRecorder, failure_status, one_line
 
@@ -60,6 +61,7 @@ def measure_subject(subject: Subject, benchmark) -> dict:
     row |= {"status": "nonfinite", "error": diverged} if diverged else {"status": "ok"}
     memory = measure_memory(subject)
     row |= vars(memory) | vars(breakdown(subject, memory.peak_bytes, memory.library_bytes))
+    row |= predicted_columns(cell)  # the memory model beside the measurement: every run checks it
     flops = step_flops(cell.mode, cell.seq_len, cell.batch_size, cell.vocab_size, cell.hidden_size)
     row |= {"flops_per_step": flops, "flops_counted": count_flops(subject.step),
             "achieved_gflops": flops / stats.median / 1e9 if stats is not None else None}

@@ -145,6 +145,9 @@ def test_run_writes_ok_oom_error_and_unsupported_rows_and_goes_on(tmp_path):
     assert ok.peak_reserved_bytes.isna().all() and ok.process_used_bytes.isna().all()  # CUDA-only figures
     assert (ok.param_bytes + ok.grad_bytes + ok.optimizer_bytes + ok.activation_bytes + ok.workspace_bytes
             == ok.peak_bytes).all()
+    # the memory model's prediction stands beside each measurement (5%: tests/test_memory_model.py holds it)
+    assert ((ok.predicted_peak_bytes - ok.peak_bytes).abs() <= 0.05 * ok.peak_bytes).all()
+    assert ok.predicted_activation_bytes.notna().all()
     assert (run_dir / "benchmark.json").is_file() and (run_dir / "environment.json").is_file()
     assert "run directory:" in proc.stdout and "tokens/s" in proc.stdout
 
