@@ -9,7 +9,8 @@ import time
 from pathlib import Path
 
 from bench.d2l.data import DEFAULT_MAX_TOKENS, DataError
-from bench.grid import D2L, OPTIONS, OptionError, parse_device, parse_impl, parse_impls, parse_options
+from bench.grid import D2L, OPTIONS, OptionError, parse_device, parse_impl, parse_impls, parse_options, parse_sizes
+from bench.memory_cli import add_parser as add_memory_parser
 from bench.results import RunError
 
 
@@ -67,13 +68,24 @@ def _run(args: argparse.Namespace) -> int:
     """The benchmark grid, through the same pytest-benchmark suite as `pytest bench/ --benchmark-only`."""
     import pytest
 
+    from bench.launch import finish, join, rank_dir, torchrun_ranks
     from bench.results import CSV_NAME, new_run_id, summary
 
     raw = {name: getattr(args, name.replace("-", "_")) for name in OPTIONS}
+    ranks = torchrun_ranks()
+    if ranks and raw["shard"]:
+        raise OptionError("--shard is taken from RANK/WORLD_SIZE under torchrun; give one or the other")
     options = parse_options(lambda name: raw[name])
     raw["run-id"] = raw["run-id"] or new_run_id()
     run_dir = Path(raw["results-dir"]) / raw["run-id"]
-    print(f"lstm-bench run: {len(options.cells())} cells on {options.device}, results in {run_dir}", flush=True)
+    if ranks:  # this process measures its shard in a directory of its own; rank 0 merges at the end
+        raw["run-id"] = join(ranks, options.device, raw["run-id"])
+        run_dir = Path(raw["results-dir"]) / raw["run-id"]
+        raw |= {"shard": f"{ranks.rank}/{ranks.world_size}", "results-dir": str(rank_dir(run_dir, ranks.rank).parent),
+                "run-id": rank_dir(run_dir, ranks.rank).name}
+        options = parse_options(lambda name: raw[name])
+    print(f"lstm-bench run: {len(options.cells())} cells on {options.device}, results in {run_dir}"
+          + (f" (rank {ranks.rank} of {ranks.world_size})" if ranks else ""), flush=True)
     argv = [str(Path(__file__).parent), "--benchmark-only", "-p", "no:cacheprovider", "-v", "--no-header",
             "--benchmark-columns=median,iqr,min,rounds", "--benchmark-sort=name"]
     argv += [f"--{name}={value}" for name, value in raw.items() if value is not None]
@@ -81,6 +93,13 @@ def _run(args: argparse.Namespace) -> int:
     argv += args.pytest_args
     started = time.perf_counter()
     code = pytest.main(argv)
+    if ranks:
+        missing = finish(ranks, run_dir)
+        if missing is None:  # not rank 0: its rows are in its own directory, rank 0 reports
+            return int(code)
+        if missing:
+            print(f"missing cells (a rank died? run again with --run-id {run_dir.name}): {', '.join(missing)}")
+            code = code or 1
     print(f"\nrun directory: {run_dir}  ({time.perf_counter() - started:.0f} s)")
     if (run_dir / CSV_NAME).exists():
         print(summary(run_dir / CSV_NAME))
@@ -134,7 +153,8 @@ def _compare(args: argparse.Namespace) -> int:
         except cmp.EnvironmentMismatch as exc:
             print(f"lstm-bench compare: {exc}", file=sys.stderr)
             return 2
-    given = {"time_ratio": args.time_threshold, "alpha": args.alpha, "memory_ratio": args.memory_threshold}
+    given = {"time_ratio": args.time_threshold, "alpha": args.alpha, "memory_ratio": args.memory_threshold,
+             "max_iqr": args.max_iqr}
     thresholds = cmp.Thresholds(**{k: v for k, v in given.items() if v is not None})  # unset: its default
     comparison = cmp.compare_runs(baseline, new, thresholds, impl_map)
     print(comparison.table())
@@ -151,6 +171,56 @@ def _report(args: argparse.Namespace) -> int:
     path = write_report(args.run_dirs, args.out)
     print(f"wrote {path}, its plots and pivot CSVs ({time.perf_counter() - started:.1f} s)")
     return 0
+
+
+def _merge(args: argparse.Namespace) -> int:
+    """Run directories into one (shards, or runs from different machines); the report runs on the result."""
+    from bench.readers.merge import merge_runs
+    from bench.readers.report import write_report
+
+    merged = merge_runs(args.run_dirs, args.out, allow_mixed=args.allow_mixed)
+    print(f"merged {len(args.run_dirs)} run directories into {merged.out}: {merged.rows} rows")
+    if merged.missing:
+        print(f"missing cells ({len(merged.missing)}): {', '.join(merged.missing)}")
+    print(f"report: {write_report([merged.out])}")
+    return 1 if merged.missing else 0
+
+
+def _ddp(args: argparse.Namespace) -> int:
+    """The d2l training step under DistributedDataParallel at each world size; rows as `run` writes them."""
+    from bench.instruments.ddp import measure_ddp, scaling_efficiency
+    from bench.instruments.env import environment
+    from bench.results import CSV_NAME, CsvRecorder, failure_status, new_run_id, one_line, summary, write_environment
+
+    raw = {name: getattr(args, name.replace("-", "_"), None) for name in OPTIONS} | {"mode": "train"}
+    options = parse_options(lambda name: raw[name])
+    world_sizes = sorted(parse_sizes(args.world_sizes, "--world-sizes"))
+    run_dir = Path(raw["results-dir"]) / (raw["run-id"] or new_run_id())
+    env = environment(options.device)
+    write_environment(run_dir, env)
+    recorder = CsvRecorder(run_dir / CSV_NAME)
+    print(f"lstm-bench ddp: {len(options.cells())} cells x world sizes {world_sizes}, results in {run_dir}",
+          flush=True)
+    failed = False
+    for cell in options.cells():
+        single_rank_tokens_per_s = None
+        for world_size in world_sizes:
+            try:
+                row = measure_ddp(cell, world_size, rounds=args.rounds)
+            except Exception as exc:  # recorded, and the sweep goes on
+                row = cell.columns() | {"mode": "ddp", "world_size": world_size, "status": failure_status(exc),
+                                        "error": one_line(exc)}
+            if row.get("status") == "ok" and world_size == 1:
+                single_rank_tokens_per_s = row["tokens_per_s"]
+            if row.get("status") == "ok" and single_rank_tokens_per_s:
+                row["scaling_efficiency"] = scaling_efficiency(row["tokens_per_s"], world_size,
+                                                               single_rank_tokens_per_s)
+            failed |= row["status"] != "ok"
+            recorder.write(row | {"run_id": run_dir.name, "tf32": env["tf32_matmul"]})
+            print(f"  {cell.impl} B{cell.batch_size} H{cell.hidden_size} world {world_size}: {row['status']}",
+                  flush=True)
+    print(summary(run_dir / CSV_NAME))
+    return 1 if failed else 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -183,6 +253,9 @@ def build_parser() -> argparse.ArgumentParser:
                          help="significance level of the Mann-Whitney U test on the raw rounds (default: 0.01)")
     compare.add_argument("--memory-threshold", type=positive_float, default=None,
                          help="memory grew when peak_bytes rose by more than this fraction (default: 0.02)")
+    compare.add_argument("--max-iqr", type=positive_float, default=None,
+                         help="noisy, not judged on time, when a cell's rounds spread (IQR) beyond this fraction "
+                              "of their median in either run (default: 0.10)")
     compare.add_argument("--match-impl", action="append", default=[], metavar="NEW=BASE",
                          help="compare the new run's impl NEW with the baseline's impl BASE (repeatable)")
     compare.add_argument("--allow-env-mismatch", action="store_true",
@@ -200,6 +273,22 @@ def build_parser() -> argparse.ArgumentParser:
                         help="directory for the report (default: the run directory; required for several)")
     report.set_defaults(func=_report)
 
+    merge = sub.add_parser("merge", help="run directories (shards, runs from several machines) into one")
+    merge.add_argument("run_dirs", type=Path, nargs="+", metavar="RUN_DIR", help="run directories to merge")
+    merge.add_argument("--out", type=Path, required=True, help="the merged run directory (new or empty)")
+    merge.add_argument("--allow-mixed", action="store_true",
+                       help="merge runs whose device type, GPU model, torch or CUDA differ")
+    merge.set_defaults(func=_merge)
+
+    ddp = sub.add_parser("ddp", help="the d2l training step under DistributedDataParallel at several world sizes "
+                         "(gloo on a CPU, NCCL on CUDA): step time, per-rank memory, scaling efficiency")
+    for name, (default, help_text) in OPTIONS.items():
+        if name not in ("mode", "shard"):
+            ddp.add_argument(f"--{name}", default=default, help=f"{help_text} (default: {default})")
+    ddp.add_argument("--world-sizes", default="1,2", help="comma list of process counts (default: 1,2)")
+    ddp.add_argument("--rounds", type=positive_int, default=20, help="timed steps per cell (default: 20)")
+    ddp.set_defaults(func=_ddp)
+
     train = sub.add_parser("train", help="the d2l chapter's training run on The Time Machine")
     train.add_argument("--impl", default="scratch", help="implementation name or module:Class (scratch)")
     train.add_argument("--epochs", type=positive_int, default=500)
@@ -215,6 +304,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--seed", type=int, default=0, help="seed for the initial weights and data offsets")
     train.add_argument("--curve", type=Path, default=None, help="write per-epoch perplexity, tokens/s to this CSV")
     train.set_defaults(func=_train)
+
+    add_memory_parser(sub)  # `lstm-bench memory`: bench/memory_cli.py
     return parser
 
 
