@@ -183,10 +183,17 @@ def synthetic_rows() -> list[dict]:
                  "param_bytes": MIB, "grad_bytes": MIB, "optimizer_bytes": 0, "activation_bytes": 15 * MIB,
                  "workspace_bytes": 3 * MIB, "library_bytes": 8 * MIB, "peak_reserved_bytes": 40 * MIB,
                  "process_used_bytes": 340 * MIB, "context_bytes": 300 * MIB, "notes": "a synthetic GPU row"})
+    for world_size, efficiency in ((1, 1.0), (2, 0.8)):
+        rows.append(forward | {"mode": "ddp", "world_size": world_size, "batch_size": 16, "hidden_size": 64,
+                               "param_bytes": 16 * 64**2, "workspace_bytes": 100, "peak_bytes": 16 * 64**2 + 100,
+                               "scaling_efficiency": efficiency})
     rows.append({"impl": "scratch", "device": "cuda:0", "dtype": "float32", "mode": "train", "batch_size": 4096,
                  "hidden_size": 256, "input_size": 28, "seq_len": 35, "status": "oom",
                  "error": "OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB"})
     return rows
+
+
+DDP_CELL = "scratch-cpu-float32-ddp-B16-H64-T35-V28-W2"
 
 
 @pytest.fixture(scope="module")
@@ -195,6 +202,8 @@ def synthetic(tmp_path_factory) -> Path:
     rows = synthetic_rows()
     stale = rows[1] | {"peak_bytes": 1, "step_ms_median": 1e6}  # scratch B32 H64: the later row of a cell wins
     write_run(run_dir, [stale] + rows, {"device": "cpu", "cpu_model": "a synthetic CPU", "torch": "2.13.0"})
+    rounds = {"benchmarks": [{"param": DDP_CELL, "stats": {"data": [0.001, 0.002, 0.003, 0.004, 0.005]}}]}
+    (run_dir / "benchmark.json").write_text(json.dumps(rounds))
     assert main(["report", str(run_dir)]) == 0
     return run_dir
 
@@ -249,7 +258,17 @@ def test_every_group_gets_its_own_titled_plots(synthetic):
         assert_png(synthetic / f"{stem}.png")
     assert not (synthetic / "plot-vs-hidden-cpu-float32-forward-T35-V28.png").exists()  # one hidden size
     noise = pd.read_csv(synthetic / "pivot-noise-pct.csv")
-    assert set(noise["mode"]) == {"train", "forward"} and set(noise["device"]) == {"cpu", "cuda:0"}
+    assert set(noise["mode"]) == {"train", "forward", "ddp"} and set(noise["device"]) == {"cpu", "cuda:0"}
+    assert set(noise["world_size"]) == {1, 2}
+
+
+def test_ddp_rows_get_a_group_per_world_size_and_a_scaling_table(synthetic):
+    report = (synthetic / "report.md").read_text()
+    assert "## cpu · float32 · ddp · T35 · V28 · 2 ranks" in report and "## cpu · float32 · ddp · T35 · V28\n" in report
+    assert "| cpu | float32 | scratch | 35 | 16 | 64 | 1.00 | 0.80 |" in report
+    rows = combine([synthetic]).rows
+    row = rows[(rows["mode"] == "ddp") & (rows["world_size"] == 2)].iloc[0]  # its rounds found by the W2 cell id
+    assert (row["step_ms_q1"], row["step_ms_q3"]) == pytest.approx((2.0, 4.0))
 
 
 # ----------------------------------------------------------------------------- bad input

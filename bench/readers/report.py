@@ -21,14 +21,14 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter, NullLocator, ScalarFormatter
 from scipy.stats import linregress
 
-from bench.grid import D2L, DTYPES, MODES, STATUSES
+from bench.grid import CELL_KEY, D2L, DDP_MODE, DTYPES, MODES, STATUSES
 from bench.results import Run, RunError, load_run
 
 REPORT_NAME = "report.md"
 #: a cell: what must differ between rows of runs that are combined
-KEY = ("impl", "device", "dtype", "mode", "batch_size", "hidden_size", "seq_len", "input_size")
+KEY = CELL_KEY
 #: rows that share these are plotted together (one set of plots, one set of tables per group)
-GROUP = ("device", "dtype", "mode", "seq_len", "input_size")
+GROUP = ("device", "dtype", "mode", "seq_len", "input_size", "world_size")
 #: the parts of peak_bytes, bottom to top (library_bytes: CUDA library workspaces, 0 on a CPU)
 PARTS = ("param_bytes", "grad_bytes", "optimizer_bytes", "activation_bytes", "workspace_bytes", "library_bytes")
 PART_LABELS = {"param_bytes": "parameters", "grad_bytes": "gradients", "optimizer_bytes": "optimizer state",
@@ -36,6 +36,7 @@ PART_LABELS = {"param_bytes": "parameters", "grad_bytes": "gradients", "optimize
 NOISY_FRACTION = 0.10  # IQR / median above this marks a cell as noisy
 MIB = 2**20
 REFERENCE_IMPL = "cudnn"
+MAX_NOTES = 20  # distinct notes listed in the report
 
 
 # ----------------------------------------------------------------------------- reading
@@ -68,6 +69,7 @@ def combine(run_dirs: Sequence[str | Path]) -> Combined:
         if len(bad):
             raise RunError(f"{run.path}: row {bad[0] + 2} of measurements.csv has status {df['status'][bad[0]]!r}, "
                            f"not one of {', '.join(STATUSES)}")
+        df = df.assign(world_size=df["world_size"].fillna(1))  # runs written before the column: one process
         unique = df.drop_duplicates(list(KEY), keep="last")  # appended rows: the newest wins
         superseded += len(df) - len(unique)
         frames.append(unique.assign(source=index))
@@ -89,9 +91,10 @@ def combine(run_dirs: Sequence[str | Path]) -> Combined:
 
 
 def cell_name(row: pd.Series) -> str:
-    """impl device dtype mode B.. H.. T.. V.. (the suite's cell id)."""
+    """impl-device-dtype-mode-B..-H..-T..-V..[-W..]: bench.grid.Cell.id, the key of the raw rounds."""
+    world = f"-W{_int(row['world_size'])}" if pd.notna(row["world_size"]) and row["world_size"] != 1 else ""
     return (f"{row['impl']}-{row['device']}-{row['dtype']}-{row['mode']}-B{_int(row['batch_size'])}"
-            f"-H{_int(row['hidden_size'])}-T{_int(row['seq_len'])}-V{_int(row['input_size'])}")
+            f"-H{_int(row['hidden_size'])}-T{_int(row['seq_len'])}-V{_int(row['input_size'])}{world}")
 
 
 def _int(value) -> str:
@@ -102,9 +105,8 @@ def sig(value: float, digits: int = 3) -> str:
     """A number to `digits` significant digits, with thousands separators for the large."""
     if value is None or pd.isna(value):
         return "–"
-    if abs(value) >= 10**digits:
-        return f"{value:,.0f}"
-    return f"{value:.{digits}g}"
+    text = f"{value:.{digits}g}"
+    return f"{value:,.0f}" if "e+" in text or abs(value) >= 10**digits else text  # 999.7 -> 1,000, not 1e+03
 
 
 def human_bytes(value: float) -> str:
@@ -126,37 +128,41 @@ def md_table(df: pd.DataFrame) -> str:
 
 @dataclass(frozen=True)
 class Group:
-    """One (device, dtype, mode, seq_len, input_size): the rows plotted and tabulated together."""
+    """One (device, dtype, mode, seq_len, input_size, world_size): the rows plotted and tabulated together."""
 
     device: str
     dtype: str
     mode: str
     seq_len: int
     input_size: float  # NaN for runs written before the column
+    world_size: int = 1  # ddp rows: processes training data-parallel
 
     @property
     def title(self) -> str:
-        return f"{self.device} · {self.dtype} · {self.mode} · T{self.seq_len} · V{_int(self.input_size)}"
+        world = f" · {self.world_size} ranks" if self.world_size != 1 else ""
+        return f"{self.device} · {self.dtype} · {self.mode} · T{self.seq_len} · V{_int(self.input_size)}{world}"
 
     @property
     def slug(self) -> str:
-        return f"{self.device}-{self.dtype}-{self.mode}-T{self.seq_len}-V{_int(self.input_size)}".replace(":", "")
+        world = f"-W{self.world_size}" if self.world_size != 1 else ""
+        return f"{self.device}-{self.dtype}-{self.mode}-T{self.seq_len}-V{_int(self.input_size)}{world}".replace(
+            ":", "")
 
     def select(self, rows: pd.DataFrame) -> pd.DataFrame:
         same = ((rows["device"] == self.device) & (rows["dtype"] == self.dtype) & (rows["mode"] == self.mode)
-                & (rows["seq_len"] == self.seq_len))
+                & (rows["seq_len"] == self.seq_len) & (rows["world_size"] == self.world_size))
         same &= rows["input_size"].isna() if pd.isna(self.input_size) else rows["input_size"] == self.input_size
         return rows[same]
 
 
 def groups(rows: pd.DataFrame) -> list[Group]:
     """The groups present, device first, then dtype and mode in the grid's order."""
-    found = {Group(r.device, r.dtype, r.mode, int(r.seq_len), r.input_size)
+    found = {Group(r.device, r.dtype, r.mode, int(r.seq_len), r.input_size, int(r.world_size))
              for r in rows[list(GROUP)].drop_duplicates().itertuples(index=False)}
     dtype_order, mode_order = list(DTYPES), list(MODES)
     return sorted(found, key=lambda g: (g.device, dtype_order.index(g.dtype) if g.dtype in dtype_order else 99,
                                         mode_order.index(g.mode) if g.mode in mode_order else 99, g.seq_len,
-                                        -1 if pd.isna(g.input_size) else g.input_size))
+                                        -1 if pd.isna(g.input_size) else g.input_size, g.world_size))
 
 
 # ----------------------------------------------------------------------------- the numbers
@@ -619,6 +625,18 @@ def _failures(rows: pd.DataFrame) -> str:
     return md_table(table)
 
 
+def _scaling(ok: pd.DataFrame) -> str | None:
+    """ddp rows: scaling efficiency per cell, a column per world size."""
+    ddp = ok[(ok["mode"] == DDP_MODE) & ok["scaling_efficiency"].notna()]
+    if ddp.empty:
+        return None
+    table = ddp.pivot_table(index=["device", "dtype", "impl", "seq_len", "batch_size", "hidden_size"],
+                            columns="world_size", values="scaling_efficiency", aggfunc="first")
+    table.columns = [f"{int(w)} ranks" for w in table.columns]
+    text = table.map(lambda v: "–" if pd.isna(v) else f"{v:.2f}").reset_index()
+    return md_table(text.rename(columns={"seq_len": "T", "batch_size": "B per rank", "hidden_size": "H"}))
+
+
 def write_report(run_dirs: Sequence[str | Path], out_dir: str | Path | None = None) -> Path:
     """Read the runs and write report.md, its PNGs and pivot CSVs into out_dir (default: the one run directory)."""
     combined = combine(run_dirs)
@@ -680,10 +698,15 @@ def write_report(run_dirs: Sequence[str | Path], out_dir: str | Path | None = No
     if long_tables:
         md += ["", "Pivot tables as CSV (a row per group × impl × batch size, a column per hidden size): "
                + ", ".join(f"[pivot-{stem}.csv](pivot-{stem}.csv)" for stem in long_tables)]
-    md += ["", "## Failed, out-of-memory and unsupported cells", "", _failures(rows)]
-    notes = rows.dropna(subset=["notes"])
+    scaling = _scaling(ok)
+    if scaling:
+        md += ["", "## Data-parallel scaling", "", "Tokens/s of all ranks ÷ (ranks × the same cell's tokens/s on one "
+               "rank): 1.00 is perfect scaling; the batch size is per rank.", "", scaling]
+    md += ["", "## Cells that did not finish ok (failed, out of memory, unsupported, non-finite)", "", _failures(rows)]
+    notes = rows["notes"].dropna().value_counts()
     if not notes.empty:
-        md += ["", "## Notes", ""] + [f"- {note} ({n} cells)" for note, n in notes["notes"].value_counts().items()]
+        md += ["", "## Notes", ""] + [f"- {note} ({n} cells)" for note, n in notes.head(MAX_NOTES).items()]
+        md += [f"- … and {len(notes) - MAX_NOTES} more in measurements.csv"] if len(notes) > MAX_NOTES else []
     path = out_dir / REPORT_NAME
     path.write_text("\n".join(md) + "\n")
     return path
