@@ -138,7 +138,7 @@ class _Counts:
 
     def __init__(self, impl: str, sizes: Sizes, dtype: str, mode: str, optimizer: str, *, cuda: bool = False,
                  flat_lstm: bool = False):
-        self.impl, self.dtype, self.mode, self.optimizer = impl, dtype, mode, optimizer
+        self.impl, self.dtype, self.mode, self.optimizer, self.cuda = impl, dtype, mode, optimizer, cuda
         self.B, self.H, self.T, self.V = sizes.batch_size, sizes.hidden_size, sizes.seq_len, sizes.vocab_size
         self.I = self.V
         self.s = DTYPE_BYTES[dtype]
@@ -188,9 +188,17 @@ class _Counts:
     def optimizer_step(self) -> _Moment:
         """After backward: model, batch, both states, logits, loss; Adam's foreach sqrt(exp_avg_sq) list."""
         live = self.model() | self.batch_and_state() | {"new state h, c": (2, self.u), "logits": (1, self.TBV),
-                                                         "loss": (1, self.s)}
-        if self.optimizer == "adam":
-            live["Adam's sqrt(exp_avg_sq) (foreach temporary)"] = (1, self.P)
+                                                         "loss, clip_grad_norm_'s total norm": (2, self.s)}
+        if self.optimizer == "adam" and self.cuda:  # foreach (the default on CUDA): a sqrt list of every parameter
+            live["Adam's sqrt(exp_avg_sq) list (foreach)"] = (1, self.P)
+        elif self.optimizer == "adam":
+            # single-tensor Adam (foreach is not the default on a CPU): for each parameter in order,
+            # denom = (exp_avg_sq.sqrt() / bias_correction2_sqrt).add_(eps) holds sqrt and the quotient at
+            # once, while the previous parameter's denom is still bound; and an 8-byte scalar
+            sizes = self.params
+            temps = max(2 * p + (sizes[i - 1] if i else 0) for i, p in enumerate(sizes))
+            live["Adam's denom: sqrt, quotient, the previous denom"] = (1, temps)
+            live["Adam's scalar"] = (1, 8)
         return _Moment("optimizer step", live)
 
     def loss_backward(self, acts: dict[str, Term], new_state: dict[str, Term]) -> list[_Moment]:
