@@ -71,8 +71,11 @@ def measure_cell(cell: Cell, optimizer: str, parts: bool = True) -> dict:
     Two steps settle the memory of every implementation but scripted, whose profiling executor
     optimizes the graph after its profiling runs (six steps); `parts` adds the breakdown (one more).
     """
+    import torch
+
     from bench.instruments.measure import Subject, breakdown, measure_memory
 
+    torch.compiler.reset()  # compile for this shape, as the suite does for every cell
     subject = Subject(cell, optimizer=optimizer)
     try:
         for _ in range(6 if cell.impl == "scripted" else 2):
