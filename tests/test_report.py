@@ -237,7 +237,7 @@ def test_known_report_sections(synthetic):
     assert "300 MiB; the caching allocator's pool (peak reserved) 40 MiB" in gpu
     assert "nvidia-smi" not in report.split("## cuda:0")[0]  # not on a CPU
     assert "| scratch-cuda:0-float32-train-B4096-H256-T35-V28 | oom | OutOfMemoryError: CUDA out of memory." in report
-    assert "- a synthetic GPU row (1 cells)" in report
+    assert "- a synthetic GPU row (1 cell)" in report
     assert "1 rows were replaced by later rows of the same cell" in report
     step = pd.read_csv(synthetic / "pivot-step-ms.csv").set_index(["device", "mode", "impl", "batch_size"])
     assert step.loc[("cpu", "train", "scratch", 32), "H64"] == pytest.approx(synthetic_rows()[1]["step_ms_median"])

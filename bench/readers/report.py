@@ -431,7 +431,7 @@ def plot_first_call(cells: pd.DataFrame, group: Group, where: str, path: Path) -
     ax.set_ylim(low, high)
     ax.set_ylabel("ms (log scale)")
     ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1))
-    fig.suptitle(f"First call (scripting / compiling included) vs. a warm step at {where}\n{group.title}")
+    fig.suptitle(f"First call (scripting / compiling included), startup and a warm step at {where}\n{group.title}")
     return _save(fig, path)
 
 
@@ -487,6 +487,8 @@ def _grid(rows: pd.DataFrame) -> str:
              f"- batch sizes: {values('batch_size')}; hidden sizes: {values('hidden_size')}; "
              f"sequence lengths: {values('seq_len')}; input (vocabulary) sizes: {values('input_size') or '–'}",
              "- cells: " + ", ".join(f"{n} {status}" for status, n in rows["status"].value_counts().items())]
+    if (rows["world_size"] != 1).any():
+        lines.insert(-1, f"- world sizes (ddp ranks): {values('world_size')}")
     return "\n".join(lines)
 
 
@@ -496,6 +498,11 @@ def _answer(group: Group, ok: pd.DataFrame, batch: int, hidden: int) -> list[str
     at = ok[(ok["batch_size"] == batch) & (ok["hidden_size"] == hidden)].sort_values("impl")
     which = "the d2l config" if is_d2l(group, batch, hidden) else "the cell nearest the d2l config (B32 H256 T35 V28)"
     out = [f"At **{which}, {where}**:", ""]
+    noisy = (ok["step_ms_iqr"] / ok["step_ms_median"] > NOISY_FRACTION).sum()
+    if noisy > len(ok) / 2:
+        out = [f"**Caution: {noisy} of {len(ok)} cells are noisy** (the timed rounds' IQR above "
+               f"{NOISY_FRACTION:.0%} of their median): the times below are not reliable; a busy machine? "
+               "The memory figures do not depend on it.", ""] + out
     reference = at[at["impl"] == REFERENCE_IMPL]["step_ms_median"]
     fits = bytes_per_sequence(ok, hidden)
     out += [_summary_table(at, fits.set_index("impl")["slope_bytes"] if not fits.empty else pd.Series(dtype=float),
@@ -520,7 +527,8 @@ def _answer(group: Group, ok: pd.DataFrame, batch: int, hidden: int) -> list[str
         library = f" (libraries' workspaces {human_bytes(r.library_bytes)} included)" if r.library_bytes > 0 else ""
         first = f" The first call takes {sig(r.first_step_ms)} ms" if pd.notna(r.first_step_ms) else ""
         if first and pd.notna(r.startup_ms):
-            first += f", reaching steady state costs {sig(r.startup_ms)} ms beyond steady steps"
+            first += (f"; reaching steady steps costs {sig(r.startup_ms)} ms more than as many steady steps "
+                      "would (startup_ms)")
         out.append(f"- **{r.impl}**: the model takes **{human_bytes(model)}** ({model_parts}); a batch of {batch} "
                    f"sequences takes **{human_bytes(batch_bytes)}** (activations {human_bytes(r.activation_bytes)} + "
                    f"workspace {human_bytes(r.workspace_bytes)}), {sig(batch_bytes / model, 2) if model else '–'}× "
@@ -632,7 +640,7 @@ def _scaling(ok: pd.DataFrame) -> str | None:
         return None
     table = ddp.pivot_table(index=["device", "dtype", "impl", "seq_len", "batch_size", "hidden_size"],
                             columns="world_size", values="scaling_efficiency", aggfunc="first")
-    table.columns = [f"{int(w)} ranks" for w in table.columns]
+    table.columns = [f"{int(w)} rank" + ("s" if w != 1 else "") for w in table.columns]
     text = table.map(lambda v: "–" if pd.isna(v) else f"{v:.2f}").reset_index()
     return md_table(text.rename(columns={"seq_len": "T", "batch_size": "B per rank", "hidden_size": "H"}))
 
@@ -705,7 +713,8 @@ def write_report(run_dirs: Sequence[str | Path], out_dir: str | Path | None = No
     md += ["", "## Cells that did not finish ok (failed, out of memory, unsupported, non-finite)", "", _failures(rows)]
     notes = rows["notes"].dropna().value_counts()
     if not notes.empty:
-        md += ["", "## Notes", ""] + [f"- {note} ({n} cells)" for note, n in notes.head(MAX_NOTES).items()]
+        md += ["", "## Notes", ""] + [f"- {note} ({n} cell{'s' if n != 1 else ''})"
+                                      for note, n in notes.head(MAX_NOTES).items()]
         md += [f"- … and {len(notes) - MAX_NOTES} more in measurements.csv"] if len(notes) > MAX_NOTES else []
     path = out_dir / REPORT_NAME
     path.write_text("\n".join(md) + "\n")
