@@ -1,0 +1,149 @@
+"""The memory model against measurement: every implementation within 5% of the measured peak.
+
+Measured with the suite's own instruments (Subject, measure_memory, breakdown) on a small grid:
+CPU memory is deterministic, so the check is exact up to the model. `compiled` runs on one tiny
+shape only (a cold torch.compile costs a minute).
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from bench.cli import main
+from bench.grid import Cell
+from bench.instruments.memory_model import (
+    FITTED,
+    MIB,
+    Sizes,
+    _Counts,
+    _onednn_workspace_bytes,
+    kernel_of,
+    largest_batch,
+    per_sequence_bytes,
+    predict,
+    predict_sizes,
+    predicted_columns,
+)
+from bench.memory_cli import measure_cell
+
+TOLERANCE = 0.05  # of the measured peak
+
+# (impl, B, H, T, dtype, mode, optimizer): every kernel, train and forward, float32 and bfloat16,
+# T >= 8 so that TorchScript's 8-step unrolling is in play, and each optimizer once.
+GRID = [
+    ("scratch", 5, 24, 10, "float32", "train", "sgd"),
+    ("scratch", 40, 8, 10, "float32", "train", "momentum"),  # B*T large against H*H: the peak is in forward
+    ("scratch", 3, 40, 9, "bfloat16", "train", "adam"),
+    ("scratch", 5, 24, 10, "float32", "forward", "sgd"),
+    ("cudnn", 5, 24, 10, "float32", "train", "sgd"),  # oneDNN
+    ("cudnn", 17, 64, 9, "float32", "train", "adam"),
+    ("cudnn", 5, 24, 10, "float32", "forward", "sgd"),
+    ("cudnn", 5, 24, 10, "bfloat16", "train", "sgd"),  # oneDNN in bf16 only with native bf16; else ATen
+    ("cudnn", 40, 8, 10, "bfloat16", "train", "sgd"),
+    ("cudnn", 5, 24, 10, "bfloat16", "forward", "sgd"),
+    ("scripted", 4, 16, 10, "float32", "train", "sgd"),
+    ("compiled", 4, 16, 10, "float32", "train", "sgd"),
+]
+
+
+@pytest.mark.parametrize("impl,B,H,T,dtype,mode,optimizer", GRID, ids=["-".join(map(str, c)) for c in GRID])
+def test_prediction_within_5_percent_of_measured_peak(impl, B, H, T, dtype, mode, optimizer):
+    cell = Cell(impl, "cpu", dtype, mode, B, H, T, 28)
+    got = measure_cell(cell, optimizer)  # Subject, measure_memory, breakdown: the suite's instruments
+    p = predict(cell, optimizer)
+    peak = got["peak_bytes"]
+    assert abs(p.peak_bytes - peak) <= TOLERANCE * peak, (p.peak_bytes, peak, p.peak_at)
+    assert abs(p.activation_bytes - got["activation_bytes"]) <= TOLERANCE * peak, (p.activation_bytes, got)
+    assert (p.param_bytes, p.grad_bytes, p.optimizer_bytes) == (
+        got["param_bytes"], got["grad_bytes"], got["optimizer_bytes"])
+    assert p.library_bytes == 0
+
+
+@pytest.mark.parametrize("T,B,H", [(9, 12, 100), (10, 7, 64), (3, 5, 128), (4, 3, 40)])
+def test_onednn_workspace_from_layout_rules(T, B, H):
+    """The training workspace mkldnn_rnn_layer returns has exactly the bytes oneDNN's layout rules give."""
+    if kernel_of("cudnn", "cpu", "float32", "train") != "oneDNN":
+        pytest.skip("oneDNN is not what nn.LSTM runs here")
+    lstm = torch.nn.LSTM(28, H)
+    x = torch.randn(T, B, 28)
+    h = torch.zeros(B, H)
+    out = torch.ops.aten.mkldnn_rnn_layer(x, lstm.weight_ih_l0, lstm.weight_hh_l0, lstm.bias_ih_l0,
+                                          lstm.bias_hh_l0, h, h, False, [], 2, H, 1, True, False, False, True)
+    workspace = out[3]
+    assert workspace.numel() * workspace.element_size() == _onednn_workspace_bytes(
+        _Counts("cudnn", Sizes(B, H, T, 28), "float32", "train", "sgd"))
+
+
+def test_parts_add_up_and_cuda_counts_its_libraries():
+    for device in ("cpu", "cuda"):
+        for impl in ("scratch", "scripted", "compiled", "cudnn"):
+            for mode in ("train", "forward"):
+                p = predict_sizes(impl, Sizes(32, 256, 35, 28), device=device, mode=mode, optimizer="adam",
+                                  cuda_capability=(9, 0))
+                parts = (p.param_bytes + p.grad_bytes + p.optimizer_bytes + p.activation_bytes
+                         + p.workspace_bytes + p.library_bytes)
+                assert parts == p.peak_bytes and p.workspace_bytes >= 0, p
+                assert sum(p.peak_live.values()) + p.library_bytes == p.peak_bytes
+                if device == "cuda":  # every block the caching allocator hands out is a multiple of 512 B
+                    assert p.library_bytes == (2 if mode == "train" else 1) * 32 * MIB + MIB
+                    assert (p.peak_bytes - p.library_bytes) % 512 == 0
+    older = predict_sizes("scratch", Sizes(32, 256, 35, 28), device="cuda", cuda_capability=(8, 0))
+    assert older.library_bytes == 2 * (8 * MIB + 128 * 1024) + MIB
+    cudnn = predict_sizes("cudnn", Sizes(32, 256, 35, 28), device="cuda")
+    assert set(cudnn.fitted) == {"cudnn_reserve", "cudnn_workspace"} and set(cudnn.fitted) <= set(FITTED)
+
+
+def test_largest_batch_is_the_last_that_fits():
+    sizes = Sizes(1, 256, 35, 28)
+    budget = 64 * MIB
+    for impl in ("scratch", "cudnn"):
+        b = largest_batch(impl, budget, sizes)
+        assert predict_sizes(impl, Sizes(b, 256, 35, 28)).peak_bytes <= budget
+        assert predict_sizes(impl, Sizes(b + 1, 256, 35, 28)).peak_bytes > budget
+        slope = per_sequence_bytes(impl, Sizes(b, 256, 35, 28))
+        assert 0 < slope < budget
+
+
+def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
+    code = main(["memory", *argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.mark.parametrize("argv,says", [
+    (["--impls", "nope"], "nope"),
+    (["--batch-size", "0"], "--batch-size"),
+    (["--hidden-size", "-3"], "--hidden-size"),
+    (["--budget", "8 bananas"], "--budget"),
+    (["--budget", "1KiB"], "smaller than what the model itself takes"),
+    (["--optimizer", "rmsprop"], "--optimizer"),
+])
+def test_cli_bad_input_is_one_line_and_exit_2(capsys, argv, says):
+    code, out, err = run_cli(capsys, "--device", "cpu", *argv)
+    assert code == 2 and says in err and len(err.strip().splitlines()) == 1 and not out
+
+
+def test_cli_answers_side_by_side_and_as_json(capsys):
+    code, out, _ = run_cli(capsys, "--device", "cpu", "--impls", "scratch,cudnn", "--budget", "64MiB")
+    assert code == 0
+    for words in ("scratch", "cudnn", "the model: parameters", "the batch: activations", "peak",
+                  "each extra sequence adds", "largest batch in 64 MiB", "onednn_scratchpad_extra"):
+        assert words in out
+    code, out, _ = run_cli(capsys, "--device", "cuda", "--impls", "cudnn", "--json", "--budget", "8GiB")
+    data = json.loads(out)
+    row = data["impls"]["cudnn"]
+    assert code == 0 and row["largest_batch"] == largest_batch("cudnn", 8 * 2**30, Sizes(32, 256, 35, 28),
+                                                                  device="cuda")
+    assert set(data["fitted"]) == {"cudnn_reserve", "cudnn_workspace"}
+
+
+def test_predicted_columns_for_the_suite():
+    cell = Cell("scratch", "cpu", "float32", "train", 32, 256, 35, 28)
+    p = predict(cell)
+    assert predicted_columns(cell) == {"predicted_peak_bytes": p.peak_bytes,
+                                       "predicted_activation_bytes": p.activation_bytes}
+    outside = Cell("tests.broken_impl:BrokenLSTM", "cpu", "float32", "train", 32, 256, 35, 28)
+    assert set(predicted_columns(outside).values()) == {None}
