@@ -121,7 +121,7 @@ def run_cli(tmp_path, *args, run_id="r", timeout=600):
 def test_run_writes_ok_oom_error_and_unsupported_rows_and_goes_on(tmp_path):
     proc = run_cli(tmp_path, "--impls", "scratch,broken_impl:BrokenLSTM,broken_impl:CudaOnlyLSTM,cudnn",
                    "--batch-sizes", "2", "--hidden-sizes", "8,1048576", "--seq-len", "4", "--device", "cpu",
-                   "--benchmark-min-rounds=40")  # pytest-benchmark's own options pass through
+                   "--benchmark-min-rounds=40", "--benchmark-max-time=0.02")  # pytest-benchmark options pass
     assert proc.returncode == 1, proc.stdout[-3000:] + proc.stderr[-3000:]  # the broken cells fail the run
     run_dir = tmp_path / "r"
     df = pd.read_csv(run_dir / "measurements.csv")

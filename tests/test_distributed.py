@@ -17,7 +17,7 @@ from bench.results import benchmark_json_path
 ROOT = Path(__file__).resolve().parents[1]
 TESTS = ROOT / "tests"
 TINY_GRID = ["--impls", "scratch,cudnn", "--batch-sizes", "2,4", "--hidden-sizes", "8", "--seq-len", "3",
-             "--device", "cpu"]
+             "--device", "cpu", "--benchmark-max-time=0.02"]  # the suite's 20 rounds, not a second of them
 
 
 def env() -> dict:
@@ -114,7 +114,8 @@ def test_merge_refuses_collisions_and_mixed_environments_and_names_missing_cells
 def test_a_resumed_run_measures_failed_cells_again_without_duplicates(tmp_path):
     """Rows of a finished cell stay; a failed cell is measured again and its old row replaced."""
     grid = ["--impls", "scratch,broken_impl:BrokenLSTM", "--batch-sizes", "1,2,3", "--hidden-sizes", "4",
-            "--seq-len", "3", "--device", "cpu", "--results-dir", str(tmp_path), "--run-id", "again"]
+            "--seq-len", "3", "--device", "cpu", "--results-dir", str(tmp_path), "--run-id", "again",
+            "--benchmark-max-time=0.02"]
     first = cli("run", *grid)
     assert first.returncode == 1  # the broken cells fail
     second = cli("run", *grid)
