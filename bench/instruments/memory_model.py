@@ -26,6 +26,20 @@ What each kernel saves for backward (activation_bytes), per step t of T:
 - oneDNN (nn.LSTM, float32 on a CPU): the training workspace (_onednn_workspace_bytes), the input,
   the carried state, the outputs and the final h, c.
 - cuDNN: the reserve space (fitted, see FITTED), input, state, outputs.
+
+Where the peak happens (Prediction.peak_at, with what is alive then in Prediction.peak_live):
+- training, end of forward: every saved tensor, the logits and last step's gradients (zero_grad runs
+  after forward) - small H and small B*T*V (scratch, compiled);
+- the loss's and the output layer's backward: log-softmax, two (T*B, V) gradients, then dY (T, B, H)
+  beside dlogits - when B*T is large against H*H (e.g. H 64-128 with B 64-96);
+- the LSTM's backward at step T-2, when H*H dominates: all new gradients exist and the step's weight
+  gradient waits to be added - one (H, H) term (scratch), the step's 12 weight gradients (compiled),
+  the 8 steps of an unrolled body (scripted), W_hh's out-of-place sum (ATen native);
+- ATen native, forward at torch.stack: the input projection (T, B, 4H) and every step's gates;
+- oneDNN, inside mkldnn_rnn_layer_backward: workspace, scratchpad, weights reordered both ways,
+  float32 diff buffers;
+- Adam on a CPU with small batches: the optimizer step (sqrt and quotient of the largest parameter);
+- inference: torch.stack of the outputs (the list and the stacked copy), or inside mkldnn_rnn_layer.
 """
 
 from __future__ import annotations
