@@ -206,7 +206,7 @@ def _ddp(args: argparse.Namespace) -> int:
         single_rank_tokens_per_s = None
         for world_size in world_sizes:
             try:
-                row = measure_ddp(cell, world_size, rounds=args.rounds)
+                row = measure_ddp(cell, world_size, rounds=args.rounds, threads=options.threads)
             except Exception as exc:  # recorded, and the sweep goes on
                 row = cell.columns() | {"mode": "ddp", "world_size": world_size, "status": failure_status(exc),
                                         "error": one_line(exc)}

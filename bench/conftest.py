@@ -46,6 +46,8 @@ def pytest_configure(config: pytest.Config) -> None:
     if getattr(config.option, "benchmark_json", None) is None:
         config.option.benchmark_json = benchmark_json_path(run_dir)
     pin_tf32(config.getoption("tf32"))
+    if options.threads:
+        torch.set_num_threads(options.threads)  # before the environment records torch_threads
     cells = options.cells()
     (run_dir / GRID_NAME).write_text(json.dumps(sorted(c.id for c in cells), indent=0) + "\n")
     config.stash[_STATE] = {"options": options, "run_id": run_id, "run_dir": run_dir, "cells": cells,

@@ -205,6 +205,7 @@ class Options:
     seq_lens: tuple[int, ...]
     vocab_size: int
     shard: tuple[int, int] = (0, 1)  # (index, count): this process runs that part of the grid
+    threads: int | None = None  # torch's CPU threads; None: torch's own choice (or torchrun's share of the cores)
 
     def grid(self) -> list[Cell]:
         """Every combination, in a stable order; the implementations of one shape run one after another."""
@@ -232,6 +233,8 @@ OPTIONS = {
                "recorded ok are skipped, the others measured again"),
     "shard": (None, "i/n: run part i (0-based) of n parts of the grid, balanced by expected cost "
               "(under torchrun: RANK/WORLD_SIZE)"),
+    "threads": (None, "torch's CPU threads (default: torch's own); on a shared machine 1 keeps multi-threaded "
+                "GEMMs from stalling when another process takes a core"),
 }
 
 
@@ -253,4 +256,5 @@ def parse_options(get) -> Options:
         seq_lens=parse_sizes(get("seq-len") or OPTIONS["seq-len"][0], "--seq-len"),
         vocab_size=vocab[0],
         shard=parse_shard(get("shard")),
+        threads=parse_sizes(get("threads"), "--threads")[0] if get("threads") else None,
     )

@@ -185,6 +185,7 @@ def test_a_killed_run_keeps_every_finished_row(tmp_path):
     (["--dtype", "float8"], "choose from float32, float64, bfloat16, float16"),
     (["--mode", "backward"], "choose from train, forward"),
     (["--device", "tpu"], "choose auto, cpu, cuda or cuda:N"),
+    (["--threads", "0"], "--threads '0' is not valid"),
 ])
 def test_run_bad_option_values_exit_2_with_one_line(args, message, capsys, tmp_path):
     assert main(["run", "--results-dir", str(tmp_path), *args]) == 2
@@ -242,9 +243,10 @@ def test_rounds_default_to_twenty_without_gc_and_a_user_can_lower_them(tmp_path)
     assert row.rounds == 20 and not row.gc_in_rounds
     assert row.warmup_steps >= 3 and pd.notna(row.startup_ms) and pd.notna(row.first_step_ms)
     assert row.description.endswith("ran: eager ATen ops") and row.library_bytes == 0 and pd.isna(row.notes)
-    lowered = run_cli(tmp_path, *grid, "--benchmark-min-rounds=3", run_id="lowered")
+    lowered = run_cli(tmp_path, *grid, "--benchmark-min-rounds=3", "--threads", "1", run_id="lowered")
     assert lowered.returncode == 0, lowered.stdout[-3000:]
-    assert pd.read_csv(tmp_path / "lowered" / "measurements.csv").iloc[0].rounds == 3
+    row = pd.read_csv(tmp_path / "lowered" / "measurements.csv").iloc[0]
+    assert row.rounds == 3 and row.threads == 1
 
 
 def test_startup_is_the_first_call_and_warm_up_beyond_steady_steps():

@@ -30,14 +30,15 @@ DEFAULT_ROUNDS = 20
 WARMUP_STEPS = 5  # eager DDP settles in a step or two; the ranks cannot each decide when they are warm
 
 
-def _rank_main(rank: int, cell: Cell, world_size: int, rounds: int, store: str, out: str) -> None:
+def _rank_main(rank: int, cell: Cell, world_size: int, rounds: int, store: str, out: str,
+               threads: int | None) -> None:
     """One rank: join the group, build its DDP subject, warm up, time the rounds, measure memory."""
     device = torch.device(cell.device)
     if device.type == "cuda":
         torch.cuda.set_device(rank)
         device = torch.device("cuda", rank)
     else:
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // world_size))
+        torch.set_num_threads(threads or max(1, (os.cpu_count() or 1) // world_size))
     dist.init_process_group("nccl" if device.type == "cuda" else "gloo", init_method=f"file://{store}",
                             rank=rank, world_size=world_size, timeout=timedelta(minutes=30))
     try:
@@ -68,14 +69,15 @@ def _rank_main(rank: int, cell: Cell, world_size: int, rounds: int, store: str, 
         dist.destroy_process_group()
 
 
-def measure_ddp(cell: Cell, world_size: int, rounds: int = DEFAULT_ROUNDS) -> dict:
-    """The CSV columns of one data-parallel cell (mode "ddp") at world_size ranks."""
+def measure_ddp(cell: Cell, world_size: int, rounds: int = DEFAULT_ROUNDS, threads: int | None = None) -> dict:
+    """The CSV columns of one data-parallel cell (mode "ddp") at world_size ranks; on a CPU each rank takes
+    `threads` threads, by default its share of the cores."""
     if cell.device.startswith("cuda") and torch.cuda.device_count() < world_size:
         raise RuntimeError(f"world size {world_size} needs {world_size} GPUs; {torch.cuda.device_count()} here")
     cell = replace(cell, mode=DDP_MODE, world_size=world_size)
     with tempfile.TemporaryDirectory(prefix="lstm-bench-ddp-") as tmp:
         out = Path(tmp) / "result.json"
-        mp.start_processes(_rank_main, args=(cell, world_size, rounds, str(Path(tmp) / "store"), str(out)),
+        mp.start_processes(_rank_main, args=(cell, world_size, rounds, str(Path(tmp) / "store"), str(out), threads),
                            nprocs=world_size, start_method="spawn")
         result = json.loads(out.read_text())
     stats = Stats()
