@@ -325,3 +325,17 @@ def test_several_runs_need_out_and_one_run_cannot_be_named_twice(synthetic, tmp_
     assert_fails_with_one_line(["report", str(synthetic), str(other)], capsys, r"--out DIR")
     assert_fails_with_one_line(["report", str(synthetic), str(synthetic), "--out", str(tmp_path)], capsys,
                                r"named twice")
+
+
+def test_the_ladder_lists_each_rung_in_order_with_its_ratio_to_cudnn(real_run):
+    from bench.readers.report import sig
+
+    text = (real_run / "report.md").read_text()
+    section = text[text.index("### The optimization ladder at B4 H16"):].split("\n### ")[0]
+    table = [line.split("|")[1:-1] for line in section.splitlines() if line.startswith("|")]
+    rows = [[cell.strip() for cell in r] for r in table[2:]]  # after the header and its rule
+    assert [r[0] for r in rows] == ["scratch", "cudnn"]  # the ladder's order, not the alphabet's
+    df = measurements(real_run)
+    at = df[(df.batch_size == 4) & (df.hidden_size == 16)].set_index("impl")
+    ratio = at.loc["scratch", "step_ms_median"] / at.loc["cudnn", "step_ms_median"]
+    assert rows[0][3] == f"{sig(ratio, 2)}×" and rows[1][3] == "1×"
