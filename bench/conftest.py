@@ -49,7 +49,9 @@ def pytest_configure(config: pytest.Config) -> None:
     if options.threads:
         torch.set_num_threads(options.threads)  # before the environment records torch_threads
     cells = options.cells()
-    (run_dir / GRID_NAME).write_text(json.dumps(sorted(c.id for c in cells), indent=0) + "\n")
+    grid_path = run_dir / GRID_NAME  # a resumed run with another grid asks for both sessions' cells
+    asked = set(json.loads(grid_path.read_text())) if grid_path.is_file() else set()
+    grid_path.write_text(json.dumps(sorted(asked | {c.id for c in cells}), indent=0) + "\n")
     config.stash[_STATE] = {"options": options, "run_id": run_id, "run_dir": run_dir, "cells": cells,
                             "todo": resume(run_dir / CSV_NAME, cells), "env": environment(options.device)}
     write_environment(run_dir, config.stash[_STATE]["env"])
