@@ -10,16 +10,18 @@ from .base import LSTMImpl, State
 
 
 class FusedLSTM(LSTMImpl):
-    """One GEMM for all inputs before the loop, one (B, H) x (H, 4H) GEMM per step, run eagerly.
+    """One GEMM for all inputs before the loop, one (B, H) x (H, 4H) GEMM per step, the pointwise math eager.
 
     Parameters `W_x` (I, 4H), `W_h` (H, 4H) and `b` (4H,) hold nn.LSTM's weights transposed, gates
     in nn.LSTM's order (i, f, g, o), and its two biases summed.
     """
 
-    description = "fused LSTM: gate weights concatenated, input GEMM hoisted out of the loop, eager"
+    description = ("fused LSTM: gate weights concatenated, input GEMM hoisted out of the loop, weight gradients "
+                   "in one GEMM over all steps, eager")
 
     def __init__(self, input_size: int, hidden_size: int, *, device="cpu", dtype=torch.float32):
         super().__init__(input_size, hidden_size, device=device, dtype=dtype)
+        self.steps = self.make_steps()
         four_h = 4 * hidden_size
         for name, shape in (("W_x", (input_size, four_h)), ("W_h", (hidden_size, four_h)), ("b", (four_h,))):
             self.register_parameter(name, nn.Parameter(torch.zeros(shape, device=device, dtype=dtype)))
@@ -27,9 +29,12 @@ class FusedLSTM(LSTMImpl):
     def params(self) -> list[Tensor]:
         return [getattr(self, name) for name in fused_cell.PARAM_NAMES]
 
+    def make_steps(self) -> fused_cell.Steps:
+        """What runs a time step: the cell's math as written; subclasses change only this."""
+        return fused_cell.TorchSteps()
+
     def run(self, inputs: Tensor, H: Tensor, C: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """The loop itself; subclasses change only how it runs."""
-        return fused_cell.lstm(inputs, H, C, self.params())
+        return fused_cell.lstm(inputs, H, C, self.params(), self.steps)
 
     def forward(self, x: Tensor, state: State | None = None) -> tuple[Tensor, State]:
         H, C = self.zero_state(x.shape[1], x) if state is None else state

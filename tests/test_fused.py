@@ -15,6 +15,7 @@ import torch
 
 import lstm_impls
 from bench.instruments.what_ran import what_ran
+from lstm_impls import fused_cell
 
 ATOL = 1e-5  # as tests/test_impls.py
 ROOT = Path(__file__).resolve().parents[1]
@@ -36,6 +37,45 @@ def test_fused_runs_one_input_gemm_with_the_bias_then_one_gemm_per_step(tiny):
     gemms = [(e.name, e.input_shapes[:3]) for e in prof.events() if e.name in ("aten::addmm", "aten::mm")]
     assert gemms == [("aten::addmm", [[4 * H], [T * B, I], [I, 4 * H]])] + \
         [("aten::addmm", [[B, 4 * H], [B, H], [H, 4 * H]])] * T
+
+
+def test_fused_sequence_gradients_pass_gradcheck_in_float64(tiny):
+    """The written-out backward (fused_cell.LSTMFunction) against finite differences, for every input."""
+    T, B, I, H = tiny["seq_len"], tiny["batch_size"], tiny["input_size"], tiny["hidden_size"]
+    g = torch.Generator().manual_seed(3)
+    shapes = [(T, B, I), (B, H), (B, H), (I, 4 * H), (H, 4 * H), (4 * H,)]
+    inputs = [torch.randn(s, generator=g, dtype=torch.float64).requires_grad_() for s in shapes]
+
+    def run(x, h0, c0, W_x, W_h, b):
+        return fused_cell.lstm(x, h0, c0, [W_x, W_h, b], fused_cell.TorchSteps())
+
+    assert torch.autograd.gradcheck(run, inputs)
+
+
+def test_fused_backward_computes_each_weight_gradient_in_one_gemm_over_all_steps(tiny):
+    """Backward: one (B, 4H) x (4H, H) GEMM per step but the first for the state's gradient; the weights'
+    gradients over all T steps at once: W_h's (h_0's term, then the other T-1 steps), W_x's."""
+    T, B, I, H = tiny["seq_len"], tiny["batch_size"], tiny["input_size"], tiny["hidden_size"]
+    impl = lstm_impls.create("fused", I, H)
+    y, (h, c) = impl(torch.randn(T, B, I))
+    with torch.profiler.profile(record_shapes=True) as prof:
+        (y.sum() + c.sum()).backward()
+    gemms = [(e.name, e.input_shapes[:3]) for e in prof.events() if e.name in ("aten::addmm", "aten::mm")]
+    assert gemms == [("aten::addmm", [[B, H], [B, 4 * H], [4 * H, H]])] * (T - 1) + [
+        ("aten::mm", [[H, B], [B, 4 * H]]), ("aten::addmm", [[H, 4 * H], [H, (T - 1) * B], [(T - 1) * B, 4 * H]]),
+        ("aten::mm", [[I, T * B], [T * B, 4 * H]])]
+
+
+def test_fused_inference_keeps_no_gates(tiny):
+    """Without autograd the loop runs outside the autograd.Function and keeps one step's gates, not T's."""
+    T, B, I, H = tiny["seq_len"], tiny["batch_size"], tiny["input_size"], tiny["hidden_size"]
+    impl = lstm_impls.create("fused", I, H)
+    x = torch.randn(T, B, I)
+    with torch.profiler.profile() as prof, torch.no_grad():
+        y, (h, c) = impl(x)
+    assert "LSTMFunction" not in {e.name for e in prof.events()}  # its memory: tests/test_memory_model.py
+    y_grad, (h_grad, c_grad) = impl(x)
+    assert torch.equal(y, y_grad) and torch.equal(h, h_grad) and torch.equal(c, c_grad)
 
 
 def test_fused_weights_are_nn_lstms_concatenated_and_transposed(tiny):

@@ -46,6 +46,12 @@ GRID = [
     ("cudnn", 5, 24, 10, "bfloat16", "forward", "sgd"),
     ("scripted", 4, 16, 10, "float32", "train", "sgd"),
     ("compiled", 4, 16, 10, "float32", "train", "sgd"),
+    ("fused", 5, 24, 10, "float32", "train", "sgd"),  # the weights' gradients at the end of backward
+    ("fused", 64, 32, 10, "float32", "train", "momentum"),  # backward's first step
+    ("fused", 40, 8, 10, "float32", "train", "sgd"),  # the loss's backward
+    ("fused", 3, 40, 9, "bfloat16", "train", "adam"),
+    ("fused", 5, 24, 10, "float32", "forward", "sgd"),
+    ("fused_compiled", 3, 6, 5, "float32", "train", "sgd"),  # conftest's TINY: compiled once for every test
 ]
 
 
@@ -79,7 +85,7 @@ def test_onednn_workspace_from_layout_rules(T, B, H):
 
 def test_parts_add_up_and_cuda_counts_its_libraries():
     for device in ("cpu", "cuda"):
-        for impl in ("scratch", "scripted", "compiled", "cudnn"):
+        for impl in ("scratch", "scripted", "compiled", "cudnn", "fused", "fused_compiled", "triton"):
             for mode in ("train", "forward"):
                 p = predict_sizes(impl, Sizes(32, 256, 35, 28), device=device, mode=mode, optimizer="adam",
                                   cuda_capability=(9, 0))

@@ -26,6 +26,8 @@ What each kernel saves for backward (activation_bytes), per step t of T:
 - oneDNN (nn.LSTM, float32 on a CPU): the training workspace (_onednn_workspace_bytes), the input,
   the carried state, the outputs and the final h, c.
 - cuDNN: the reserve space (fitted, see FITTED), input, state, outputs.
+- the fused sequence (fused, fused_compiled, triton: lstm_impls/fused_cell.py): the input, the state,
+  the outputs, every step's c and its activated gates (T, B, 4H): 6 (B, H) values per step.
 
 Where the peak happens (Prediction.peak_at, with what is alive then in Prediction.peak_live):
 - training, end of forward: every saved tensor, the logits and last step's gradients (zero_grad runs
@@ -38,6 +40,9 @@ Where the peak happens (Prediction.peak_at, with what is alive then in Predictio
 - ATen native, forward at torch.stack: the input projection (T, B, 4H) and every step's gates;
 - oneDNN, inside mkldnn_rnn_layer_backward: workspace, scratchpad, weights reordered both ways,
   float32 diff buffers;
+- the fused sequence: a forward step, with the input projection and the gates' buffer, both
+  (T, B, 4H); or backward's first step, with the gates' gradients (T, B, 4H) beside the gates; or
+  W_h's gradient (two (H, 4H) at once) when H*H dominates;
 - Adam on a CPU with small batches: the optimizer step (sqrt and quotient of the largest parameter);
 - inference: torch.stack of the outputs (the list and the stacked copy), or inside mkldnn_rnn_layer.
 """
@@ -51,7 +56,7 @@ import torch
 from ..grid import DTYPES, MODES, Cell
 
 OPTIMIZERS = ("sgd", "momentum", "adam")  # as bench.d2l.model.OPTIMIZERS
-IMPLS = ("compiled", "cudnn", "scratch", "scripted")
+IMPLS = ("compiled", "cudnn", "fused", "fused_compiled", "scratch", "scripted", "triton")
 DTYPE_BYTES = {"float32": 4, "float64": 8, "bfloat16": 2, "float16": 2}
 PAGE_BYTES = 4096  # oneDNN aligns each workspace / scratchpad region to a page
 MIB = 1 << 20
@@ -161,6 +166,8 @@ class _Counts:
         self.train = mode == "train"
         if impl == "cudnn":  # nn.LSTM: weight_ih (4H, I), weight_hh (4H, H), bias_ih, bias_hh (4H,)
             self.lstm_params: list[int] = [4 * H * self.I * s, 4 * H * H * s, 4 * H * s, 4 * H * s]
+        elif impl in FUSED_STEP_TEMPORARIES:  # fused: W_x (I, 4H), W_h (H, 4H), b (4H,)
+            self.lstm_params = [self.I * 4 * H * s, H * 4 * H * s, 4 * H * s]
         else:  # d2l: W_x* (I, H), W_h* (H, H), b_* (H,) for 4 gates
             self.lstm_params = [self.I * H * s, H * H * s, H * s] * 4
         self.linear_params = [V * H * s, V * s]
@@ -234,13 +241,15 @@ class _Counts:
                 "output layer's gradients": (1, self.P_lin)}),
         ]
 
-    def forward_moments(self, saved: dict[str, Term]) -> list[_Moment]:
-        """Inference moments shared by the op-by-op kernels: the one-hot cast and the stack of outputs."""
+    def forward_moments(self, saved: dict[str, Term], at: str = "torch.stack of the outputs, end of the LSTM"
+                        ) -> list[_Moment]:
+        """Inference moments shared by the op-by-op kernels: the one-hot cast, the LSTM's fullest moment
+        (`at`, with `saved` alive), the loss."""
         base = self.model() | self.batch_and_state()
         return [
             _Moment("one-hot cast (int64 and float copies)", base | {"one-hot int64": (1, 8 * self.TB * self.V),
                                                                     "one-hot input": (1, self.TBV)}),
-            _Moment("torch.stack of the outputs, end of the LSTM", base | saved),
+            _Moment(at, base | saved),
             _Moment("loss", base | {"new state h, c": (2, self.u), "logits": (1, self.TBV),
                                     "log-softmax": (1, self.TBV), "target (int64)": (1, 8 * self.TB)}),
         ]
@@ -348,6 +357,53 @@ def _aten_native(c: _Counts) -> tuple[dict[str, Term], list[_Moment]]:
     return acts, [forward, *c.loss_backward(acts, {"new state h, c": (2, c.u)}), backward, c.optimizer_step()]
 
 
+#: (B, H) temporaries one time step allocates beyond fused_cell.LSTMFunction's buffers, at its fullest:
+#: (forward, backward). Eager (fused_cell.cell_forward at its cat): the GEMM's (B, 4H) result, the four
+#: gates, c, h and the cat of the gates; backward at its cat: dh, tanh(c), dc, the four gate gradients and
+#: their cat (the last step's dh = dy + dh_n included). Inductor's kernels allocate only their outputs.
+#: Triton's kernels write straight into the buffers; only the last step's dh is new.
+FUSED_STEP_TEMPORARIES = {"fused": (14, 11), "fused_compiled": (10, 6), "triton": (0, 1)}
+
+
+def _fused(c: _Counts) -> tuple[dict[str, Term], list[_Moment]]:
+    """The fused sequence (lstm_impls/fused_cell.py LSTMFunction): the input projection of all steps
+    (T, B, 4H), buffers for the outputs, every step's c and activated gates; backward fills the gates'
+    gradients (T, B, 4H), then computes the weights' gradients in one GEMM each."""
+    G4 = c.T * c.B * 4 * c.H * c.s  # one (T, B, 4H) buffer
+    fwd_temps, bwd_temps = FUSED_STEP_TEMPORARIES[c.impl]
+    buffers = {"outputs y, every step's c (T, B, H)": (2, c.TBH)}
+    if not c.train:  # no gates kept: one step's, reused
+        return {}, c.forward_moments({"one-hot input": (1, c.TBV), "input projection (T, B, 4H)": (1, G4)} | buffers
+                                     | {"one step's gates buffer (B, 4H)": (4, c.u),
+                                        "a step's temporaries": (fwd_temps, c.u)},
+                                     at="a time step (input projection and every buffer alive)")
+    acts = {"one-hot input": (1, c.TBV), "carried state h, c": (2, c.u)} | buffers | {
+        "activated gates (T, B, 4H)": (1, G4), "log-softmax": (1, c.TBV), "target (int64)": (1, 8 * c.TB),
+        "total weight": (1, c.s)}
+    saved = {k: v for k, v in acts.items() if k not in ("log-softmax", "target (int64)", "total weight")}
+    base = c.model() | c.batch_and_state()
+    forward = _Moment("forward, a time step (input projection and every buffer alive)", base | saved | {
+        "input projection (T, B, 4H)": (1, G4), "a step's temporaries": (fwd_temps, c.u)})
+    end_of_forward = _Moment("end of forward (loss computed, before zero_grad)", base | acts | {
+        "new state h, c": (2, c.u), "logits": (1, c.TBV), "loss": (1, c.s)})
+    # backward: zero_grad freed the gradients; the output layer's exist, the LSTM's come at the end
+    back = ({k: v for k, v in base.items() if k != "gradients"} | saved | {
+        "gradients of the output layer": (1, c.P_lin), "new state h, c": (2, c.u), "logits": (1, c.TBV),
+        "loss and its gradient": (2, c.s), "dY (T, B, H)": (1, c.TBH), "gates' gradients (T, B, 4H)": (1, G4),
+        "zero gradients of the returned h, c": (2, c.u), "dc": (1, c.u)})
+    H4H = c.H * 4 * c.H * c.s
+    moments = [
+        forward, end_of_forward, *c.loss_backward(acts, {"new state h, c": (2, c.u)}),
+        _Moment("backward, step T-1 (the first): a step's temporaries", back | {
+            "a step's temporaries": (bwd_temps, c.u)}),
+        _Moment("backward, W_h's gradient: h_0's term and the sum over steps (H, 4H)", back | {
+            "W_h gradient: h_0's term and the sum": (2, H4H)}),
+        _Moment("backward, the bias's gradient: every LSTM weight gradient computed", back | {
+            "LSTM weight gradients": (1, H4H + c.I * 4 * c.H * c.s + 4 * c.H * c.s)}),
+        c.optimizer_step()]
+    return acts, moments
+
+
 def _onednn_workspace_bytes(c: _Counts) -> int:
     """oneDNN's LSTM training workspace (rnn_utils set_workspace_sizes + set_offsets), 1 layer, 1 direction."""
     T, B, H, I, s = c.T, c.B, c.H, c.I, c.s
@@ -441,6 +497,9 @@ def kernel_of(impl: str, device: str, dtype: str, mode: str) -> str:
         return "TorchScript"
     if impl == "compiled":
         return "Inductor"
+    if impl in FUSED_STEP_TEMPORARIES:
+        return {"fused": "fused, eager steps", "fused_compiled": "fused, Inductor steps",
+                "triton": "fused, Triton steps"}[impl]
     if impl != "cudnn":
         raise NotModelled(f"the memory model knows {', '.join(IMPLS)}, not {impl!r}")
     if device_type == "cuda":
@@ -492,7 +551,7 @@ def predict_sizes(impl: str, sizes: Sizes, *, device: str = "cpu", dtype: str = 
     fitted: list[str] = []
     notes: list[str] = []
     counter = {"autograd ops": _autograd_ops, "TorchScript": _torchscript, "Inductor": _inductor,
-               "ATen native": _aten_native, "oneDNN": _onednn, "cuDNN": _cudnn}[kernel]
+               "ATen native": _aten_native, "oneDNN": _onednn, "cuDNN": _cudnn}.get(kernel, _fused)
     acts, moments = counter(c)
     if kernel == "oneDNN":
         fitted.append("onednn_scratchpad_extra")

@@ -654,6 +654,7 @@ def _ladder(cell_rows: pd.DataFrame) -> str | None:
             lambda v: f"{sig(v, 2)}×" if pd.notna(v) else "–"),
         "noise (IQR / median)": (100 * rungs["step_ms_iqr"] / rungs["step_ms_median"]).map(
             lambda v: f"{v:.0f}%" if pd.notna(v) else "–"),
+        "peak memory": rungs["peak_bytes"].map(lambda v: human_bytes(v) if pd.notna(v) else "–"),
     })
     return md_table(table)
 
@@ -703,9 +704,11 @@ def write_report(run_dirs: Sequence[str | Path], out_dir: str | Path | None = No
         ladder = _ladder(every[(every["batch_size"] == batch) & (every["hidden_size"] == hidden)])
         if ladder:
             md += ["", f"### The optimization ladder at {where}", "", "From the chapter's Python loop to the "
-                   "vendor's fused kernel, each rung measured in this run (one GEMM for the four gates and the "
-                   "input projection hoisted out of the loop: `fused`; compiled cells: `compiled`, "
-                   "`fused_compiled`; Triton kernels: `triton`, CUDA only).", "", ladder]
+                   "vendor's fused kernel, each rung measured in this run: `scripted` and `compiled` run the "
+                   "chapter's cell under TorchScript and Inductor; `fused` has one GEMM for the four gates, the "
+                   "input projection hoisted out of the loop and the weights' gradients in one GEMM over all "
+                   "steps; `fused_compiled` compiles its pointwise math; `triton` (CUDA only) makes each step "
+                   "one kernel; `cudnn` is the vendor's.", "", ladder]
         plots = []
         if part["batch_size"].nunique() > 1:
             plots.append(plot_against(part, group, "batch_size", "hidden_size", colors,
