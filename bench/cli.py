@@ -154,7 +154,7 @@ def _compare(args: argparse.Namespace) -> int:
             print(f"lstm-bench compare: {exc}", file=sys.stderr)
             return 2
     given = {"time_ratio": args.time_threshold, "alpha": args.alpha, "memory_ratio": args.memory_threshold,
-             "max_iqr": args.max_iqr}
+             "max_median_error": args.max_median_error, "max_shift": args.max_shift}
     thresholds = cmp.Thresholds(**{k: v for k, v in given.items() if v is not None})  # unset: its default
     comparison = cmp.compare_runs(baseline, new, thresholds, impl_map)
     print(comparison.table())
@@ -253,9 +253,12 @@ def build_parser() -> argparse.ArgumentParser:
                          help="significance level of the Mann-Whitney U test on the raw rounds (default: 0.01)")
     compare.add_argument("--memory-threshold", type=positive_float, default=None,
                          help="memory grew when peak_bytes rose by more than this fraction (default: 0.02)")
-    compare.add_argument("--max-iqr", type=positive_float, default=None,
-                         help="noisy, not judged on time, when a cell's rounds spread (IQR) beyond this fraction "
-                              "of their median in either run (default: 0.10)")
+    compare.add_argument("--max-median-error", type=positive_float, default=None,
+                         help="noisy, not judged on time, when either run's median round is uncertain by more than "
+                              "this fraction (standard error from the rounds' IQR and count) (default: 0.10)")
+    compare.add_argument("--max-shift", type=positive_float, default=None,
+                         help="regressed as a whole when the median time ratio of all cells exceeds 1 + this "
+                              "(default: 0.10)")
     compare.add_argument("--match-impl", action="append", default=[], metavar="NEW=BASE",
                          help="compare the new run's impl NEW with the baseline's impl BASE (repeatable)")
     compare.add_argument("--allow-env-mismatch", action="store_true",

@@ -28,6 +28,9 @@ COLUMNS = (
     # time (pytest-benchmark's statistics over the timed rounds, after warm-up; GC off in the rounds)
     "step_ms_median", "step_ms_iqr", "step_ms_min", "step_ms_mean", "step_ms_stddev", "rounds", "gc_in_rounds",
     "warmup_steps", "tokens_per_s", "first_step_ms", "startup_ms",
+    # the machine-speed probe timed before each round (bench/instruments/measure.py make_probe): its median,
+    # and the median of step / probe over the rounds, which `compare` compares between runs
+    "probe_ms_median", "relative_step_median",
     # memory, from a separate pass
     "peak_bytes", "peak_reserved_bytes", "start_bytes", "library_bytes", "process_used_bytes", "context_bytes",
     "param_bytes", "grad_bytes", "optimizer_bytes", "activation_bytes", "workspace_bytes",

@@ -157,6 +157,9 @@ class Run:
     environment: dict = field(default_factory=dict)
     #: cell id (bench.grid.Cell.id) -> every timed round's seconds, from benchmark.json (empty without one)
     rounds_s: dict[str, list[float]] = field(default_factory=dict)
+    #: cell id -> the machine-speed probe's seconds before each of those rounds and after the last (none in
+    #: runs made before the probe)
+    probe_s: dict[str, list[float]] = field(default_factory=dict)
 
 
 def load_run(path: str | Path) -> Run:
@@ -190,14 +193,19 @@ def load_run(path: str | Path) -> Run:
             raise RunError(f"{csv_path}: damaged (column {column} holds a value that is not a number)") from None
     df = df[list(COLUMNS)]
     environment = _read_json(path / ENV_NAME) or {}
-    rounds = {}
+    rounds, probes = {}, {}
     for json_path in sorted(path.glob("benchmark*.json"), key=lambda p: (len(p.name), p.name)):  # resumes last
         for bench in (_read_json(json_path) or {}).get("benchmarks", []):
             cell_id = bench.get("param") or bench.get("name", "")
             data = (bench.get("stats") or {}).get("data")
             if data:
                 rounds[cell_id] = [float(x) for x in data]
-    return Run(path=path, measurements=df, environment=environment, rounds_s=rounds)
+                probe = (bench.get("extra_info") or {}).get("probe_s") or []
+                if len(probe) in (len(data), len(data) + 1):  # + 1: the probe after the last round
+                    probes[cell_id] = [float(x) for x in probe]
+                else:
+                    probes.pop(cell_id, None)  # a later measurement without a probe replaces one with it
+    return Run(path=path, measurements=df, environment=environment, rounds_s=rounds, probe_s=probes)
 
 
 def _read_json(path: Path) -> dict | None:

@@ -14,10 +14,12 @@ from bench.instruments.measure import (
     Subject,
     breakdown,
     fresh_compile_caches,
+    make_probe,
     measure_memory,
     release_memory,
     startup_ms,
     time_first_step,
+    timed_rounds,
     warm_up,
 )
 from bench.instruments.memory_model import predicted_columns
@@ -25,7 +27,7 @@ from bench.instruments.what_ran import what_ran
 from bench.results import CsvRecorder, failure_status, one_line
 
 
-def measure(cell: Cell, benchmark) -> dict:
+def measure(cell: Cell, benchmark, config: pytest.Config) -> dict:
     """Every column of an ok row: first call, warm-up, timed rounds, memory pass, FLOPs.
 
     The cell runs inside fresh compile caches, and its implementation is built (and scripted or
@@ -34,22 +36,32 @@ def measure(cell: Cell, benchmark) -> dict:
     with fresh_compile_caches():
         subject = Subject(cell)
         try:
-            return measure_subject(subject, benchmark)
+            return measure_subject(subject, benchmark, config)
         finally:
             subject.release()
 
 
-def measure_subject(subject: Subject, benchmark) -> dict:
+def measure_subject(subject: Subject, benchmark, config: pytest.Config) -> dict:
+    """Time the rounds, each after the machine-speed probe; then memory and FLOPs."""
     cell = subject.cell
     row = {"first_step_ms": time_first_step(subject.step)}
     warmup_s = warm_up(subject.step)
     row |= {"warmup_steps": len(warmup_s),
             "description": f"{subject.model.rnn.describe()}; {what_ran(subject.step, subject.device)}"}
     benchmark.extra_info.update(cell.columns())
+    probe, probe_s = make_probe(subject.device), []
+    rounds = timed_rounds(statistics.median(warmup_s[-3:]), float(config.getoption("benchmark_max_time")),
+                          int(config.getoption("benchmark_min_rounds")))
     gc.collect()  # the rounds run with GC off (pytest-benchmark's disable_gc): start them with none pending
-    benchmark(subject.step)
+    # setup runs before each round, untimed by pytest-benchmark: the probe, timed by itself
+    benchmark.pedantic(subject.step, setup=lambda: probe_s.append(probe()), rounds=rounds)
     stats = benchmark.stats.stats if benchmark.stats is not None else None  # None: --benchmark-disable
     if stats is not None:
+        probe_s.append(probe())  # and after the last round: each round has a probe before and after it
+        benchmark.extra_info["probe_s"] = probe_s  # into benchmark.json beside the rounds
+        relative = [2 * step / (before + after) for step, before, after in zip(stats.data, probe_s, probe_s[1:])]
+        row |= {"probe_ms_median": statistics.median(probe_s) * 1e3,
+                "relative_step_median": statistics.median(relative)}
         row |= {"step_ms_median": stats.median * 1e3, "step_ms_iqr": stats.iqr * 1e3,
                 "step_ms_min": stats.min * 1e3, "step_ms_mean": stats.mean * 1e3,
                 "step_ms_stddev": stats.stddev * 1e3, "rounds": stats.rounds,
@@ -68,14 +80,15 @@ def measure_subject(subject: Subject, benchmark) -> dict:
     return row
 
 
-def test_cell(cell: Cell, benchmark, recorder: CsvRecorder, run_info: dict, runtimes_started: None) -> None:
+def test_cell(cell: Cell, benchmark, recorder: CsvRecorder, run_info: dict, runtimes_started: None,
+              pytestconfig: pytest.Config) -> None:
     row = cell.columns() | run_info
     reason = lstm_impls.get(cell.impl).unsupported_reason(cell.device, cell.torch_dtype)
     if reason:
         recorder.write(row | {"status": "unsupported", "error": reason})
         pytest.skip(reason)
     try:
-        row |= measure(cell, benchmark)
+        row |= measure(cell, benchmark, pytestconfig)
     except Exception as exc:
         status = failure_status(exc)
         release_memory()

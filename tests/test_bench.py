@@ -8,6 +8,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -24,7 +25,7 @@ from bench.instruments.measure import (
     saved_activation_bytes,
     startup_ms,
 )
-from bench.results import CsvRecorder
+from bench.results import CsvRecorder, load_run
 
 TESTS = Path(__file__).resolve().parent
 MiB = 1 << 20
@@ -241,6 +242,13 @@ def test_rounds_default_to_twenty_without_gc_and_a_user_can_lower_them(tmp_path)
     assert proc.returncode == 0, proc.stdout[-3000:]
     row = pd.read_csv(tmp_path / "r" / "measurements.csv").iloc[0]
     assert row.rounds == 20 and not row.gc_in_rounds
+    # the machine-speed probe ran before each round: its times sit beside the rounds in benchmark.json
+    run = load_run(tmp_path / "r")
+    (cell_id,) = run.rounds_s
+    assert len(run.probe_s[cell_id]) == len(run.rounds_s[cell_id]) == 20 and min(run.probe_s[cell_id]) > 0
+    assert row.probe_ms_median == pytest.approx(1e3 * float(np.median(run.probe_s[cell_id])))
+    relative = np.array(run.rounds_s[cell_id]) / np.array(run.probe_s[cell_id])
+    assert row.relative_step_median == pytest.approx(float(np.median(relative)))
     assert row.warmup_steps >= 3 and pd.notna(row.startup_ms) and pd.notna(row.first_step_ms)
     assert row.description.endswith("ran: eager ATen ops") and row.library_bytes == 0 and pd.isna(row.notes)
     lowered = run_cli(tmp_path, *grid, "--benchmark-min-rounds=3", "--threads", "1", run_id="lowered")

@@ -1,14 +1,16 @@
 """The instruments: build a cell's model and step, time it, and measure its memory.
 
 Time statistics come from pytest-benchmark (bench/test_suite.py); this module gives it a step to
-time that synchronizes CUDA before it returns, a warm-up that runs until step times settle, and
-the memory pass, which runs apart from the timed rounds.
+time that synchronizes CUDA before it returns, a warm-up that runs until step times settle, the
+machine-speed probe timed before every round, and the memory pass, which runs apart from the
+timed rounds.
 """
 
 from __future__ import annotations
 
 import contextlib
 import gc
+import math
 import os
 import statistics
 import time
@@ -164,6 +166,44 @@ def warm_up(step: Callable[[], object], *, window: int = 3, tolerance: float = 0
             if max(last) - min(last) <= tolerance * mid:
                 break
     return times
+
+
+def timed_rounds(steady_s: float, max_time_s: float, min_rounds: int) -> int:
+    """How many rounds to time: as many as fit in max_time_s at steady_s each, at least min_rounds
+    (pytest-benchmark's own rule for `benchmark(fn)`, which `pedantic` leaves to its caller)."""
+    return max(min_rounds, math.ceil(max_time_s / max(steady_s, 1e-9)))
+
+
+def make_probe(device: torch.device) -> Callable[[], float]:
+    """The machine-speed probe: a timer (seconds) of a fixed small workload on device, as a training
+    step is made: small GEMMs, pointwise ops, autograd. It uses none of this project's code.
+
+    The suite times it before every round of every cell. On a shared machine the speed drifts by
+    tens of percent within seconds (other tenants, clocks), so one run's step times differ from
+    another's by more than the code does; the step and the probe just before it ran on the same
+    machine, and `lstm-bench compare` compares step / probe between runs. The probe does not change
+    when the project does, so a slower implementation stays slower relative to it.
+    """
+    g = torch.Generator().manual_seed(0)
+    W = torch.randn(128, 256, generator=g).div_(16).to(device).requires_grad_()
+    x = torch.randn(32, 128, generator=g).to(device)
+
+    def workload() -> None:
+        h = x
+        for _ in range(24):  # a recurrence of 24 steps: two GEMMs and three pointwise ops each
+            h = torch.tanh(h @ W[:, :128] + 0.1) * torch.sigmoid(h @ W[:, 128:])
+        h.sum().backward()
+        W.grad = None
+
+    def probe() -> float:
+        sync(device)
+        start = time.perf_counter()
+        workload()
+        sync(device)
+        return time.perf_counter() - start
+
+    workload()  # first call: allocator and kernels warm
+    return probe
 
 
 def startup_ms(first_step_ms: float, warmup_s: list[float], steady_s: float) -> float:

@@ -3,11 +3,14 @@
 A cell (same impl, device, dtype, mode and sizes in both runs) is *slower* only when its median step
 time grew beyond a factor AND the raw per-round timings of the two runs differ significantly
 (Mann-Whitney U, as asv does); *faster* likewise; *noisy*, and not judged on time, when its rounds
-spread wider within a run than the change the gate looks for (the machine was busy). Peak memory is
-deterministic on one setup, so growth beyond a small tolerance counts on its own. First-call time
-(compiling, scripting) is reported but does not gate: it is one sample per run. Runs from different
-environments (device, GPU model, torch, CUDA) are refused unless asked for. Every run directory is
-read through `bench.results.load_run`.
+spread wider within a run than the change the gate looks for (the machine was busy).
+
+Two runs of one commit on a shared machine differ by more than their rounds do: the machine's speed
+drifts (other tenants, clocks) by tens of percent within seconds. So when both runs timed the
+machine-speed probe around each round (bench/instruments/measure.py make_probe), a round counts as
+its time over the mean of the probe just before and just after it: the step in units of the
+machine's speed then. The probe is fixed code, so a slower implementation stays slower against it;
+a change that slows every cell shows as the run's common ratio, which gates beyond `max_shift`.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from bench.grid import CELL_KEY, Cell
 from bench.results import ENV_KEYS, Run, environment_differences
 
 KEY = CELL_KEY  # what makes two rows the same cell
+MIN_SHIFT_CELLS = 5  # the run as a whole is judged on at least this many timed cells
 #: verdicts, in the order the summary lists them; the first three are of time
 VERDICTS = ("slower", "faster", "unchanged", "noisy", "failed", "new", "missing", "unmeasured")
 SUITE_TEST = "bench/test_suite.py::test_cell"  # the suite's test; a cell's node id is SUITE_TEST[<cell id>]
@@ -40,8 +44,12 @@ class Thresholds:
     alpha: float = 0.01
     #: memory grew when new peak_bytes > base peak_bytes * (1 + memory_ratio)
     memory_ratio: float = 0.02
-    #: noisy (time not judged) when the rounds' IQR exceeds this fraction of their median in either run
-    max_iqr: float = 0.10
+    #: noisy (time not judged) when either run's median round is uncertain by more than this fraction of
+    #: itself (its standard error, from the rounds' IQR and count: see median_error_pct)
+    max_median_error: float = 0.10
+    #: the whole run regressed (every cell, or the machine) when the median ratio of all cells exceeds
+    #: 1 + max_shift
+    max_shift: float = 0.10
 
 
 class EnvironmentMismatch(Exception):
@@ -82,6 +90,19 @@ def _cells(run: Run, impl_map: dict[str, str]) -> pd.DataFrame:
     return df.drop_duplicates(list(KEY), keep="last").reset_index(drop=True)
 
 
+def _relative(rounds_s: list[float], probe_s: list[float]) -> list[float]:
+    """Each round's time over the mean of the probe just before it and just after it (the next round's,
+    or the one after the last round): the step in units of the machine's speed then."""
+    after = [*probe_s[1:len(rounds_s)], probe_s[len(rounds_s)] if len(probe_s) > len(rounds_s) else probe_s[-1]]
+    return [2 * step / (before + later) for step, before, later in zip(rounds_s, probe_s, after)]
+
+
+def median_error_pct(iqr_pct: float, rounds: float) -> float:
+    """The standard error of a median of `rounds` rounds whose IQR is iqr_pct of it, in percent: for
+    normal rounds sigma = IQR / 1.349 and the median's error is 1.2533 sigma / sqrt(rounds)."""
+    return 1.2533 * iqr_pct / 1.349 / math.sqrt(rounds)
+
+
 def _iqr_pct(rounds_s: list[float]) -> float:
     """The rounds' interquartile range in percent of their median: how much one run's own rounds spread."""
     q25, median, q75 = np.percentile(rounds_s, [25, 50, 75])
@@ -110,19 +131,23 @@ def compare_runs(baseline: Run, new: Run, thresholds: Thresholds = Thresholds(),
         rec |= _compare_cell(row, baseline, new, thresholds)
         records.append(rec)
     cells = pd.DataFrame.from_records(records, columns=[*KEY, "source_impl", *_CELL_FIELDS])
+    timed = cells["verdict"] == ""
+    cells.loc[timed, "verdict"] = [_time_verdict(row, thresholds) for _, row in cells[timed].iterrows()]
     cells = cells.sort_values(["verdict", *KEY], key=lambda s: s.map(VERDICTS.index) if s.name == "verdict" else s)
     return Comparison(baseline, new, cells.reset_index(drop=True), thresholds, dict(impl_map or {}))
 
 
-_CELL_FIELDS = ("verdict", "memory", "cell_id", "base_ms", "new_ms", "time_ratio", "p_value", "base_rounds",
+_CELL_FIELDS = ("verdict", "memory", "cell_id", "base_ms", "new_ms", "timing", "probe_ratio", "time_ratio",
+                "p_value", "base_rounds",
                 "new_rounds", "base_iqr_pct", "new_iqr_pct", "base_peak_bytes", "new_peak_bytes", "memory_ratio",
                 "base_first_step_ms", "new_first_step_ms", "first_step_ratio", "base_startup_ms", "new_startup_ms",
                 "startup_ratio", "base_status", "new_status", "note")
 
 
 def _compare_cell(row: pd.Series, baseline: Run, new: Run, t: Thresholds) -> dict:
-    """One merged row -> verdict, time test, memory change, first-call times."""
-    rec = dict.fromkeys(_CELL_FIELDS, math.nan) | {"memory": "", "note": ""}
+    """One merged row -> time test, memory change, first-call times, and the verdict unless it is one of
+    time (left "" for _time_verdict)."""
+    rec = dict.fromkeys(_CELL_FIELDS, math.nan) | {"memory": "", "note": "", "timing": ""}
     rec["base_status"] = row.get("status_base") if row["_merge"] != "right_only" else ""
     rec["new_status"] = row.get("status_new") if row["_merge"] != "left_only" else ""
     if row["_merge"] == "left_only":
@@ -138,27 +163,22 @@ def _compare_cell(row: pd.Series, baseline: Run, new: Run, t: Thresholds) -> dic
         return rec
     base_id = cell_id(row, row["source_impl_base"])
     base_s, new_s = baseline.rounds_s.get(base_id), new.rounds_s.get(rec["cell_id"])
+    base_p, new_p = baseline.probe_s.get(base_id), new.probe_s.get(rec["cell_id"])
     rec |= {"base_ms": row["step_ms_median_base"], "new_ms": row["step_ms_median_new"],
             "base_iqr_pct": 100 * _ratio(row["step_ms_iqr_base"], row["step_ms_median_base"]),
             "new_iqr_pct": 100 * _ratio(row["step_ms_iqr_new"], row["step_ms_median_new"])}
     if base_s and new_s:
-        ratio, p = time_test(base_s, new_s)
         rec |= {"base_ms": 1e3 * float(np.median(base_s)), "new_ms": 1e3 * float(np.median(new_s)),
-                "time_ratio": ratio, "p_value": p, "base_rounds": len(base_s), "new_rounds": len(new_s),
-                "base_iqr_pct": _iqr_pct(base_s), "new_iqr_pct": _iqr_pct(new_s)}
+                "base_rounds": len(base_s), "new_rounds": len(new_s), "timing": "as measured"}
+        if base_p and new_p:  # each round relative to the machine-speed probe timed around it
+            base_s, new_s = _relative(base_s, base_p), _relative(new_s, new_p)
+            rec |= {"timing": "relative to the probe", "probe_ratio": float(np.median(new_p) / np.median(base_p))}
+        ratio, p = time_test(base_s, new_s)
+        rec |= {"time_ratio": ratio, "p_value": p, "base_iqr_pct": _iqr_pct(base_s), "new_iqr_pct": _iqr_pct(new_s)}
     else:
         rec |= {"time_ratio": _ratio(rec["new_ms"], rec["base_ms"]),
                 "note": "no raw rounds in benchmark.json: time not tested"}
-    significant = rec["p_value"] < t.alpha  # False for NaN: without rounds a cell is never slower
-    spreads_pct = [v for v in (rec["base_iqr_pct"], rec["new_iqr_pct"]) if not pd.isna(v)]
-    if spreads_pct and max(spreads_pct) > 100 * t.max_iqr:
-        rec["verdict"] = "noisy"
-    elif significant and rec["time_ratio"] > 1 + t.time_ratio:
-        rec["verdict"] = "slower"
-    elif significant and rec["time_ratio"] < 1 / (1 + t.time_ratio):
-        rec["verdict"] = "faster"
-    else:
-        rec["verdict"] = "unchanged"
+    rec["verdict"] = ""  # of time: _time_verdict
     rec |= {"base_peak_bytes": row["peak_bytes_base"], "new_peak_bytes": row["peak_bytes_new"],
             "memory_ratio": _ratio(row["peak_bytes_new"], row["peak_bytes_base"])}
     if rec["memory_ratio"] > 1 + t.memory_ratio:
@@ -172,6 +192,19 @@ def _compare_cell(row: pd.Series, baseline: Run, new: Run, t: Thresholds) -> dic
         rec |= {f"base_{what}": base_v, f"new_{what}": new_v,
                 f"{what.removesuffix('_ms')}_ratio": _ratio(new_v, base_v)}
     return rec
+
+
+def _time_verdict(cell: pd.Series, t: Thresholds) -> str:
+    """slower / faster (ratio beyond the threshold and p < alpha), noisy, or unchanged."""
+    errors_pct = [median_error_pct(cell[f"{run}_iqr_pct"], cell[f"{run}_rounds"]) for run in ("base", "new")]
+    if any(e > 100 * t.max_median_error for e in errors_pct):  # NaN (no raw rounds) compares False
+        return "noisy"
+    significant = cell["p_value"] < t.alpha  # False for NaN: without rounds a cell is never slower
+    if significant and cell["time_ratio"] > 1 + t.time_ratio:
+        return "slower"
+    if significant and cell["time_ratio"] < 1 / (1 + t.time_ratio):
+        return "faster"
+    return "unchanged"
 
 
 @dataclass
@@ -194,11 +227,20 @@ class Comparison:
         return c[c["verdict"].isin(["slower", "failed"]) | (c["memory"] == "grew")]
 
     @property
+    def shifted(self) -> bool:
+        """The whole run moved: the median ratio of every timed cell beyond 1 + max_shift. Not judged when
+        fewer than MIN_SHIFT_CELLS were timed, or the new run measured fewer than half the baseline's cells
+        (a re-measurement of flagged cells: they moved by selection)."""
+        timed = int(self.cells["time_ratio"].notna().sum())
+        missing = int((self.cells["verdict"] == "missing").sum())
+        return timed >= max(MIN_SHIFT_CELLS, missing) and self.common_ratio() > 1 + self.thresholds.max_shift
+
+    @property
     def regressed(self) -> bool:
-        return not self.flagged().empty
+        return self.shifted or not self.flagged().empty
 
     def common_ratio(self) -> float:
-        """Median time ratio over the cells both runs measured: how much the whole machine moved."""
+        """Median time ratio over the cells both runs measured: how much the whole run moved."""
         return float(self.cells["time_ratio"].median())
 
     def spread_line(self) -> str:
@@ -206,19 +248,25 @@ class Comparison:
         ratios = self.cells["time_ratio"].dropna()
         if ratios.empty:
             return "no cell timed in both runs"
+        probe = self.cells["probe_ratio"].dropna()
+        machine = (f"; the machine-speed probe moved x{probe.min():.2f} to x{probe.max():.2f} (median "
+                   f"x{probe.median():.2f}), divided out") if len(probe) else "; no probe: times as measured"
         return (f"time ratio new/base over {len(ratios)} cells: min {ratios.min():.3f}, "
-                f"median {ratios.median():.3f}, max {ratios.max():.3f}")
+                f"median {ratios.median():.3f}, max {ratios.max():.3f}{machine}")
 
     def rerun_ids(self) -> list[str]:
-        """pytest node ids of the flagged cells, to measure them again (`pytest $(cat FILE) --benchmark-only`)."""
-        return [f"{SUITE_TEST}[{cid}]" for cid in self.flagged()["cell_id"]]
+        """pytest node ids to measure again (`pytest $(cat FILE) --benchmark-only`): the flagged cells, or
+        every timed cell when the whole run moved."""
+        cells = self.cells[self.cells["time_ratio"].notna()] if self.shifted else self.flagged()
+        return [f"{SUITE_TEST}[{cid}]" for cid in cells["cell_id"]]
 
     def _display(self) -> pd.DataFrame:
         c = self.cells
         return pd.DataFrame({
             "verdict": c["verdict"], "impl": c["impl"], "mode": c["mode"], "dtype": c["dtype"],
             "B": c["batch_size"], "H": c["hidden_size"], "T": c["seq_len"],
-            "base_ms": c["base_ms"].round(3), "new_ms": c["new_ms"].round(3), "ratio": c["time_ratio"].round(3),
+            "base_ms": c["base_ms"].round(3), "new_ms": c["new_ms"].round(3),
+            "probe": c["probe_ratio"].round(3), "ratio": c["time_ratio"].round(3),
             "p": c["p_value"].map(lambda p: f"{p:.2g}" if not pd.isna(p) else "-"),
             "iqr%": (c["base_iqr_pct"].round(1).astype(str) + "/" + c["new_iqr_pct"].round(1).astype(str)),
             "memory": c["memory"], "peak_MiB": (c["new_peak_bytes"] / 2**20).round(3),
@@ -227,14 +275,18 @@ class Comparison:
 
     def summary_line(self) -> str:
         counts = ", ".join(f"{n} {v}" for v, n in self.counts().items() if n)
-        verdict = f"REGRESSION in {len(self.flagged())} cell(s)" if self.regressed else "no regression"
+        shift = f"the whole run moved x{self.common_ratio():.2f}" if self.shifted else ""
+        cells = f"{len(self.flagged())} cell(s)" if not self.flagged().empty else ""
+        verdict = f"REGRESSION: {' and '.join(filter(None, (shift, cells)))}" if self.regressed else "no regression"
         return f"{verdict}: {counts}"
 
     def table(self) -> str:
         """The terminal report: every cell, then the summary."""
         t = self.thresholds
         head = (f"compare {self.baseline.path} -> {self.new.path}: slower/faster beyond x{1 + t.time_ratio:g} "
-                f"with Mann-Whitney p < {t.alpha:g}; noisy when rounds spread (IQR) beyond {100 * t.max_iqr:g}%; "
+                f"with Mann-Whitney p < {t.alpha:g}; noisy when a median is uncertain beyond "
+                f"{100 * t.max_median_error:g}%; "
+                f"the whole run beyond x{1 + t.max_shift:g}; "
                 f"memory beyond +{100 * t.memory_ratio:g}%")
         body = self._display().to_string(index=False, na_rep="-")
         return f"{head}\n{body}\n{self.spread_line()}\n{self._drift_note()}{self.summary_line()}"
@@ -242,15 +294,16 @@ class Comparison:
     def _drift_note(self) -> str:
         """A warning when at least half of 5+ compared cells moved by half the threshold or more, together."""
         noisy = int((self.cells["verdict"] == "noisy").sum())
-        note = (f"note: {noisy} cell(s) noisy: their rounds spread beyond {100 * self.thresholds.max_iqr:g}% of "
-                "the median within a run, wider than the change the gate looks for; the machine was busy. "
-                "Measure again on a quiet one\n") if noisy else ""
+        note = (f"note: {noisy} cell(s) noisy: their rounds spread so wide within a run that the median is "
+                f"uncertain beyond {100 * self.thresholds.max_median_error:g}%, as wide as the change the gate looks "
+                "for; the machine was busy. Measure again on a quiet one\n") if noisy else ""
         common = self.common_ratio()
         if (self.cells["time_ratio"].count() < 5 or math.isnan(common)
                 or abs(math.log(common)) <= math.log(1 + self.thresholds.time_ratio) / 2):
             return note
         return note + (f"note: the median cell moved x{common:.2f}: a shift shared by most cells is more likely the "
-                "machine (load, clocks, another process) than the code; re-measure before believing it\n")
+                "machine (load, clocks, another process) than the code unless the probe moved with it; the run "
+                f"as a whole gates beyond x{1 + self.thresholds.max_shift:g}\n")
 
     def markdown(self) -> str:
         """compare.md: the runs, thresholds, summary, flagged cells, every cell, first-call times."""
@@ -263,11 +316,14 @@ class Comparison:
             lines.append(f"| {key} | {b_env.get(key, '-')} | {n_env.get(key, '-')} |")
         diffs = environment_differences(b_env, n_env)
         lines += ["", f"Environments differ in {', '.join(diffs)} (compared anyway)." if diffs else "",
-                  f"Thresholds: a cell is slower (faster) when its median step time grew beyond x{1 + t.time_ratio:g} "
-                  f"(fell below x{1 / (1 + t.time_ratio):.3g}) and the Mann-Whitney U test of the two runs' raw rounds "
-                  f"gives p < {t.alpha:g}, unless its rounds spread (IQR) beyond {100 * t.max_iqr:g}% of their "
-                  "median in either run: then it is noisy and not judged on time. Its memory grew when peak_bytes "
-                  f"rose beyond +{100 * t.memory_ratio:g}%. "
+                  f"Thresholds: a cell is slower (faster) when its median round grew beyond x{1 + t.time_ratio:g} "
+                  f"(fell below x{1 / (1 + t.time_ratio):.3g}) and the Mann-Whitney U test of the two runs' rounds "
+                  f"gives p < {t.alpha:g}, unless either run's median is uncertain (standard error from the rounds' "
+                  f"IQR and count) beyond {100 * t.max_median_error:g}%: then it is noisy and not judged on time. "
+                  "Where both runs timed the machine-speed probe, a round is its time over the probe's around it "
+                  "(timing: relative to the probe). The whole run regressed when the median ratio of all cells "
+                  f"exceeds x{1 + t.max_shift:g}. "
+                  f"Its memory grew when peak_bytes rose beyond +{100 * t.memory_ratio:g}%. "
                   "First-call times are shown, never gated."]
         if self.impl_map:
             lines.append("Matched implementations (new = baseline): "
@@ -294,7 +350,7 @@ class Comparison:
         cells = json.loads(self.cells.to_json(orient="records"))
         return {"baseline": str(self.baseline.path), "new": str(self.new.path), "thresholds": asdict(self.thresholds),
                 "impl_map": self.impl_map, "regressed": self.regressed, "counts": self.counts(),
-                "common_ratio": self.common_ratio(), "spread": self.spread_line(),
+                "common_ratio": self.common_ratio(), "shifted": self.shifted, "spread": self.spread_line(),
                 "flagged": list(self.flagged()["cell_id"]),
                 "environment_differences": environment_differences(self.baseline.environment, self.new.environment),
                 "cells": cells}
