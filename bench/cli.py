@@ -154,7 +154,8 @@ def _compare(args: argparse.Namespace) -> int:
             print(f"lstm-bench compare: {exc}", file=sys.stderr)
             return 2
     given = {"time_ratio": args.time_threshold, "alpha": args.alpha, "memory_ratio": args.memory_threshold,
-             "max_median_error": args.max_median_error, "max_shift": args.max_shift}
+             "max_median_error": args.max_median_error, "max_shift": args.max_shift,
+             "judge_shift": False if args.no_shift else None}
     thresholds = cmp.Thresholds(**{k: v for k, v in given.items() if v is not None})  # unset: its default
     comparison = cmp.compare_runs(baseline, new, thresholds, impl_map)
     print(comparison.table())
@@ -259,6 +260,9 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--max-shift", type=positive_float, default=None,
                          help="regressed as a whole when the median time ratio of all cells exceeds 1 + this "
                               "(default: 0.10)")
+    compare.add_argument("--no-shift", action="store_true",
+                         help="do not judge the run as a whole (comparing re-measured flagged cells, which moved by "
+                              "selection)")
     compare.add_argument("--match-impl", action="append", default=[], metavar="NEW=BASE",
                          help="compare the new run's impl NEW with the baseline's impl BASE (repeatable)")
     compare.add_argument("--allow-env-mismatch", action="store_true",

@@ -49,7 +49,7 @@ def measure_subject(subject: Subject, benchmark, config: pytest.Config) -> dict:
     row |= {"warmup_steps": len(warmup_s),
             "description": f"{subject.model.rnn.describe()}; {what_ran(subject.step, subject.device)}"}
     benchmark.extra_info.update(cell.columns())
-    probe, probe_s = make_probe(subject.device), []
+    probe, probe_s = make_probe(subject.device, cell.hidden_size), []
     rounds = timed_rounds(statistics.median(warmup_s[-3:]), float(config.getoption("benchmark_max_time")),
                           int(config.getoption("benchmark_min_rounds")))
     gc.collect()  # the rounds run with GC off (pytest-benchmark's disable_gc): start them with none pending

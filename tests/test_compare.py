@@ -135,6 +135,7 @@ def test_a_run_that_moved_as_a_whole_is_said_so_and_measured_again_whole(tmp_pat
     # a re-measurement of a few flagged cells moved by selection: the run as a whole is not judged on it
     few = make_run(tmp_path / "few", drifted(GRID[:6], everything), seed=27)
     assert not compare_runs(load_run(base), load_run(few)).shifted
+    assert not compare_runs(load_run(base), load_run(new), Thresholds(judge_shift=False)).shifted  # --no-shift
 
 
 def test_a_faster_cell_passes_the_gate(tmp_path):
@@ -315,6 +316,9 @@ def test_the_nightly_workflow_gates_on_a_repeated_regression():
     # the re-measure runs only when the first comparison flagged cells, and the gate reads the re-run's verdict
     assert "steps.compare.outputs.exit == '1'" in steps["rerun"]["if"]
     assert "steps.recompare.outputs.exit" in str(steps["gate"])
+    # ... measuring the flagged cells again with the baseline's commit and with this one, then comparing those
+    assert "git worktree add" in steps["rerun"]["run"] and "-rerun-baseline" in steps["rerun"]["run"]
+    assert '"results/$RUN_ID-rerun-baseline" "results/$RUN_ID-rerun"' in steps["recompare"]["run"]
     order = [step.get("id") for step in job["steps"]]
     assert order.index("grid") < order.index("compare") < order.index("rerun") < order.index("recompare") \
         < order.index("gate")

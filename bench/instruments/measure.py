@@ -174,24 +174,26 @@ def timed_rounds(steady_s: float, max_time_s: float, min_rounds: int) -> int:
     return max(min_rounds, math.ceil(max_time_s / max(steady_s, 1e-9)))
 
 
-def make_probe(device: torch.device) -> Callable[[], float]:
+def make_probe(device: torch.device, hidden_size: int) -> Callable[[], float]:
     """The machine-speed probe: a timer (seconds) of a fixed small workload on device, as a training
-    step is made: small GEMMs, pointwise ops, autograd. It uses none of this project's code.
+    step is made: small GEMMs, pointwise ops, autograd, with weights of the cell's hidden size (so
+    they take as much cache as the cell's). It uses none of this project's code.
 
-    The suite times it before every round of every cell. On a shared machine the speed drifts by
+    The suite times it around every round of every cell. On a shared machine the speed drifts by
     tens of percent within seconds (other tenants, clocks), so one run's step times differ from
-    another's by more than the code does; the step and the probe just before it ran on the same
+    another's by more than the code does; the step and the probes around it ran on the same
     machine, and `lstm-bench compare` compares step / probe between runs. The probe does not change
     when the project does, so a slower implementation stays slower relative to it.
     """
+    H = hidden_size
     g = torch.Generator().manual_seed(0)
-    W = torch.randn(128, 256, generator=g).div_(16).to(device).requires_grad_()
-    x = torch.randn(32, 128, generator=g).to(device)
+    W = (torch.randn(H, 2 * H, generator=g) / H**0.5).to(device).requires_grad_()
+    x = torch.randn(32, H, generator=g).to(device)
 
     def workload() -> None:
         h = x
-        for _ in range(24):  # a recurrence of 24 steps: two GEMMs and three pointwise ops each
-            h = torch.tanh(h @ W[:, :128] + 0.1) * torch.sigmoid(h @ W[:, 128:])
+        for _ in range(12):  # a recurrence of 12 steps: two GEMMs and three pointwise ops each
+            h = torch.tanh(h @ W[:, :H] + 0.1) * torch.sigmoid(h @ W[:, H:])
         h.sum().backward()
         W.grad = None
 

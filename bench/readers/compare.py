@@ -50,6 +50,8 @@ class Thresholds:
     #: the whole run regressed (every cell, or the machine) when the median ratio of all cells exceeds
     #: 1 + max_shift
     max_shift: float = 0.10
+    #: judge the run as a whole at all (not for a re-measurement of flagged cells: they moved by selection)
+    judge_shift: bool = True
 
 
 class EnvironmentMismatch(Exception):
@@ -233,7 +235,8 @@ class Comparison:
         (a re-measurement of flagged cells: they moved by selection)."""
         timed = int(self.cells["time_ratio"].notna().sum())
         missing = int((self.cells["verdict"] == "missing").sum())
-        return timed >= max(MIN_SHIFT_CELLS, missing) and self.common_ratio() > 1 + self.thresholds.max_shift
+        return (self.thresholds.judge_shift and timed >= max(MIN_SHIFT_CELLS, missing)
+                and self.common_ratio() > 1 + self.thresholds.max_shift)
 
     @property
     def regressed(self) -> bool:
