@@ -1,13 +1,14 @@
 """The fused LSTM with its pointwise math under `torch.compile`.
 
 The same code as `fused` (`fused_cell`): the GEMMs stay eager (the input projection before the loop,
-one recurrent GEMM per step, the weights' gradients after it), the loop stays Python, and each step's
-pointwise math, `fused_cell.cell_forward` and `fused_cell.cell_backward`, runs as an Inductor graph:
-one generated kernel for the forward step's ~10 ops, one for the backward step's ~25. Both are
-compiled once per shape, whatever the sequence length; the compile time shows in first_step_ms.
+one recurrent GEMM per step, the weights' gradients after it), the loop stays Python, and the
+pointwise math runs as Inductor graphs: each forward step's (`fused_cell.cell_forward`) and, once per
+sequence, backward's factors (`fused_cell.backward_factors`). Backward's step is four ops, too few
+for a compiled call to pay. Both graphs compile once per shape, whatever the sequence length; the
+compile time shows in first_step_ms.
 
 `mode` goes to torch.compile. On CUDA, `mode="reduce-overhead"` adds CUDA graphs (CUDA graph trees) to
-the two pointwise graphs; every forward starts a new iteration of the trees. UNTESTED HERE: CUDA graphs
+the pointwise graphs; every forward starts a new iteration of the trees. UNTESTED HERE: CUDA graphs
 need a GPU and none was available when this was written; `tests/test_fused.py` holds that variant to
 `fused` on CUDA (skipped without one), which the GPU check runs.
 """
@@ -24,9 +25,9 @@ from .fused import FusedLSTM
 
 
 class FusedCompiledLSTM(FusedLSTM):
-    """`fused` with `fused_cell.cell_forward` and `cell_backward` compiled by torch.compile (Inductor)."""
+    """`fused` with `fused_cell.cell_forward` and `backward_factors` compiled by torch.compile (Inductor)."""
 
-    description = "fused LSTM, its pointwise math forward and backward under torch.compile (Inductor)"
+    description = "fused LSTM, its pointwise math under torch.compile (Inductor)"
     runtime = "inductor"
 
     def __init__(self, input_size: int, hidden_size: int, *, device="cpu", dtype=torch.float32,
@@ -38,7 +39,7 @@ class FusedCompiledLSTM(FusedLSTM):
         with warnings.catch_warnings():  # Inductor's first import uses torch.jit.script_method, deprecated
             warnings.filterwarnings("ignore", category=DeprecationWarning, message=r".*torch\.jit")
             return fused_cell.TorchSteps(torch.compile(fused_cell.cell_forward, mode=self.mode),
-                                         torch.compile(fused_cell.cell_backward, mode=self.mode))
+                                         torch.compile(fused_cell.backward_factors, mode=self.mode))
 
     def describe(self) -> str:
         return f"{self.description}, mode={self.mode or 'default'}"

@@ -4,8 +4,8 @@
 before the loop, the weights' gradients in one GEMM each over all T steps after backward's loop), with
 each time step one Triton kernel: the recurrent gate GEMM fused with the cell's pointwise math
 (`triton_kernels.lstm_step_forward`), and backward's step the recurrent GEMM's backward fused with
-the cell's (`triton_kernels.lstm_step_backward`). It saves what `fused` saves: the outputs, the cell
-states and the activated gates, 6 (B, H) values per step.
+the cell's (`triton_kernels.lstm_step_backward`). It saves the outputs, the cell states and the activated
+gates, 6 (B, H) values per step.
 
 Runs on CUDA in float32 (TF32 in its GEMMs only where torch.backends.cuda.matmul.allow_tf32 says
 so). With `TRITON_INTERPRET=1` in the environment when the kernels are first imported, Triton's
@@ -54,14 +54,18 @@ class TritonSteps:
         grid, blocks = _launch_args(B, H)
         lstm_step_forward[grid](xw, h_prev, c_prev, W_h.contiguous(), h, c, gates, B, H, **blocks)
 
-    def backward(self, dgates_next, W_h, dh_out, dc, gates, c, c_prev, dgates) -> Tensor:
+    def prepare_backward(self, gates, cs, c0) -> tuple[Tensor, ...]:
+        return gates, cs, c0  # the kernels read the activated gates and the cell states as they are
+
+    def backward(self, t, saved, dgates_next, W_h, dh_out, dc, dgates) -> Tensor:
         from .triton_kernels import lstm_step_backward
 
-        B, H = c.shape
+        gates, cs, c0 = saved
+        B, H = dc.shape
         grid, blocks = _launch_args(B, H)
         has_next = dgates_next is not None  # at the last step the kernel reads no dgates_next
-        lstm_step_backward[grid](dgates_next if has_next else dgates, W_h.contiguous(), dh_out, dc, gates, c,
-                                 c_prev, dgates, B, H, HAS_NEXT=has_next, **blocks)
+        lstm_step_backward[grid](dgates_next if has_next else dgates, W_h.contiguous(), dh_out, dc, gates[t], cs[t],
+                                 cs[t - 1] if t else c0, dgates, B, H, HAS_NEXT=has_next, **blocks)
         return dc  # the kernel made it the gradient of c_prev, in place
 
 

@@ -362,29 +362,46 @@ def _aten_native(c: _Counts) -> tuple[dict[str, Term], list[_Moment]]:
 #: gates, c, h and the cat of the gates; backward at its cat: dh, tanh(c), dc, the four gate gradients and
 #: their cat (the last step's dh = dy + dh_n included). Inductor's kernels allocate only their outputs.
 #: Triton's kernels write straight into the buffers; only the last step's dh is new.
-FUSED_STEP_TEMPORARIES = {"fused": (14, 11), "fused_compiled": (10, 6), "triton": (0, 1)}
+#: (B, H) temporaries one time step allocates beyond fused_cell.LSTMFunction's buffers, at its fullest:
+#: (forward, backward). fused (eager) works in place: none forward, backward's dh (the GEMM's result, or
+#: dy + dh_n at the last step). Inductor's forward graph, measured: 4 (its mutated inputs' copies).
+#: Triton's kernels write straight into the buffers; only the last step's dh is new.
+FUSED_STEP_TEMPORARIES = {"fused": (0, 1), "fused_compiled": (4, 1), "triton": (0, 1)}
 
 
 def _fused(c: _Counts) -> tuple[dict[str, Term], list[_Moment]]:
     """The fused sequence (lstm_impls/fused_cell.py LSTMFunction): the input projection of all steps
-    (T, B, 4H), buffers for the outputs, every step's c and activated gates; backward fills the gates'
-    gradients (T, B, 4H), then computes the weights' gradients in one GEMM each."""
+    (T, B, 4H), buffers for the outputs, every step's c and activated gates; then what backward reads:
+    fused and fused_compiled turn the gates into backward's factors in place, beside F and KC (T, B, H),
+    and keep no c; triton keeps the gates and every c. Backward fills the gates' gradients (T, B, 4H),
+    then computes the weights' gradients in one GEMM each."""
     G4 = c.T * c.B * 4 * c.H * c.s  # one (T, B, 4H) buffer
     fwd_temps, bwd_temps = FUSED_STEP_TEMPORARIES[c.impl]
-    buffers = {"outputs y, every step's c (T, B, H)": (2, c.TBH)}
+    buffers = {"outputs y (T, B, H)": (1, c.TBH), "every step's c (T, B, H)": (1, c.TBH)}
     if not c.train:  # no gates kept: one step's, reused
         return {}, c.forward_moments({"one-hot input": (1, c.TBV), "input projection (T, B, 4H)": (1, G4)} | buffers
                                      | {"one step's gates buffer (B, 4H)": (4, c.u),
                                         "a step's temporaries": (fwd_temps, c.u)},
                                      at="a time step (input projection and every buffer alive)")
-    acts = {"one-hot input": (1, c.TBV), "carried state h, c": (2, c.u)} | buffers | {
-        "activated gates (T, B, 4H)": (1, G4), "log-softmax": (1, c.TBV), "target (int64)": (1, 8 * c.TB),
-        "total weight": (1, c.s)}
-    saved = {k: v for k, v in acts.items() if k not in ("log-softmax", "target (int64)", "total weight")}
+    triton = c.impl == "triton"
+    kept = ({"carried state h, c": (2, c.u), "every step's c (T, B, H)": (1, c.TBH)} if triton else
+            {"carried state h": (1, c.u), "F and KC (T, B, H)": (2, c.TBH)})
+    acts = {"one-hot input": (1, c.TBV), "outputs y (T, B, H)": (1, c.TBH),
+            "activated gates, or backward's factors (T, B, 4H)": (1, G4)} | kept | {
+        "log-softmax": (1, c.TBV), "target (int64)": (1, 8 * c.TB), "total weight": (1, c.s)}
+    alive = {k: v for k, v in acts.items() if k != "carried state h"}  # it is batch_and_state's h
+    saved = {k: v for k, v in alive.items() if k not in ("log-softmax", "target (int64)", "total weight")}
     base = c.model() | c.batch_and_state()
-    forward = _Moment("forward, a time step (input projection and every buffer alive)", base | saved | {
-        "input projection (T, B, 4H)": (1, G4), "a step's temporaries": (fwd_temps, c.u)})
-    end_of_forward = _Moment("end of forward (loss computed, before zero_grad)", base | acts | {
+    loop = base | {"one-hot input": (1, c.TBV), "activated gates, or backward's factors (T, B, 4H)": (1, G4)} | buffers
+    moments = [_Moment("forward, a time step (input projection and every buffer alive)", loop | {
+        "input projection (T, B, 4H)": (1, G4), "a step's temporaries": (fwd_temps, c.u)})]
+    # backward_factors: eager, in place, it holds the buffers and a few (T, B, H) temporaries, less than
+    # backward's first step adds (the outputs' and the gates' gradients: 5 (T, B, H)). Inductor's graph of
+    # it mutates its input out of place: measured, 3 (T, B, 4H) and 3 (T, B, H) buffers at once.
+    if c.impl == "fused_compiled":
+        moments.append(_Moment("forward, backward's factors (Inductor's graph, its buffers)", loop | {
+            "returned c": (1, c.u), "the graph's buffers (T, B, 4H) and (T, B, H)": (1, 3 * G4 + 3 * c.TBH)}))
+    end_of_forward = _Moment("end of forward (loss computed, before zero_grad)", base | alive | {
         "new state h, c": (2, c.u), "logits": (1, c.TBV), "loss": (1, c.s)})
     # backward: zero_grad freed the gradients; the output layer's exist, the LSTM's come at the end
     back = ({k: v for k, v in base.items() if k != "gradients"} | saved | {
@@ -392,8 +409,8 @@ def _fused(c: _Counts) -> tuple[dict[str, Term], list[_Moment]]:
         "loss and its gradient": (2, c.s), "dY (T, B, H)": (1, c.TBH), "gates' gradients (T, B, 4H)": (1, G4),
         "zero gradients of the returned h, c": (2, c.u), "dc": (1, c.u)})
     H4H = c.H * 4 * c.H * c.s
-    moments = [
-        forward, end_of_forward, *c.loss_backward(acts, {"new state h, c": (2, c.u)}),
+    moments += [
+        end_of_forward, *c.loss_backward(alive, {"new state h, c": (2, c.u)}),
         _Moment("backward, step T-1 (the first): a step's temporaries", back | {
             "a step's temporaries": (bwd_temps, c.u)}),
         _Moment("backward, W_h's gradient: h_0's term and the sum over steps (H, 4H)", back | {
