@@ -242,12 +242,13 @@ def test_rounds_default_to_twenty_without_gc_and_a_user_can_lower_them(tmp_path)
     assert proc.returncode == 0, proc.stdout[-3000:]
     row = pd.read_csv(tmp_path / "r" / "measurements.csv").iloc[0]
     assert row.rounds == 20 and not row.gc_in_rounds
-    # the machine-speed probe ran before each round: its times sit beside the rounds in benchmark.json
+    # the machine-speed probe ran before each round and after the last: its times sit beside the rounds
     run = load_run(tmp_path / "r")
     (cell_id,) = run.rounds_s
-    assert len(run.probe_s[cell_id]) == len(run.rounds_s[cell_id]) == 20 and min(run.probe_s[cell_id]) > 0
-    assert row.probe_ms_median == pytest.approx(1e3 * float(np.median(run.probe_s[cell_id])))
-    relative = np.array(run.rounds_s[cell_id]) / np.array(run.probe_s[cell_id])
+    probe_s, rounds_s = np.array(run.probe_s[cell_id]), np.array(run.rounds_s[cell_id])
+    assert len(probe_s) == len(rounds_s) + 1 == 21 and probe_s.min() > 0
+    assert row.probe_ms_median == pytest.approx(1e3 * float(np.median(probe_s)))
+    relative = rounds_s / ((probe_s[:-1] + probe_s[1:]) / 2)  # each round over the probes around it
     assert row.relative_step_median == pytest.approx(float(np.median(relative)))
     assert row.warmup_steps >= 3 and pd.notna(row.startup_ms) and pd.notna(row.first_step_ms)
     assert row.description.endswith("ran: eager ATen ops") and row.library_bytes == 0 and pd.isna(row.notes)

@@ -338,4 +338,6 @@ def test_the_ladder_lists_each_rung_in_order_with_its_ratio_to_cudnn(real_run):
     df = measurements(real_run)
     at = df[(df.batch_size == 4) & (df.hidden_size == 16)].set_index("impl")
     ratio = at.loc["scratch", "step_ms_median"] / at.loc["cudnn", "step_ms_median"]
-    assert rows[0][3] == f"{sig(ratio, 2)}×" and rows[1][3] == "1×"
+    assert rows[0][3] == f"{sig(ratio, 3)}×" and rows[1][3] == "1×"
+    relative = at.loc["scratch", "relative_step_median"] / at.loc["cudnn", "relative_step_median"]
+    assert "relative to the probe" in table[0][4] and rows[0][4] == f"{sig(relative, 3)}×" and rows[1][4] == "1×"

@@ -644,14 +644,18 @@ def _ladder(cell_rows: pd.DataFrame) -> str | None:
         return None
     rungs["rung"] = rungs["impl"].map(LADDER.index)
     rungs = rungs.sort_values("rung")
-    reference = rungs.loc[(rungs["impl"] == REFERENCE_IMPL) & (rungs["status"] == "ok"), "step_ms_median"]
-    reference_ms = float(reference.iloc[0]) if len(reference) else math.nan
+    reference = rungs[(rungs["impl"] == REFERENCE_IMPL) & (rungs["status"] == "ok")]
+    reference_ms = float(reference["step_ms_median"].iloc[0]) if len(reference) else math.nan
+    reference_relative = float(reference["relative_step_median"].iloc[0]) if len(reference) else math.nan
     table = pd.DataFrame({
         "rung": rungs["impl"],
         "step (ms)": [sig(r.step_ms_median) if r.status == "ok" else r.status for r in rungs.itertuples()],
         "tokens/s": rungs["tokens_per_s"].map(lambda v: sig(v) if pd.notna(v) else "–"),
         f"time ÷ {REFERENCE_IMPL}'s": (rungs["step_ms_median"] / reference_ms).map(
-            lambda v: f"{sig(v, 2)}×" if pd.notna(v) else "–"),
+            lambda v: f"{sig(v, 3)}×" if pd.notna(v) else "–"),
+        # each round over the machine-speed probe around it: the ratio with the machine's drift divided out
+        f"÷ {REFERENCE_IMPL}'s, relative to the probe": (rungs["relative_step_median"] / reference_relative).map(
+            lambda v: f"{sig(v, 3)}×" if pd.notna(v) else "–"),
         "noise (IQR / median)": (100 * rungs["step_ms_iqr"] / rungs["step_ms_median"]).map(
             lambda v: f"{v:.0f}%" if pd.notna(v) else "–"),
         "peak memory": rungs["peak_bytes"].map(lambda v: human_bytes(v) if pd.notna(v) else "–"),
