@@ -3,7 +3,8 @@
 A cell (same impl, device, dtype, mode and sizes in both runs) is *slower* only when its median step
 time grew beyond a factor AND the raw per-round timings of the two runs differ significantly
 (Mann-Whitney U, as asv does); *faster* likewise; *noisy*, and not judged on time, when its rounds
-spread wider within a run than the change the gate looks for (the machine was busy).
+spread so wide within a run that their median is uncertain by as much as the change the gate looks
+for (the machine was busy).
 
 Two runs of one commit on a shared machine differ by more than their rounds do: the machine's speed
 drifts (other tenants, clocks) by tens of percent within seconds. So when both runs timed the
