@@ -26,8 +26,9 @@ What each kernel saves for backward (activation_bytes), per step t of T:
 - oneDNN (nn.LSTM, float32 on a CPU): the training workspace (_onednn_workspace_bytes), the input,
   the carried state, the outputs and the final h, c.
 - cuDNN: the reserve space (fitted, see FITTED), input, state, outputs.
-- the fused sequence (fused, fused_compiled, triton: lstm_impls/fused_cell.py): the input, the state,
-  the outputs, every step's c and its activated gates (T, B, 4H): 6 (B, H) values per step.
+- the fused sequence (lstm_impls/fused_cell.py): the input, h0 and the outputs; fused and
+  fused_compiled then backward's factors (T, B, 4H) and F, KC (T, B, H): 7 (B, H) values per step;
+  triton the activated gates and every c, and c0: 6 per step.
 
 Where the peak happens (Prediction.peak_at, with what is alive then in Prediction.peak_live):
 - training, end of forward: every saved tensor, the logits and last step's gradients (zero_grad runs
