@@ -43,7 +43,8 @@ Where the peak happens (Prediction.peak_at, with what is alive then in Predictio
   float32 diff buffers;
 - the fused sequence: a forward step, with the input projection and the gates' buffer, both
   (T, B, 4H); or backward's first step, with the gates' gradients (T, B, 4H) beside the gates; or
-  W_h's gradient (two (H, 4H) at once) when H*H dominates;
+  W_h's gradient (two (H, 4H) at once) when H*H dominates; fused_compiled: Inductor's graph for
+  backward's factors, which copies the buffer it mutates;
 - Adam on a CPU with small batches: the optimizer step (sqrt and quotient of the largest parameter);
 - inference: torch.stack of the outputs (the list and the stacked copy), or inside mkldnn_rnn_layer.
 """
