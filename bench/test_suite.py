@@ -16,6 +16,7 @@ from bench.instruments.measure import (
     fresh_compile_caches,
     make_probe,
     measure_memory,
+    relative_rounds,
     release_memory,
     startup_ms,
     time_first_step,
@@ -59,9 +60,8 @@ def measure_subject(subject: Subject, benchmark, config: pytest.Config) -> dict:
     if stats is not None:
         probe_s.append(probe())  # and after the last round: each round has a probe before and after it
         benchmark.extra_info["probe_s"] = probe_s  # into benchmark.json beside the rounds
-        relative = [2 * step / (before + after) for step, before, after in zip(stats.data, probe_s, probe_s[1:])]
         row |= {"probe_ms_median": statistics.median(probe_s) * 1e3,
-                "relative_step_median": statistics.median(relative)}
+                "relative_step_median": statistics.median(relative_rounds(stats.data, probe_s))}
         row |= {"step_ms_median": stats.median * 1e3, "step_ms_iqr": stats.iqr * 1e3,
                 "step_ms_min": stats.min * 1e3, "step_ms_mean": stats.mean * 1e3,
                 "step_ms_stddev": stats.stddev * 1e3, "rounds": stats.rounds,

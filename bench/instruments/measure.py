@@ -208,6 +208,15 @@ def make_probe(device: torch.device, hidden_size: int) -> Callable[[], float]:
     return probe
 
 
+def relative_rounds(rounds_s: list[float], probe_s: list[float]) -> list[float]:
+    """Each round's time over the mean of the probe just before it and just after it (the next round's,
+    or the one after the last round; runs that timed none after the last take its own before): the step
+    in units of the machine's speed then."""
+    n = len(rounds_s)
+    after = [*probe_s[1:n], probe_s[n] if len(probe_s) > n else probe_s[-1]]
+    return [2 * step / (before + later) for step, before, later in zip(rounds_s, probe_s, after)]
+
+
 def startup_ms(first_step_ms: float, warmup_s: list[float], steady_s: float) -> float:
     """The cost to reach steady state: the first call and the warm-up, beyond as many steady steps.
 

@@ -26,10 +26,11 @@ import pandas as pd
 from scipy.stats import mannwhitneyu
 
 from bench.grid import CELL_KEY, Cell
+from bench.instruments.measure import relative_rounds
 from bench.results import ENV_KEYS, Run, environment_differences
 
 KEY = CELL_KEY  # what makes two rows the same cell
-MIN_SHIFT_CELLS = 5  # the run as a whole is judged on at least this many timed cells
+MIN_SHIFT_CELLS = 5  # the run as a whole is judged (and said to have moved) on at least this many timed cells
 #: verdicts, in the order the summary lists them; the first three are of time
 VERDICTS = ("slower", "faster", "unchanged", "noisy", "failed", "new", "missing", "unmeasured")
 SUITE_TEST = "bench/test_suite.py::test_cell"  # the suite's test; a cell's node id is SUITE_TEST[<cell id>]
@@ -91,13 +92,6 @@ def _cells(run: Run, impl_map: dict[str, str]) -> pd.DataFrame:
         df = df[~replaced].copy()  # the stand-in's cells take the place of the run's own cells of that impl
         df["impl"] = df["impl"].map(lambda name: impl_map.get(name, name))
     return df.drop_duplicates(list(KEY), keep="last").reset_index(drop=True)
-
-
-def _relative(rounds_s: list[float], probe_s: list[float]) -> list[float]:
-    """Each round's time over the mean of the probe just before it and just after it (the next round's,
-    or the one after the last round): the step in units of the machine's speed then."""
-    after = [*probe_s[1:len(rounds_s)], probe_s[len(rounds_s)] if len(probe_s) > len(rounds_s) else probe_s[-1]]
-    return [2 * step / (before + later) for step, before, later in zip(rounds_s, probe_s, after)]
 
 
 def median_error_pct(iqr_pct: float, rounds: float) -> float:
@@ -174,7 +168,7 @@ def _compare_cell(row: pd.Series, baseline: Run, new: Run, t: Thresholds) -> dic
         rec |= {"base_ms": 1e3 * float(np.median(base_s)), "new_ms": 1e3 * float(np.median(new_s)),
                 "base_rounds": len(base_s), "new_rounds": len(new_s), "timing": "as measured"}
         if base_p and new_p:  # each round relative to the machine-speed probe timed around it
-            base_s, new_s = _relative(base_s, base_p), _relative(new_s, new_p)
+            base_s, new_s = relative_rounds(base_s, base_p), relative_rounds(new_s, new_p)
             rec |= {"timing": "relative to the probe", "probe_ratio": float(np.median(new_p) / np.median(base_p))}
         ratio, p = time_test(base_s, new_s)
         rec |= {"time_ratio": ratio, "p_value": p, "base_iqr_pct": _iqr_pct(base_s), "new_iqr_pct": _iqr_pct(new_s)}
@@ -302,7 +296,7 @@ class Comparison:
                 f"uncertain beyond {100 * self.thresholds.max_median_error:g}%, as wide as the change the gate looks "
                 "for; the machine was busy. Measure again on a quiet one\n") if noisy else ""
         common = self.common_ratio()
-        if (self.cells["time_ratio"].count() < 5 or math.isnan(common)
+        if (self.cells["time_ratio"].count() < MIN_SHIFT_CELLS or math.isnan(common)
                 or abs(math.log(common)) <= math.log(1 + self.thresholds.time_ratio) / 2):
             return note
         return note + (f"note: the median cell moved x{common:.2f}: a shift shared by most cells is more likely the "
