@@ -123,13 +123,9 @@ class TorchSteps:
         return self.factors_math(gates, cs, c0)
 
     def backward(self, t, saved, dgates_next, W_h, dh_out, dc, dgates) -> Tensor:
-        if t == len(saved[0]) - 1:  # the first backward step: every step's slices, made once
-            self._per_step = [tensor.unbind(0) for tensor in saved]
-        K, F, KC = (per_step[t] for per_step in self._per_step)
+        K, F, KC = saved
         dh = dh_out if dgates_next is None else torch.addmm(dh_out, dgates_next, W_h.T)
-        cell_backward(dh, dc, K, F, KC, dgates)
-        if t == 0:
-            del self._per_step  # the views hold the saved tensors
+        cell_backward(dh, dc, K[t], F[t], KC[t], dgates)
         return dc
 
 
