@@ -229,13 +229,13 @@ def startup_ms(first_step_ms: float, warmup_s: list[float], steady_s: float) -> 
 MEASURED = "lstm_bench::measured"
 
 
-def cpu_peak_above_start(fn: Callable[[], object]) -> int:
-    """Most bytes the CPU allocator held at once during a call of fn, above what it held when it began.
+def cpu_allocation_timeline(fn: Callable[[], object]) -> list[tuple[int, int, str]]:
+    """Every CPU allocation and free of one call of fn, in time order: (ns since the call began,
+    bytes: + allocated, - freed, the op that made it).
 
     torch has no CPU peak counter; the profiler records every allocation and free with its time
-    (profile_memory=True), and their running sum, in time order, peaks at the allocator's peak.
-    The profiler cannot size a free of a block allocated before it started, so fn runs twice
-    and only the second call is measured: whatever it frees, the profiler saw allocated.
+    (profile_memory=True). It cannot size a free of a block allocated before it started, so fn runs
+    twice and only the second call is kept: whatever it frees, the profiler saw allocated.
     """
     from torch._C._profiler import _EventType
     from torch.profiler import ProfilerActivity, profile, record_function
@@ -244,27 +244,33 @@ def cpu_peak_above_start(fn: Callable[[], object]) -> int:
         fn()
         with record_function(MEASURED):
             fn()
-    allocations: list[tuple[int, int]] = []
+    events: list[tuple[int, int, str]] = []
     window = None
-    stack = list(prof.profiler.kineto_results.experimental_event_tree())
+    stack = [(node, "") for node in prof.profiler.kineto_results.experimental_event_tree()]
     while stack:  # allocations sit in the tree under the op that made them
-        node = stack.pop()
+        node, parent = stack.pop()
         if node.tag == _EventType.Allocation and node.extra_fields.device.type == "cpu":
-            allocations.append((node.start_time_ns, node.extra_fields.alloc_size))
+            events.append((node.start_time_ns, node.extra_fields.alloc_size, parent))
         elif node.name == MEASURED:
             window = (node.start_time_ns, node.end_time_ns)
-        stack.extend(node.children)
+        stack.extend((child, node.name) for child in node.children)
     if window is None:
         raise RuntimeError(f"the profiler recorded no {MEASURED!r} range")
-    baseline = peak = running = 0
-    for when, size in sorted(allocations):
-        if when > window[1]:
-            break
+    return [(when - window[0], size, op) for when, size, op in sorted(events) if window[0] <= when <= window[1]]
+
+
+def running_peak(sizes: Iterable[int]) -> int:
+    """The highest running sum of allocations (+) and frees (-), from 0: a timeline's peak above its start."""
+    peak = running = 0
+    for size in sizes:
         running += size
-        if when < window[0]:
-            baseline = peak = running
         peak = max(peak, running)
-    return peak - baseline
+    return peak
+
+
+def cpu_peak_above_start(fn: Callable[[], object]) -> int:
+    """Most bytes the CPU allocator held at once during a call of fn, above what it held when it began."""
+    return running_peak(size for _, size, _ in cpu_allocation_timeline(fn))
 
 
 @dataclass
