@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import functools
 import os
 import platform
 import re
@@ -119,8 +120,10 @@ class CpuDispatch:
         return "oneDNN bfloat16, emulated: this CPU has AVX512 without bfloat16 instructions"
 
 
+@functools.cache
 def cpu_dispatch() -> CpuDispatch:
-    """This process's CPU dispatch facts (environment variables included: they are read at start-up)."""
+    """This process's CPU dispatch facts (environment variables included: torch and oneDNN read them at
+    start-up, so they hold for the process)."""
     available = torch.backends.mkldnn.is_available()
     return CpuDispatch(
         cpu_capability=torch.backends.cpu.get_cpu_capability(), cpu_flags=cpu_flags(), onednn=available,

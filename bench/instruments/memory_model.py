@@ -56,6 +56,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 
 from ..grid import DTYPES, MODES, Cell
+from .env import CpuDispatch, cpu_dispatch
 
 OPTIMIZERS = ("sgd", "momentum", "adam")  # as bench.d2l.model.OPTIMIZERS
 IMPLS = ("compiled", "cudnn", "fused", "fused_compiled", "scratch", "scripted", "triton")
@@ -158,8 +159,9 @@ class _Counts:
     """The sizes every kernel's count uses."""
 
     def __init__(self, impl: str, sizes: Sizes, dtype: str, mode: str, optimizer: str, *, cuda: bool = False,
-                 flat_lstm: bool = False):
+                 flat_lstm: bool = False, cpu: CpuDispatch | None = None):
         self.impl, self.dtype, self.mode, self.optimizer, self.cuda = impl, dtype, mode, optimizer, cuda
+        self.cpu = cpu
         self.B, self.H, self.T, self.V = sizes.batch_size, sizes.hidden_size, sizes.seq_len, sizes.vocab_size
         self.I = self.V
         self.s = DTYPE_BYTES[dtype]
@@ -429,11 +431,12 @@ def _onednn_workspace_bytes(c: _Counts) -> int:
     f32 = 4
     states_ld = good_ld(max(I, H), s)
     diff_ld = good_ld(max(I, H), f32)
-    regions = [
-        T * B * good_ld(4 * H, f32) * f32,  # ws_gates (gates_t: float)
+    regions = [  # in bfloat16 the gates, ht and both states are bfloat16, the diff states float32 (measured:
+        # the workspace mkldnn_rnn_layer returns, 8 shapes, the same on AVX512 with and without AVX512-BF16)
+        T * B * good_ld(4 * H, s) * s,  # ws_gates
         T * B * good_ld(H, s) * s,  # ws_ht
         2 * (T + 1) * B * states_ld * s,  # ws_states_layer (L + 1 layers of T + 1 states)
-        2 * (T + 1) * B * H * f32,  # ws_states_iter_c (src_iter_c: float)
+        2 * (T + 1) * B * H * s,  # ws_states_iter_c (src_iter_c: the cell's dtype)
         2 * (T + 1) * B * diff_ld * f32,  # ws_diff_states_layer
         2 * (T + 1) * B * diff_ld * f32,  # ws_diff_states_iter
         2 * (T + 1) * B * H * f32,  # ws_diff_states_iter_c
@@ -507,8 +510,9 @@ class NotModelled(ValueError):
     """An implementation whose tensors the model does not count (yet)."""
 
 
-def kernel_of(impl: str, device: str, dtype: str, mode: str) -> str:
-    """Which kernel runs the LSTM for this cell, as aten::lstm dispatches in torch 2.13."""
+def kernel_of(impl: str, device: str, dtype: str, mode: str, cpu: CpuDispatch | None = None) -> str:
+    """Which kernel runs the LSTM for this cell, as aten::lstm dispatches in torch 2.13 on `cpu` (this
+    machine's dispatch facts unless given: a recorded CPU's, to predict for it)."""
     device_type = torch.device(device).type
     if impl == "scratch":
         return "autograd ops"
@@ -523,12 +527,13 @@ def kernel_of(impl: str, device: str, dtype: str, mode: str) -> str:
         raise NotModelled(f"the memory model knows {', '.join(IMPLS)}, not {impl!r}")
     if device_type == "cuda":
         return "cuDNN"
-    if torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled:
+    cpu = cpu or cpu_dispatch()
+    if cpu.onednn and torch.backends.mkldnn.enabled:
         if dtype == "float32":
             return "oneDNN"
-        if dtype == "bfloat16" and torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        if dtype == "bfloat16" and cpu.onednn_bf16:
             return "oneDNN"
-        if dtype == "float16" and mode == "forward" and torch.ops.mkldnn._is_mkldnn_fp16_supported():
+        if dtype == "float16" and mode == "forward" and cpu.onednn_fp16:
             return "oneDNN"
     return "ATen native"
 
@@ -558,15 +563,18 @@ def library_bytes_cuda(mode: str, capability: tuple[int, int]) -> int:
 
 
 def predict_sizes(impl: str, sizes: Sizes, *, device: str = "cpu", dtype: str = "float32", mode: str = "train",
-                  optimizer: str = "sgd", cuda_capability: tuple[int, int] | None = None) -> Prediction:
-    """The prediction for any sizes; CUDA predictions need no GPU (capability defaults to the GPU's, else sm_90)."""
+                  optimizer: str = "sgd", cuda_capability: tuple[int, int] | None = None,
+                  cpu: CpuDispatch | None = None) -> Prediction:
+    """The prediction for any sizes; CUDA predictions need no GPU (capability defaults to the GPU's, else sm_90).
+    A CPU prediction counts the paths `cpu` dispatches: this machine's unless given (a recorded CPU's)."""
     if dtype not in DTYPES or mode not in MODES or optimizer not in OPTIMIZERS:
         raise ValueError(f"dtype {dtype!r}, mode {mode!r} or optimizer {optimizer!r} is not known")
     if min(sizes.batch_size, sizes.hidden_size, sizes.seq_len, sizes.vocab_size) <= 0:
         raise ValueError(f"sizes must be positive: {sizes}")
-    kernel = kernel_of(impl, device, dtype, mode)
     cuda = torch.device(device).type == "cuda"
-    c = _Counts(impl, sizes, dtype, mode, optimizer, cuda=cuda, flat_lstm=cuda and kernel == "cuDNN")
+    cpu = None if cuda else cpu or cpu_dispatch()
+    kernel = kernel_of(impl, device, dtype, mode, cpu)
+    c = _Counts(impl, sizes, dtype, mode, optimizer, cuda=cuda, flat_lstm=cuda and kernel == "cuDNN", cpu=cpu)
     fitted: list[str] = []
     notes: list[str] = []
     counter = {"autograd ops": _autograd_ops, "TorchScript": _torchscript, "Inductor": _inductor,
