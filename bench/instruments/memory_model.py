@@ -191,6 +191,44 @@ class _Counts:
             self.O = 2 * self.P + len(self.params) * block(4)
         self.TBH, self.TBV, self.TB = T * B * H * s, T * B * V * s, T * B
 
+    def gemm_scratch(self, M: int, K: int, N: int) -> int:
+        """Bytes oneDNN's scratchpad takes inside one (M, K) x (K, N) matmul of this cell's dtype, while its
+        (M, N) result exists. ATen hands a bfloat16 matmul to oneDNN where oneDNN runs bfloat16 and
+        M*K*N > 16**3 (mkldnn/Matmul.cpp, checksize); float32 goes to MKL, which allocates through torch
+        nothing. Without bfloat16 instructions oneDNN accumulates the whole result in float32 (measured:
+        M*N*4 rounded up to 512 B, plus 128 B, 16 shapes, 2 threads); with them, see _native_bf16_gemm_scratch."""
+        if self.cuda or self.dtype != "bfloat16" or not (self.cpu and self.cpu.onednn_bf16) or M * K * N <= 16**3:
+            return 0
+        if self.cpu.native_bf16:
+            return _native_bf16_gemm_scratch(M, K, N)
+        return _round_up(M * N * 4, 512) + 128
+
+    def output_gemms(self, moments: list[_Moment]) -> list[_Moment]:
+        """The output layer's GEMMs, each a moment of its own where they have a scratchpad (bfloat16 on
+        oneDNN): forward's logits = Y W^T + b just before log-softmax, backward's dY = dlogits W and
+        dW = dlogits^T Y. Derived from the moments a kernel counted, which are alive then."""
+        TB, H, V = self.TB, self.H, self.V
+        extra = []
+        for m in moments:
+            gone = ("log-softmax", "target (int64)", "total weight", "loss")
+            if m.name.startswith("end of forward") or m.name == "loss":
+                scratch = self.gemm_scratch(TB, H, V)
+                if scratch:
+                    live = {k: v for k, v in m.live.items() if k not in gone}
+                    extra.append(_Moment("the output layer's GEMM (its oneDNN scratchpad)", live | {
+                        "oneDNN GEMM scratchpad": (1, scratch)}))
+            elif m.name == "backward of the output layer (dY computed)":
+                dy_scratch, dw_scratch = self.gemm_scratch(TB, V, H), self.gemm_scratch(V, TB, H)
+                live = {k: v for k, v in m.live.items() if k != "output layer's gradients"}
+                if dy_scratch:
+                    extra.append(_Moment("backward of the output layer, dY's GEMM (its oneDNN scratchpad)", live | {
+                        "oneDNN GEMM scratchpad": (1, dy_scratch)}))
+                if dw_scratch:
+                    extra.append(_Moment("backward of the output layer, dW's GEMM (its oneDNN scratchpad)", live | {
+                        "output layer's weight gradient": (1, V * H * self.s),
+                        "oneDNN GEMM scratchpad": (1, dw_scratch)}))
+        return moments + extra
+
     # pieces every moment has
     def model(self) -> dict[str, Term]:
         live = {"parameters": (1, self.P)}
@@ -382,11 +420,19 @@ def _fused(c: _Counts) -> tuple[dict[str, Term], list[_Moment]]:
     G4 = c.T * c.B * 4 * c.H * c.s  # one (T, B, 4H) buffer
     fwd_temps, bwd_temps = FUSED_STEP_TEMPORARIES[c.impl]
     buffers = {"outputs y (T, B, H)": (1, c.TBH), "every step's c (T, B, H)": (1, c.TBH)}
+    H4 = 4 * c.H
+    # bfloat16 on oneDNN: each GEMM's scratchpad while it runs (the input projection; a step's h W_h; in
+    # backward a step's dgates W_h^T, and the weights' gradients), zero elsewhere
+    scratch = c.gemm_scratch
+    projection = _Moment("forward, the input projection's GEMM (its oneDNN scratchpad)", c.model()
+                         | c.batch_and_state() | {"one-hot input": (1, c.TBV), "input projection (T, B, 4H)": (1, G4),
+                                                  "oneDNN GEMM scratchpad": (1, scratch(c.TB, c.I, H4))})
+    step_gemm = {"a step's GEMM's oneDNN scratchpad": (1, scratch(c.B, c.H, H4))}
     if not c.train:  # no gates kept: one step's, reused
-        return {}, c.forward_moments({"one-hot input": (1, c.TBV), "input projection (T, B, 4H)": (1, G4)} | buffers
-                                     | {"one step's gates buffer (B, 4H)": (4, c.u),
-                                        "a step's temporaries": (fwd_temps, c.u)},
-                                     at="a time step (input projection and every buffer alive)")
+        return {}, [projection, *c.forward_moments(
+            {"one-hot input": (1, c.TBV), "input projection (T, B, 4H)": (1, G4)} | buffers
+            | {"one step's gates buffer (B, 4H)": (4, c.u), "a step's temporaries": (fwd_temps, c.u)} | step_gemm,
+            at="a time step (input projection and every buffer alive)")]
     triton = c.impl == "triton"
     kept = ({"carried state h, c": (2, c.u), "every step's c (T, B, H)": (1, c.TBH)} if triton else
             {"carried state h": (1, c.u), "F and KC (T, B, H)": (2, c.TBH)})
@@ -397,8 +443,8 @@ def _fused(c: _Counts) -> tuple[dict[str, Term], list[_Moment]]:
     saved = {k: v for k, v in alive.items() if k not in ("log-softmax", "target (int64)", "total weight")}
     base = c.model() | c.batch_and_state()
     loop = base | {"one-hot input": (1, c.TBV), "activated gates, or backward's factors (T, B, 4H)": (1, G4)} | buffers
-    moments = [_Moment("forward, a time step (input projection and every buffer alive)", loop | {
-        "input projection (T, B, 4H)": (1, G4), "a step's temporaries": (fwd_temps, c.u)})]
+    moments = [projection, _Moment("forward, a time step (input projection and every buffer alive)", loop | {
+        "input projection (T, B, 4H)": (1, G4), "a step's temporaries": (fwd_temps, c.u)} | step_gemm)]
     # backward_factors: eager, in place, it holds the buffers and a few (T, B, H) temporaries, less than
     # backward's first step adds (the outputs' and the gates' gradients: 5 (T, B, H)). Inductor's graph of
     # it mutates its input out of place: measured, 3 (T, B, 4H) and 3 (T, B, H) buffers at once.
@@ -417,8 +463,15 @@ def _fused(c: _Counts) -> tuple[dict[str, Term], list[_Moment]]:
         end_of_forward, *c.loss_backward(alive, {"new state h, c": (2, c.u)}),
         _Moment("backward, step T-1 (the first): a step's temporaries", back | {
             "a step's temporaries": (bwd_temps, c.u)}),
+        _Moment("backward, step T-2: dh's GEMM (its oneDNN scratchpad)", back | {
+            "dh": (1, c.u), "oneDNN GEMM scratchpad": (1, scratch(c.B, H4, c.H))}),
+        _Moment("backward, W_h's gradient: h_0's term (its GEMM's oneDNN scratchpad)", back | {
+            "W_h gradient: h_0's term": (1, H4H), "oneDNN GEMM scratchpad": (1, scratch(c.H, c.B, H4))}),
         _Moment("backward, W_h's gradient: h_0's term and the sum over steps (H, 4H)", back | {
-            "W_h gradient: h_0's term and the sum": (2, H4H)}),
+            "W_h gradient: h_0's term and the sum": (2, H4H),
+            "oneDNN GEMM scratchpad": (1, scratch(c.H, c.TB - c.B, H4))}),
+        _Moment("backward, W_x's gradient (its GEMM's oneDNN scratchpad)", back | {
+            "W_h and W_x gradients": (1, H4H + c.I * H4 * c.s), "oneDNN GEMM scratchpad": (1, scratch(c.I, c.TB, H4))}),
         _Moment("backward, the bias's gradient: every LSTM weight gradient computed", back | {
             "LSTM weight gradients": (1, H4H + c.I * 4 * c.H * c.s + 4 * c.H * c.s)}),
         c.optimizer_step()]
@@ -503,6 +556,11 @@ def _cudnn(c: _Counts) -> tuple[dict[str, Term], list[_Moment]]:
     return acts, [forward, _Moment("inside _cudnn_rnn_backward (weights)", live), c.optimizer_step()]
 
 
+def _native_bf16_gemm_scratch(M: int, K: int, N: int) -> int:
+    """oneDNN's brgemm scratchpad inside a bfloat16 matmul on a CPU with bfloat16 instructions: fitted."""
+    return 0
+
+
 # ---------------------------------------------------------------- the public functions
 
 
@@ -580,6 +638,7 @@ def predict_sizes(impl: str, sizes: Sizes, *, device: str = "cpu", dtype: str = 
     counter = {"autograd ops": _autograd_ops, "TorchScript": _torchscript, "Inductor": _inductor,
                "ATen native": _aten_native, "oneDNN": _onednn, "cuDNN": _cudnn}.get(kernel, _fused)
     acts, moments = counter(c)
+    moments = c.output_gemms(moments)
     if kernel == "oneDNN":
         fitted.append("onednn_scratchpad_extra")
         if dtype != "float32":
