@@ -57,6 +57,7 @@ import torch
 
 from ..grid import DTYPES, MODES, Cell
 from .env import CpuDispatch, cpu_dispatch
+from .onednn import OneDNNBuffers, Probe
 
 OPTIMIZERS = ("sgd", "momentum", "adam")  # as bench.d2l.model.OPTIMIZERS
 IMPLS = ("compiled", "cudnn", "fused", "fused_compiled", "scratch", "scripted", "triton")
@@ -159,9 +160,9 @@ class _Counts:
     """The sizes every kernel's count uses."""
 
     def __init__(self, impl: str, sizes: Sizes, dtype: str, mode: str, optimizer: str, *, cuda: bool = False,
-                 flat_lstm: bool = False, cpu: CpuDispatch | None = None):
+                 flat_lstm: bool = False, cpu: CpuDispatch | None = None, onednn: OneDNNBuffers | None = None):
         self.impl, self.dtype, self.mode, self.optimizer, self.cuda = impl, dtype, mode, optimizer, cuda
-        self.cpu = cpu
+        self.cpu, self.onednn = cpu, onednn
         self.B, self.H, self.T, self.V = sizes.batch_size, sizes.hidden_size, sizes.seq_len, sizes.vocab_size
         self.I = self.V
         self.s = DTYPE_BYTES[dtype]
@@ -196,11 +197,12 @@ class _Counts:
         (M, N) result exists. ATen hands a bfloat16 matmul to oneDNN where oneDNN runs bfloat16 and
         M*K*N > 16**3 (mkldnn/Matmul.cpp, checksize); float32 goes to MKL, which allocates through torch
         nothing. Without bfloat16 instructions oneDNN accumulates the whole result in float32 (measured:
-        M*N*4 rounded up to 512 B, plus 128 B, 16 shapes, 2 threads); with them, see _native_bf16_gemm_scratch."""
+        M*N*4 rounded up to 512 B, plus 128 B, 16 shapes, 2 threads); with them, brgemm's blocked buffers,
+        read off oneDNN (bench/instruments/onednn.py)."""
         if self.cuda or self.dtype != "bfloat16" or not (self.cpu and self.cpu.onednn_bf16) or M * K * N <= 16**3:
             return 0
-        if self.cpu.native_bf16:
-            return _native_bf16_gemm_scratch(M, K, N)
+        if self.cpu.native_bf16:  # brgemm's blocked buffers: read off oneDNN (bench/instruments/onednn.py)
+            return self.onednn.gemm_bytes(M, K, N) if self.onednn else 0
         return _round_up(M * N * 4, 512) + 128
 
     def output_gemms(self, moments: list[_Moment]) -> list[_Moment]:
@@ -324,7 +326,8 @@ def _autograd_ops(c: _Counts) -> tuple[dict[str, Term], list[_Moment]]:
                        | saved_left | {
         "new state h, c": (2, c.u), "logits": (1, c.TBV), "loss and its gradient": (2, c.s),
         "dY (T, B, H)": (1, c.TBH), "(B, H) gradients in flight": (4, c.u),
-        "W_h gradient term (H, H)": (1, c.H * c.H * c.s)})
+        "W_h gradient term (H, H)": (1, c.H * c.H * c.s), "its GEMM's oneDNN scratchpad": (1, c.gemm_scratch(
+            c.H, c.B, c.H))})
     return acts, [end_of_forward, *c.loss_backward(acts, {"new state h, c": (2, c.u)}), backward,
                   c.optimizer_step()]
 
@@ -346,7 +349,8 @@ def _torchscript(c: _Counts) -> tuple[dict[str, Term], list[_Moment]]:
             "one-hot input": (1, c.TBV), "saved h, c, gates, tanh(c) of the unrolled steps": (7 * K - 2, c.u),
             "new state h, c": (2, c.u), "logits": (1, c.TBV), "loss and its gradient": (2, c.s),
             "dY (T, B, H)": (1, c.TBH), "(B, H) gradients in flight": (3 + 2 * (remainder >= 3), c.u),
-            "8 steps' weight-gradient terms": (8, c.P_lstm)}
+            "8 steps' weight-gradient terms": (8, c.P_lstm),
+            "the last term's GEMM's oneDNN scratchpad": (1, c.gemm_scratch(c.H, c.B, c.H))}
         moments.append(_Moment("backward of the last unrolled 8-step body, before it sums its weight gradients",
                                live))
     return acts, moments
@@ -371,7 +375,8 @@ def _inductor(c: _Counts) -> tuple[dict[str, Term], list[_Moment]]:
                        | c.batch_and_state() | {
         "one-hot input and logits": (2, c.TBV), "saved (B, H) left, new state, gradients in flight": (6 * c.T - 8, c.u),
         "loss and its gradient": (2, c.s), "dY (T, B, H)": (1, c.TBH),
-        "one step's 12 weight gradients": (1, c.P_lstm)})
+        "one step's 12 weight gradients": (1, c.P_lstm),
+        "the last gradient's GEMM's oneDNN scratchpad": (1, c.gemm_scratch(c.H, c.B, c.H))})
     return acts, [end_of_forward, *c.loss_backward(acts, {"new h": (1, c.u)}), backward, c.optimizer_step()]
 
 
@@ -501,6 +506,8 @@ def _onednn(c: _Counts) -> tuple[dict[str, Term], list[_Moment]]:
     """nn.LSTM through oneDNN (aten mkldnn_rnn_layer): workspace from oneDNN's layout rules."""
     T, B, H, I, s, f32 = c.T, c.B, c.H, c.I, c.s, 4
     bias_sum = (1, 4 * H * s)
+    if s != f32 and c.onednn:
+        return _onednn_bf16(c)
     if not c.train:  # inference: brgemm kernels; weights reordered to ldgOi16o; scratchpad holds the states
         n16 = _round_up(H, 16)
         scratch = (_page(2 * (T + 1) * B * good_ld(max(I, H), s) * s) + _page(2 * (T + 1) * B * H * f32)
@@ -530,6 +537,37 @@ def _onednn(c: _Counts) -> tuple[dict[str, Term], list[_Moment]]:
                   *c.loss_backward(acts, {"returned state h, c": (2, c.u)}), c.optimizer_step()]
 
 
+def _onednn_bf16(c: _Counts) -> tuple[dict[str, Term], list[_Moment]]:
+    """nn.LSTM through oneDNN in bfloat16: the tensors counted as in float32, oneDNN's own buffers
+    (reordered weights, GEMM buffers, scratchpad) read off oneDNN (bench/instruments/onednn.py). Backward
+    computes in float32: copies of dY, grad_hy, grad_cy and float32 weight gradients, converted at its end."""
+    T, B, H, I, s, f32 = c.T, c.B, c.H, c.I, c.s, 4
+    own = "oneDNN's own buffers (reordered weights, GEMM buffers, scratchpad)"
+    outputs = {"one-hot input": (1, c.TBV), "outputs (T, B, H)": (1, c.TBH), "h_n, c_n": (2, c.u),
+               "bias sum": (1, 4 * H * s)}
+    base = c.model() | c.batch_and_state()
+    if not c.train:
+        return {}, [_Moment("inside mkldnn_rnn_layer (inference)", base | outputs | {
+            own: (1, c.onednn.rnn_bytes("inference", T, B, H, I))})]
+    W = _onednn_workspace_bytes(c)
+    acts = {"one-hot input": (1, c.TBV), "carried state h, c": (2, c.u), "outputs (T, B, H)": (1, c.TBH),
+            "h_n, c_n (layer outputs)": (2, c.u), "oneDNN workspace": (1, W), "log-softmax": (1, c.TBV),
+            "target (int64)": (1, 8 * c.TB), "total weight": (1, c.s)}
+    forward = _Moment("inside mkldnn_rnn_layer (training forward)", base | outputs | {
+        "oneDNN workspace": (1, W), own: (1, c.onednn.rnn_bytes("forward", T, B, H, I))})
+    live = {k: v for k, v in base.items() if k != "gradients"} | {
+        "gradients of the output layer": (1, c.P_lin),
+        "one-hot input and logits": (2, c.TBV), "outputs and dY (T, B, H)": (2, c.TBH),
+        "h_n, c_n, returned state, zero grad_hy, grad_cy": (6, c.u), "oneDNN workspace": (1, W),
+        "loss and its gradient": (2, c.s), "bias sum": (1, 4 * H * s),
+        "diff_x (T, B, I) float32": (1, T * B * I * f32), "diff_hx, diff_cx float32": (2, B * H * f32),
+        "weight gradients float32 (diff_w1, diff_w2, diff_b)": (1, (I + H + 1) * 4 * H * f32),
+        "dY, grad_hy, grad_cy in float32": (1, (T + 2) * B * H * f32),
+        own: (1, c.onednn.rnn_bytes("backward", T, B, H, I))}
+    return acts, [forward, _Moment("inside mkldnn_rnn_layer_backward (its scratchpad allocated)", live),
+                  *c.loss_backward(acts, {"returned state h, c": (2, c.u)}), c.optimizer_step()]
+
+
 def _cudnn(c: _Counts) -> tuple[dict[str, Term], list[_Moment]]:
     """nn.LSTM on cuDNN (aten/src/ATen/native/cudnn/RNN.cpp): flat weights; reserve kept for backward."""
     T, B, H, I, s = c.T, c.B, c.H, c.I, c.s
@@ -554,11 +592,6 @@ def _cudnn(c: _Counts) -> tuple[dict[str, Term], list[_Moment]]:
         (4, c.u), "loss and its gradient": (2, c.s), "dx (T, B, I)": (1, T * B * I * s), "dhx, dcx": (2, c.u),
         "flat dw": (1, c.P_lstm), "cuDNN workspace": (1, workspace)} | weight_copy
     return acts, [forward, _Moment("inside _cudnn_rnn_backward (weights)", live), c.optimizer_step()]
-
-
-def _native_bf16_gemm_scratch(M: int, K: int, N: int) -> int:
-    """oneDNN's brgemm scratchpad inside a bfloat16 matmul on a CPU with bfloat16 instructions: fitted."""
-    return 0
 
 
 # ---------------------------------------------------------------- the public functions
@@ -622,7 +655,7 @@ def library_bytes_cuda(mode: str, capability: tuple[int, int]) -> int:
 
 def predict_sizes(impl: str, sizes: Sizes, *, device: str = "cpu", dtype: str = "float32", mode: str = "train",
                   optimizer: str = "sgd", cuda_capability: tuple[int, int] | None = None,
-                  cpu: CpuDispatch | None = None) -> Prediction:
+                  cpu: CpuDispatch | None = None, onednn: OneDNNBuffers | None = None) -> Prediction:
     """The prediction for any sizes; CUDA predictions need no GPU (capability defaults to the GPU's, else sm_90).
     A CPU prediction counts the paths `cpu` dispatches: this machine's unless given (a recorded CPU's)."""
     if dtype not in DTYPES or mode not in MODES or optimizer not in OPTIMIZERS:
@@ -630,20 +663,28 @@ def predict_sizes(impl: str, sizes: Sizes, *, device: str = "cpu", dtype: str = 
     if min(sizes.batch_size, sizes.hidden_size, sizes.seq_len, sizes.vocab_size) <= 0:
         raise ValueError(f"sizes must be positive: {sizes}")
     cuda = torch.device(device).type == "cuda"
-    cpu = None if cuda else cpu or cpu_dispatch()
+    if not cuda and cpu is None:  # this machine: its dispatch, and oneDNN's buffers read off its oneDNN
+        cpu, onednn = cpu_dispatch(), onednn or Probe()
     kernel = kernel_of(impl, device, dtype, mode, cpu)
-    c = _Counts(impl, sizes, dtype, mode, optimizer, cuda=cuda, flat_lstm=cuda and kernel == "cuDNN", cpu=cpu)
+    c = _Counts(impl, sizes, dtype, mode, optimizer, cuda=cuda, flat_lstm=cuda and kernel == "cuDNN", cpu=cpu,
+                onednn=onednn)
     fitted: list[str] = []
     notes: list[str] = []
     counter = {"autograd ops": _autograd_ops, "TorchScript": _torchscript, "Inductor": _inductor,
                "ATen native": _aten_native, "oneDNN": _onednn, "cuDNN": _cudnn}.get(kernel, _fused)
     acts, moments = counter(c)
     moments = c.output_gemms(moments)
-    if kernel == "oneDNN":
+    if kernel == "oneDNN" and dtype == "float32":
         fitted.append("onednn_scratchpad_extra")
-        if dtype != "float32":
-            notes.append("oneDNN in bfloat16/float16 is counted with the float32 rules for its float buffers; "
-                         "not measured (this CPU has no native bfloat16)")
+    elif kernel == "oneDNN" and onednn:
+        notes.append(f"oneDNN's own {dtype} buffers (reordered weights, GEMM buffers, scratchpad): {onednn.source}")
+    elif kernel == "oneDNN":
+        fitted.append("onednn_scratchpad_extra")
+        notes.append(f"oneDNN's own {dtype} buffers estimated with the float32 rules: not read off oneDNN for "
+                     "this CPU")
+    if not cuda and dtype == "bfloat16" and cpu.native_bf16 and kernel != "oneDNN":
+        notes.append("bfloat16 GEMMs' scratchpads " + (onednn.source if onednn else "not counted: not read off "
+                                                      "oneDNN for this CPU"))
     if kernel == "Inductor" and mode == "train" and not torch.__version__.startswith(INDUCTOR_COUNTED_ON):
         notes.append(f"compiled's saved tensors were counted on torch {INDUCTOR_COUNTED_ON}; this is torch "
                      f"{torch.__version__}, whose partitioner may save others")
