@@ -223,6 +223,8 @@ def render(sizes: Sizes, options: dict, budget: int | None, rows: dict[str, dict
                              + (f" (measured peak {human(peak)})" if peak is not None else " (out of memory)"))
     lines.append("")
     for n in impls:
+        lines.append(f"{n}: counted for {preds[n].path}")
+    for n in impls:
         live = sorted(preds[n].peak_live.items(), key=lambda kv: -kv[1])[:4]
         lines.append(f"{n}: peak {preds[n].peak_at}; largest then: "
                      + ", ".join(f"{k} {human(v)}" for k, v in live))

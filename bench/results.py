@@ -132,7 +132,8 @@ def write_environment(run_dir: Path, env: dict) -> None:
 
 #: environment fields that must agree for two runs' rows to be read side by side (compared or merged),
 #: or the difference measures the setup rather than the code
-ENV_KEYS = ("device", "gpu_name", "torch", "cuda")
+ENV_KEYS = ("device", "gpu_name", "torch", "cuda", "cpu_capability")  # ATen's vector kernels and oneDNN's by ISA
+RECORDED_LATER = ("cpu_capability",)  # compared only where both runs recorded it
 
 
 def environment_differences(baseline: dict, new: dict) -> dict[str, tuple]:
@@ -141,7 +142,11 @@ def environment_differences(baseline: dict, new: dict) -> dict[str, tuple]:
         v = env.get(key)
         return str(v).split(":")[0] if key == "device" and v is not None else v
 
-    return {k: (value(baseline, k), value(new, k)) for k in ENV_KEYS if value(baseline, k) != value(new, k)}
+    def differs(key: str) -> bool:  # a run made before cpu_capability was recorded does not know it
+        a, b = value(baseline, key), value(new, key)
+        return a != b and not (key in RECORDED_LATER and (a is None or b is None))
+
+    return {k: (value(baseline, k), value(new, k)) for k in ENV_KEYS if differs(k)}
 
 
 class RunError(Exception):

@@ -67,6 +67,12 @@ def cpu_flags() -> tuple[str, ...]:
     return ()
 
 
+def _parallel_backend() -> str | None:
+    """ATen's parallel backend (OpenMP, native thread pool, TBB), as torch reports it."""
+    match = re.search(r"ATen parallel backend: (.+)", torch.__config__.parallel_info())
+    return match.group(1).strip() if match else None
+
+
 def _config_version(pattern: str) -> str | None:
     match = re.search(pattern, torch.__config__.show())
     return match.group(1) if match else None
@@ -130,7 +136,8 @@ def cpu_dispatch() -> CpuDispatch:
         onednn_bf16=available and torch.ops.mkldnn._is_mkldnn_bf16_supported(),
         onednn_fp16=available and torch.ops.mkldnn._is_mkldnn_fp16_supported(),
         onednn_version=_config_version(r"MKL-DNN v([\d.]+)"),
-        blas=_config_version(r"BLAS_INFO=(\w+)") or None,
+        blas=" ".join(filter(None, [_config_version(r"BLAS_INFO=(\w+)"),
+                                    _config_version(r"Math Kernel Library Version ([\w.]+)")])) or None,
         dispatch_env={k: os.environ[k] for k in DISPATCH_ENV if k in os.environ})
 
 
@@ -180,6 +187,11 @@ def environment(device: str) -> dict:
         "cpu_model": cpu_model(),
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
+        "torch_interop_threads": torch.get_num_interop_threads(),
+        "parallel_backend": _parallel_backend(),
+        # what decides the CPU kernels a number came from (CpuDispatch); their names as the memory model reads them
+        **{k: v for k, v in cpu_dispatch().as_dict().items() if k != "onednn"},
+        "bf16_path": cpu_dispatch().bf16_path(),
         "tf32_matmul": torch.backends.cuda.matmul.allow_tf32,
         "tf32_cudnn": torch.backends.cudnn.allow_tf32,
     }

@@ -229,6 +229,24 @@ def startup_ms(first_step_ms: float, warmup_s: list[float], steady_s: float) -> 
 MEASURED = "lstm_bench::measured"
 
 
+@contextlib.contextmanager
+def _quiet_native_stderr() -> Iterator[None]:
+    """The profiler's C++ side prints two lines at every start and stop (kineto's "USDT: ... profiler_start"),
+    which no setting turns off; a command's stderr is for its own messages, so file descriptor 2 goes to
+    /dev/null meanwhile. Python exceptions are unaffected (they are raised, not printed, inside)."""
+    import sys
+
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
 def cpu_allocation_timeline(fn: Callable[[], object]) -> list[tuple[int, int, str]]:
     """Every CPU allocation and free of one call of fn, in time order: (ns since the call began,
     bytes: + allocated, - freed, the op that made it).
@@ -240,7 +258,7 @@ def cpu_allocation_timeline(fn: Callable[[], object]) -> list[tuple[int, int, st
     from torch._C._profiler import _EventType
     from torch.profiler import ProfilerActivity, profile, record_function
 
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+    with _quiet_native_stderr(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         fn()
         with record_function(MEASURED):
             fn()

@@ -106,6 +106,7 @@ class Prediction:
     seq_len: int
     vocab_size: int
     kernel: str  # what runs the LSTM: autograd ops, TorchScript, Inductor, oneDNN, ATen native, cuDNN
+    path: str  # the path the count follows on this device, and why (the CPU's dispatch)
     param_bytes: int
     grad_bytes: int
     optimizer_bytes: int
@@ -629,6 +630,23 @@ def kernel_of(impl: str, device: str, dtype: str, mode: str, cpu: CpuDispatch | 
     return "ATen native"
 
 
+def path_of(kernel: str, dtype: str, mode: str, cpu: CpuDispatch | None) -> str:
+    """The path a count follows, in words with the reason: which library runs the LSTM and the GEMMs in
+    this dtype on this CPU (None: a CUDA device)."""
+    if cpu is None:
+        return f"{kernel} on CUDA"
+    if dtype == "bfloat16":
+        why = cpu.bf16_path()
+        if kernel in ("oneDNN", "ATen native"):
+            return why
+        return f"{kernel}; bfloat16 GEMMs on " + (why if cpu.onednn_bf16 else "MKL: " + why.split(": ", 1)[1])
+    if dtype == "float16" and kernel == "oneDNN":
+        return "oneDNN float16 (inference): this CPU's oneDNN runs float16"
+    if dtype == "float16" and mode == "forward" and kernel == "ATen native":
+        return "ATen's native kernels: oneDNN does not run float16 here"
+    return f"{kernel}, {dtype}" + (f" (oneDNN {cpu.onednn_version})" if kernel == "oneDNN" else "")
+
+
 def cudnn_algorithm(hidden_size: int, dtype: str) -> str:
     """Which cuDNN RNN algorithm PyTorch picks (cudnn/RNN.cpp, PRs #62143, #73211), in words."""
     if dtype in ("float32", "float16") and hidden_size <= 128:
@@ -708,10 +726,11 @@ def predict_sizes(impl: str, sizes: Sizes, *, device: str = "cpu", dtype: str = 
     A = _total(acts, cuda)
     return Prediction(
         impl=impl, device=device, dtype=dtype, mode=mode, optimizer=optimizer, batch_size=c.B, hidden_size=c.H,
-        seq_len=c.T, vocab_size=c.V, kernel=kernel, param_bytes=P, grad_bytes=G, optimizer_bytes=O,
-        activation_bytes=A, workspace_bytes=peak - library - P - G - O - A, library_bytes=library, peak_bytes=peak,
+        seq_len=c.T, vocab_size=c.V, kernel=kernel, path=path_of(kernel, dtype, mode, cpu), param_bytes=P,
+        grad_bytes=G, optimizer_bytes=O, activation_bytes=A, workspace_bytes=peak - library - P - G - O - A,
+        library_bytes=library, peak_bytes=peak,
         peak_at=peak_moment.name,
-        peak_live={k: n * (_round_up(e, 512) if cuda else e) for k, (n, e) in peak_moment.live.items()},
+        peak_live={k: n * (_round_up(e, 512) if cuda else e) for k, (n, e) in peak_moment.live.items() if n * e},
         fitted=tuple(fitted), notes=tuple(notes))
 
 

@@ -41,13 +41,24 @@ def own_peak(events: Iterable[tuple[int, int, str]], op: str) -> int:
     return running_peak(size for _, size, name in events if name == op)
 
 
+#: Above this batch the probe is extrapolated from probes at half and at this batch: the buffers grow
+#: linearly in B there (measured: inference and backward at B 128, 256 -> 512 to the byte, T 35, H 256),
+#: and a probe at a batch a budget search reaches would cost as much as the step.
+PROBE_MAX_BATCH = 256
+
+
 class Probe:
     """oneDNN on this machine: runs nn.LSTM's op once at the shape, in bfloat16, and reads its buffers."""
 
-    source = "read off oneDNN on this CPU (one call of the op at the cell's shape, under the profiler)"
+    source = (f"read off oneDNN on this CPU (one call of the op at the cell's shape, under the profiler; "
+              f"above batch {PROBE_MAX_BATCH} extrapolated linearly from batches {PROBE_MAX_BATCH // 2} and "
+              f"{PROBE_MAX_BATCH})")
 
     def rnn_bytes(self, what: str, T: int, B: int, H: int, I: int) -> int:
-        return _probe_rnn(what, T, B, H, I)
+        if B <= PROBE_MAX_BATCH:
+            return _probe_rnn(what, T, B, H, I)
+        lo, hi = (_probe_rnn(what, T, b, H, I) for b in (PROBE_MAX_BATCH // 2, PROBE_MAX_BATCH))
+        return hi + (hi - lo) * (B - PROBE_MAX_BATCH) // (PROBE_MAX_BATCH // 2)
 
     def gemm_bytes(self, M: int, K: int, N: int) -> int:
         return _probe_gemm(M, K, N)
@@ -95,11 +106,11 @@ class Recorded:
         events = list(events)
         self.source = f"read off the recorded step ({cpu})"
         self.peaks = {FORWARD_OP: own_peak(events, FORWARD_OP), BACKWARD_OP: own_peak(events, BACKWARD_OP)}
-        # a matmul allocates its result, then its scratchpad, and frees the scratchpad: by result size (the
-        # largest of the GEMMs whose results have that size)
-        self.gemm = {}
-        for (_, out, op), (_, scratch, op2), (_, freed, op3) in zip(events, events[1:], events[2:]):
-            if op in ("aten::mm", "aten::addmm") and op == op2 == op3 and out > 0 and scratch > 0 and freed == -scratch:
+        # a matmul's result is allocated (by the matmul, or by its caller for out=), then the matmul allocates
+        # its scratchpad and frees it: by result size (the largest of the GEMMs whose results have that size)
+        self.gemm: dict[int, int] = {}
+        for (_, out, _), (_, scratch, op), (_, freed, op2) in zip(events, events[1:], events[2:]):
+            if op in ("aten::mm", "aten::addmm") and op == op2 and out > 0 and scratch > 0 and freed == -scratch:
                 self.gemm[out] = max(scratch, self.gemm.get(out, 0))
 
     def rnn_bytes(self, what: str, T: int, B: int, H: int, I: int) -> int:

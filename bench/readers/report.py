@@ -460,15 +460,29 @@ def plot_predicted(ok: pd.DataFrame, group: Group, colors: dict[str, str], path:
 # ----------------------------------------------------------------------------- the markdown
 
 
+def _env_value(value) -> str:
+    """An environment field in words: lists joined, mappings as NAME=value, an empty one as none."""
+    if isinstance(value, dict):
+        return ", ".join(f"{k}={v}" for k, v in value.items()) or "none"
+    if isinstance(value, list):
+        return ", ".join(map(str, value)) or "none"
+    return str(value)
+
+
 def _environment(combined: Combined) -> str:
     """A column per run: where the numbers came from."""
     fields = [("device", "device"), ("gpu_name", "GPU"), ("cpu_model", "CPU"), ("cpu_count", "CPU cores"),
-              ("torch_threads", "torch threads"), ("torch", "torch"), ("cuda", "CUDA"), ("cudnn", "cuDNN"),
-              ("onednn", "oneDNN"), ("tf32_matmul", "TF32 matmul"), ("tf32_cudnn", "TF32 cuDNN"),
+              ("torch_threads", "torch threads"), ("torch_interop_threads", "torch inter-op threads"),
+              ("parallel_backend", "parallel backend"), ("cpu_capability", "CPU capability (ATen)"),
+              ("cpu_flags", "ISA features"), ("onednn_version", "oneDNN"), ("onednn_bf16", "oneDNN bfloat16"),
+              ("onednn_fp16", "oneDNN float16"), ("bf16_path", "bfloat16 runs on"), ("blas", "BLAS"),
+              ("dispatch_env", "dispatch and thread variables set"),
+              ("torch", "torch"), ("cuda", "CUDA"), ("cudnn", "cuDNN"), ("onednn", "oneDNN available"),
+              ("tf32_matmul", "TF32 matmul"), ("tf32_cudnn", "TF32 cuDNN"),
               ("python", "Python"), ("git_commit", "commit"), ("time_utc", "time (UTC)")]
     table = {"": [label for key, label in fields if any(key in run.environment for run in combined.runs)]}
     for run in combined.runs:
-        table[f"`{run.path}`"] = [str(run.environment.get(key, "–")) for key, _ in fields
+        table[f"`{run.path}`"] = [_env_value(run.environment.get(key, "–")) for key, _ in fields
                                   if any(key in r.environment for r in combined.runs)]
     if not table[""]:
         return "No environment.json in the run directories."
