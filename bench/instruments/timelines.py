@@ -22,7 +22,7 @@ import os
 from pathlib import Path
 
 from ..grid import Cell
-from .env import cpu_dispatch
+from .env import cpu_dispatch, cpu_model, git_commit
 
 #: The cells recorded by default: every kernel, train and forward, float32 and bfloat16, each optimizer,
 #: at small sizes (the tests' grid) and at the default grid's corners, none of which the model was
@@ -78,7 +78,8 @@ def meta() -> dict:
     """What decides the recorded numbers: the dispatch facts of this CPU, the versions, how."""
     import torch
 
-    return cpu_dispatch().as_dict() | {"torch": torch.__version__, "threads": torch.get_num_threads(), "how": HOW}
+    return cpu_dispatch().as_dict() | {"cpu_model": cpu_model(), "torch": torch.__version__,
+                                       "threads": torch.get_num_threads(), "git_commit": git_commit(), "how": HOW}
 
 
 def load(path: str | os.PathLike) -> dict:

@@ -638,6 +638,37 @@ def _pivot_md(table: pd.DataFrame, marked: pd.DataFrame | None = None, percent: 
     return md_table(text.reset_index().rename(columns={"batch_size": "B"}))
 
 
+def _memory_model(group: Group, part: pd.DataFrame, runs: Sequence[Run]) -> str | None:
+    """How far the memory model's prediction lies from the measured peak here, and which path it counted
+    for the CPU each run recorded (bench/instruments/memory_model.py path_of)."""
+    from bench.instruments.env import CpuDispatch
+    from bench.instruments.memory_model import NotModelled, kernel_of, path_of
+
+    rows = part.dropna(subset=["predicted_peak_bytes", "peak_bytes"])
+    if rows.empty:
+        return None
+    error = (rows["predicted_peak_bytes"] - rows["peak_bytes"]) / rows["peak_bytes"]
+    worst = error.abs().groupby(rows["impl"]).max()
+    lines = [f"Predicted peak against measured, {len(rows)} cells: worst "
+             + ", ".join(f"{impl} {100 * e:.2f}%" for impl, e in worst.items()) + "."]
+    if group.device != "cpu":
+        return "\n".join(lines)
+    for run in runs:
+        if "cpu_capability" not in run.environment:
+            continue
+        cpu = CpuDispatch.from_dict(run.environment)
+        paths = {}
+        for impl in sorted(rows["impl"].unique()):
+            try:
+                paths[impl] = path_of(kernel_of(impl, "cpu", group.dtype, group.mode, cpu), group.dtype,
+                                      group.mode, cpu)
+            except NotModelled:
+                continue
+        lines += ["", f"Counted for the CPU of `{run.path}` ({run.environment.get('cpu_model', '?')}, "
+                  f"{cpu.cpu_capability}):", ""] + [f"- {impl}: {path}" for impl, path in paths.items()]
+    return "\n".join(lines)
+
+
 def _failures(rows: pd.DataFrame) -> str:
     bad = rows[rows["status"] != "ok"]
     if bad.empty:
@@ -718,6 +749,8 @@ def write_report(run_dirs: Sequence[str | Path], out_dir: str | Path | None = No
         at = part[(part["batch_size"] == batch) & (part["hidden_size"] == hidden)].sort_values("impl")
         md += ["", f"## {group.title}", "", "### The answer", ""] + _answer(group, part, batch, hidden)
         md += ["", "Across the grid:", "", _across(part)]
+        model = _memory_model(group, part, combined.runs)
+        md += ["", "### The memory model", "", model] if model else []
         every = group.select(rows)
         ladder = _ladder(every[(every["batch_size"] == batch) & (every["hidden_size"] == hidden)])
         if ladder:
