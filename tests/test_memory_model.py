@@ -2,18 +2,28 @@
 
 Measured with the suite's own instruments (Subject, measure_memory, breakdown) on a small grid:
 CPU memory is deterministic, so the check is exact up to the model. `compiled` runs on one tiny
-shape only (a cold torch.compile costs a minute).
+shape only (a cold torch.compile costs a minute). CPUs dispatch differently (AVX2; AVX512 emulating
+bfloat16; AVX512-BF16), so the model is also held to steps recorded on each kind (tests/data/timelines,
+bench/instruments/timelines.py), on any machine; where this CPU's oneDNN runs bfloat16, the live
+bfloat16 cells run once more with oneDNN capped at AVX2, in a subprocess.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 
 from bench.cli import main
 from bench.grid import Cell
+from bench.instruments import timelines
+from bench.instruments.env import CpuDispatch, cpu_dispatch
+from bench.instruments.measure import running_peak
 from bench.instruments.memory_model import (
     FITTED,
     MIB,
@@ -27,9 +37,12 @@ from bench.instruments.memory_model import (
     predict_sizes,
     predicted_columns,
 )
+from bench.instruments.onednn import Probe, Recorded
 from bench.memory_cli import measure_cell
 
 TOLERANCE = 0.05  # of the measured peak
+ROOT = Path(__file__).resolve().parents[1]
+TIMELINES = sorted((ROOT / "tests" / "data" / "timelines").glob("*.json*"))
 
 # (impl, B, H, T, dtype, mode, optimizer): every kernel, train and forward, float32 and bfloat16,
 # T >= 8 so that TorchScript's 8-step unrolling is in play, and each optimizer once.
@@ -153,3 +166,58 @@ def test_predicted_columns_for_the_suite():
                                        "predicted_activation_bytes": p.activation_bytes}
     outside = Cell("tests.broken_impl:BrokenLSTM", "cpu", "float32", "train", 32, 256, 35, 28)
     assert set(predicted_columns(outside).values()) == {None}
+
+
+def _recorded() -> list:
+    cells = []
+    for path in TIMELINES:
+        data = timelines.load(path)
+        kind = path.name.split(".")[0]
+        cpu = CpuDispatch.from_dict(data["meta"])
+        cells += [pytest.param(kind, cpu, c, id=f"{kind}-{c['impl']}-{c['dtype']}-{c['mode']}-{c['optimizer']}-B"
+                               f"{c['batch_size']}-H{c['hidden_size']}-T{c['seq_len']}") for c in data["cells"]]
+    return cells
+
+
+def test_every_kind_of_cpu_is_recorded():
+    kinds = {(m["cpu_capability"], m.get("onednn_bf16", m.get("mkldnn_bf16_supported")),
+              CpuDispatch.from_dict(m).native_bf16) for m in (timelines.load(p)["meta"] for p in TIMELINES)}
+    assert {("AVX512", True, True), ("AVX512", True, False)} <= kinds, kinds  # native and emulated bfloat16
+    assert any(not bf16 for _, bf16, _ in kinds), kinds  # and a CPU whose oneDNN runs no bfloat16
+
+
+@pytest.mark.parametrize("kind,cpu,rec", _recorded())
+def test_prediction_within_5_percent_on_recorded_cpus(kind, cpu, rec):
+    """The CPU that recorded the step decides the paths; oneDNN's own bfloat16 buffers come from its step."""
+    assert rec["peak_bytes"] == rec["start_bytes"] + running_peak(e[1] for e in rec["events"])  # the data holds
+    p = predict_sizes(rec["impl"], Sizes(rec["batch_size"], rec["hidden_size"], rec["seq_len"], rec["vocab_size"]),
+                      dtype=rec["dtype"], mode=rec["mode"], optimizer=rec["optimizer"], cpu=cpu,
+                      onednn=Recorded(rec["events"], kind))
+    peak = rec["peak_bytes"]
+    assert abs(p.peak_bytes - peak) <= TOLERANCE * peak, (p.peak_bytes, peak, p.peak_at)
+    # what the step found alive: the model's tensors, the batch X, Y (int64) and the carried state h, c
+    state = 2 * rec["batch_size"] * rec["hidden_size"] * torch.empty(0, dtype=getattr(torch, rec["dtype"])).itemsize
+    assert p.model_bytes + 16 * rec["batch_size"] * rec["seq_len"] + state == rec["start_bytes"]
+
+
+@pytest.mark.skipif(not cpu_dispatch().onednn_bf16 or cpu_dispatch().dispatch_env.get("ONEDNN_MAX_CPU_ISA"),
+                    reason="this CPU's oneDNN runs no bfloat16: the live tests already run the lower path")
+def test_the_lower_path_where_onednn_runs_bfloat16():
+    """ONEDNN_MAX_CPU_ISA=AVX2 makes this CPU dispatch bfloat16 as an AVX2 one does (ATen's native LSTM, no
+    oneDNN GEMMs): the live bfloat16 cells hold there too. A subprocess: oneDNN reads the cap at start-up."""
+    env = os.environ | {"ONEDNN_MAX_CPU_ISA": "AVX2"}
+    run = subprocess.run([sys.executable, "-m", "pytest", __file__, "-q", "-p", "no:cacheprovider", "-k",
+                          "within_5_percent_of_measured_peak and bfloat16 and not recorded"],
+                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-2000:]
+    assert " passed" in run.stdout and "failed" not in run.stdout, run.stdout[-2000:]
+
+
+@pytest.mark.skipif(not cpu_dispatch().onednn_bf16 or cpu_dispatch().native_bf16,
+                    reason="the counted GEMM scratchpad is for oneDNN emulating bfloat16 (AVX512 without BF16)")
+@pytest.mark.parametrize("M,K,N", [(7, 33, 90), (96, 17, 300), (1, 4097, 2), (250, 250, 250), (16, 16, 17)])
+def test_counted_gemm_scratchpad_is_onednn_s(M, K, N):
+    """On AVX512 without bfloat16 instructions the model counts a bfloat16 GEMM's scratchpad (its result
+    in float32); oneDNN itself, probed at shapes the rule was not developed on, agrees."""
+    c = _Counts("scratch", Sizes(1, 1, 1, 1), "bfloat16", "train", "sgd", cpu=cpu_dispatch())
+    assert c.gemm_scratch(M, K, N) == Probe().gemm_bytes(M, K, N)
