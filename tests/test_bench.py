@@ -1,6 +1,7 @@
 """The instruments and the suite: memory probe, breakdown, FLOPs, CSV schema, failure rows, options."""
 
 import csv
+import json
 import os
 import signal
 import subprocess
@@ -151,6 +152,26 @@ def test_run_writes_ok_oom_error_and_unsupported_rows_and_goes_on(tmp_path):
     assert ok.predicted_activation_bytes.notna().all()
     assert (run_dir / "benchmark.json").is_file() and (run_dir / "environment.json").is_file()
     assert "run directory:" in proc.stdout and "tokens/s" in proc.stdout
+    # what decides the kernels is recorded, in environment.json and in pytest-benchmark's machine_info
+    env = json.loads((run_dir / "environment.json").read_text())
+    machine = json.loads((run_dir / "benchmark.json").read_text())["machine_info"]["lstm_bench"]
+    for recorded in (env, machine):
+        assert recorded["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+        assert recorded["onednn_bf16"] == torch.ops.mkldnn._is_mkldnn_bf16_supported()
+        assert recorded["onednn_version"] and recorded["blas"] and recorded["bf16_path"]
+        assert "dispatch_env" in recorded and recorded["torch_threads"] >= 1
+
+
+def test_environment_names_the_dispatch_variables_that_are_set():
+    """ONEDNN_MAX_CPU_ISA is read when oneDNN starts: a process started with it records it and its effect."""
+    code = ("import json; from bench.instruments.env import environment; e = environment('cpu'); "
+            "print(json.dumps([e['dispatch_env'], e['onednn_bf16'], e['bf16_path']]))")
+    env = dict(os.environ, PYTHONPATH=str(TESTS.parent), ONEDNN_MAX_CPU_ISA="AVX2")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True,
+                         timeout=120).stdout
+    dispatch_env, bf16, path = json.loads(out.strip().splitlines()[-1])
+    assert dispatch_env == {"ONEDNN_MAX_CPU_ISA": "AVX2"} and bf16 is False
+    assert path.startswith("ATen's native kernels") and "ONEDNN_MAX_CPU_ISA" in path
 
 
 def test_a_killed_run_keeps_every_finished_row(tmp_path):

@@ -101,6 +101,15 @@ def test_merge_refuses_collisions_and_mixed_environments_and_names_missing_cells
     assert "environments differ" in err and len(err.strip().splitlines()) == 1
     assert main(["merge", str(rank0), str(other), "--out", str(tmp_path / "mixed"), "--allow-mixed"]) == 0
     assert cells_of(tmp_path / "mixed") == cells_of(whole)
+    other_cpu = tmp_path / "other-cpu"  # the same torch on a CPU whose ATen kernels are AVX2 ones
+    shutil.copytree(runs / "ranked" / "ranks" / "rank-1", other_cpu)
+    env = json.loads((rank0 / "environment.json").read_text())
+    assert env["cpu_capability"]  # a run records it
+    (other_cpu / "environment.json").write_text(json.dumps(env | {"cpu_capability": "AVX2" if env[
+        "cpu_capability"] != "AVX2" else "AVX512"}))
+    assert main(["merge", str(rank0), str(other_cpu), "--out", str(tmp_path / "mixed-cpu")]) == 2
+    err = capsys.readouterr().err
+    assert "environments differ" in err and "cpu_capability" in err and len(err.strip().splitlines()) == 1
 
     lost = tmp_path / "lost-a-row"  # a part whose last cell never finished (its rank died)
     shutil.copytree(rank0, lost)

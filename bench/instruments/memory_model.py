@@ -212,9 +212,14 @@ class _Counts:
         dW = dlogits^T Y. Derived from the moments a kernel counted, which are alive then."""
         TB, H, V = self.TB, self.H, self.V
         extra = []
+        if not self.train and self.gemm_scratch(TB, H, V):  # inference: the LSTM's input and outputs still alive
+            extra.append(_Moment("the output layer's GEMM (its oneDNN scratchpad)", self.model()
+                                 | self.batch_and_state() | {
+                "one-hot input": (1, self.TBV), "outputs (T, B, H)": (1, self.TBH), "new state h, c": (2, self.u),
+                "logits": (1, self.TBV), "oneDNN GEMM scratchpad": (1, self.gemm_scratch(TB, H, V))}))
         for m in moments:
             gone = ("log-softmax", "target (int64)", "total weight", "loss")
-            if m.name.startswith("end of forward") or m.name == "loss":
+            if m.name.startswith("end of forward"):
                 scratch = self.gemm_scratch(TB, H, V)
                 if scratch:
                     live = {k: v for k, v in m.live.items() if k not in gone}
