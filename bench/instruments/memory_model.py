@@ -14,7 +14,15 @@ measurement it came from, and a prediction that uses one lists it in `fitted`.
 Symbols: s = bytes per element of the dtype; u = B*H*s (one (B, H) tensor); I = V (one-hot input).
 The counts below were derived from the code (lstm_impls/cell.py, torch's autograd formulas,
 aten/src/ATen/native/RNN.cpp and mkldnn/RNN.cpp, oneDNN's rnn_utils) and checked event by event
-against the profiler's allocation timeline of one step (torch 2.13, oneDNN 3.12, AVX2 CPU).
+against the profiler's allocation timeline of one step (torch 2.13, oneDNN 3.12), on three kinds of
+CPU (tests/data/timelines).
+
+The path depends on what the CPU dispatches (env.CpuDispatch, this machine's unless a recorded CPU's
+is given): where oneDNN runs bfloat16 (AVX512 and newer), nn.LSTM's bfloat16 goes to oneDNN and every
+bfloat16 matmul with M*K*N > 16**3 to oneDNN's GEMM, which holds a scratchpad while it runs
+(_Counts.gemm_scratch); elsewhere to ATen's native kernels and MKL. oneDNN's own bfloat16 buffers
+(reordered weights, brgemm's blocked buffers, the RNN scratchpad) follow unpublished per-ISA
+heuristics: they are read off oneDNN (bench/instruments/onednn.py), everything else is counted.
 
 What each kernel saves for backward (activation_bytes), per step t of T:
 - autograd ops (scratch, and nn.LSTM on ATen's native CPU kernels): 7 (B, H) tensors: the previous
