@@ -67,13 +67,13 @@ def merge_runs(parts: list[Path], out: Path, *, allow_mixed: bool = False, repla
         where = [str(r.path) for r in runs if first in {cell_id(row) for _, row in r.measurements.iterrows()}]
         raise MergeError(f"cell {first} is measured more than once ({len(collisions)} colliding rows in all; "
                          f"in {', '.join(where)})")
+    expected = set().union(*(_expected(r) for r in runs))  # read (and checked) before anything is written
     writable_dir(out, "--out")
     if (out / CSV_NAME).exists() and not replace:
         raise MergeError(f"{out} already holds a {CSV_NAME}; choose an empty --out")
     rows[list(COLUMNS)].to_csv(out / CSV_NAME, index=False)
     write_environment(out, merged_environment(runs))
     _merge_benchmark_json(runs, out / JSON_NAME)
-    expected = set().union(*(_expected(r) for r in runs))
     recorded = {cell_id(row) for _, row in rows.iterrows()}
     write_json(out / GRID_NAME, sorted(expected | recorded), indent=0)
     return Merged(out=out, rows=len(rows), missing=sorted(expected - recorded))
