@@ -153,6 +153,8 @@ def _run(args: argparse.Namespace) -> int:
             print(f"missing cells (a rank died? run again with --run-id {run_dir.name}): {', '.join(missing)}")
             code = code or 1
     print(f"\nrun directory: {run_dir}  ({time.perf_counter() - started:.0f} s)")
+    if code == pytest.ExitCode.INTERRUPTED:  # stopped (a write failed, said on stderr; or ^C): no report
+        return 2
     if (run_dir / CSV_NAME).exists():
         print(summary(run_dir / CSV_NAME))
         from bench.readers.report import write_report

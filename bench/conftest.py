@@ -43,15 +43,17 @@ def _get(config: pytest.Config):
     return lambda name: config.getoption(name.replace("-", "_"))
 
 
-def stop(config: pytest.Config | None, exc: Exception) -> None:
+def stop(config: pytest.Config, exc: Exception) -> None:
     """End the session on a write that failed: one line on stderr (past pytest's capture), exit code 2, and
     nothing more written (pytest-benchmark's JSON would fail the same way, with a traceback)."""
     message = f"lstm-bench: error: {exc}"
     session = getattr(config, "_benchmarksession", None)
     if session is not None:
         session.json = None
-    print(message, file=sys.__stderr__, flush=True)
-    pytest.exit(message, returncode=2)
+    capture = config.pluginmanager.getplugin("capturemanager")
+    with capture.global_and_fixture_disabled():  # to the terminal's stderr, not into the test's captured output
+        print(message, file=sys.stderr, flush=True)
+    pytest.exit(message, returncode=pytest.ExitCode.INTERRUPTED)
 
 
 @pytest.hookimpl(tryfirst=True)
