@@ -4,14 +4,26 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
 
 from bench.d2l.data import DEFAULT_MAX_TOKENS, DataError
-from bench.grid import D2L, OPTIONS, OptionError, parse_device, parse_impl, parse_impls, parse_options, parse_sizes
+from bench.grid import (
+    D2L,
+    MAX_SIZE,
+    OPTIONS,
+    OptionError,
+    check_path,
+    parse_device,
+    parse_impl,
+    parse_impls,
+    parse_options,
+    parse_sizes,
+)
 from bench.memory_cli import add_parser as add_memory_parser
-from bench.results import RunError
+from bench.results import OutputError, RunError, writable_dir, writable_file
 
 
 class _Parser(argparse.ArgumentParser):
@@ -22,14 +34,42 @@ class _Parser(argparse.ArgumentParser):
 
 
 def positive_int(text: str) -> int:
-    """argparse type: an int > 0."""
+    """argparse type: an int > 0, at most MAX_SIZE (no size, count or epoch number past it makes sense)."""
     try:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
     if value <= 0:
         raise argparse.ArgumentTypeError(f"{text!r} must be positive")
+    if value > MAX_SIZE:
+        raise argparse.ArgumentTypeError(f"{text!r} is too large (at most {MAX_SIZE})")
     return value
+
+
+def seed_int(text: str) -> int:
+    """argparse type: a seed torch's generator takes, 0 <= seed < 2**63."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if not 0 <= value < 2**63:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a seed (0 to 2**63 - 1)")
+    return value
+
+
+def max_tokens_int(text: str) -> int:
+    """argparse type: --max-tokens, a positive count or -1 (the whole book)."""
+    if text.strip() == "-1":
+        return -1
+    return positive_int(text)
+
+
+def path_arg(text: str) -> Path:
+    """argparse type: a path (not empty, no NUL byte)."""
+    try:
+        return Path(check_path(text, "path"))
+    except OptionError as exc:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a path") from exc
 
 
 def positive_float(text: str) -> float:
@@ -43,6 +83,14 @@ def positive_float(text: str) -> float:
     return value
 
 
+def probability(text: str) -> float:
+    """argparse type: a significance level, 0 < alpha < 1."""
+    value = positive_float(text)
+    if value >= 1:
+        raise argparse.ArgumentTypeError(f"{text!r} must be below 1 (a significance level)")
+    return value
+
+
 def _train(args: argparse.Namespace) -> int:
     """The d2l chapter's training run, with any implementation."""
     import torch
@@ -53,6 +101,8 @@ def _train(args: argparse.Namespace) -> int:
 
     device = torch.device(parse_device(args.device))
     parse_impl(args.impl)
+    if args.curve is not None:
+        writable_file(args.curve, "--curve")
     corpus, vocab = load_corpus(args.data, max_tokens=args.max_tokens)
     loader = SeqDataLoader(corpus, args.batch_size, args.num_steps, args.random_iter, seed=args.seed)
     model = d2l_init_(RNNModel(args.impl, len(vocab), args.hidden_size, device=device), seed=args.seed)
@@ -69,7 +119,7 @@ def _run(args: argparse.Namespace) -> int:
     import pytest
 
     from bench.launch import finish, join, rank_dir, torchrun_ranks
-    from bench.results import CSV_NAME, new_run_id, summary
+    from bench.results import CSV_NAME, new_run_id, prepare_run_dir, summary
 
     raw = {name: getattr(args, name.replace("-", "_")) for name in OPTIONS}
     ranks = torchrun_ranks()
@@ -84,6 +134,8 @@ def _run(args: argparse.Namespace) -> int:
         raw |= {"shard": f"{ranks.rank}/{ranks.world_size}", "results-dir": str(rank_dir(run_dir, ranks.rank).parent),
                 "run-id": rank_dir(run_dir, ranks.rank).name}
         options = parse_options(lambda name: raw[name])
+    for note in prepare_run_dir(Path(raw["results-dir"]) / raw["run-id"]):  # checked before anything is measured
+        print(f"lstm-bench: {note}", flush=True)
     print(f"lstm-bench run: {len(options.cells())} cells on {options.device}, results in {run_dir}"
           + (f" (rank {ranks.rank} of {ranks.world_size})" if ranks else ""), flush=True)
     argv = [str(Path(__file__).parent), "--benchmark-only", "-p", "no:cacheprovider", "-v", "--no-header",
@@ -101,6 +153,8 @@ def _run(args: argparse.Namespace) -> int:
             print(f"missing cells (a rank died? run again with --run-id {run_dir.name}): {', '.join(missing)}")
             code = code or 1
     print(f"\nrun directory: {run_dir}  ({time.perf_counter() - started:.0f} s)")
+    if code == pytest.ExitCode.INTERRUPTED:  # stopped (a write failed, said on stderr; or ^C): no report
+        return 2
     if (run_dir / CSV_NAME).exists():
         print(summary(run_dir / CSV_NAME))
         from bench.readers.report import write_report
@@ -124,16 +178,17 @@ def _check(args: argparse.Namespace) -> int:
     device = torch.device(parse_device(args.device))
     T, B, I, H = args.seq_len, args.batch_size, args.input_size, args.hidden_size
     print(f"max abs error against nn.LSTM in float64; T={T} B={B} I={I} H={H}, float32 on {device}")
-    print(f"{'impl':<14} {'outputs/state':>14} {'gradients':>10}  worst")
+    width = max(14, *(len(name) + 1 for name in impls))  # a long module:Class name keeps the columns apart
+    print(f"{'impl':<{width}} {'outputs/state':>14} {'gradients':>10}  worst")
     for name in impls:
         reason = lstm_impls.get(name).unsupported_reason(device, torch.float32)
         if reason:  # e.g. triton on a CPU
-            print(f"{name:<14} unsupported: {reason}")
+            print(f"{name:<{width}} unsupported: {reason}")
             continue
         errors = max_abs_errors(name, T, B, I, H, device=device)
         forward = max(errors[k] for k in ("y", "h", "c"))
         backward = max(v for k, v in errors.items() if k.endswith(".grad"))
-        print(f"{name:<14} {forward:>14.3g} {backward:>10.3g}  {max(errors, key=errors.get)}")
+        print(f"{name:<{width}} {forward:>14.3g} {backward:>10.3g}  {max(errors, key=errors.get)}")
     return 0
 
 
@@ -147,6 +202,9 @@ def _compare(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise OptionError(str(exc)) from None
     baseline, new = load_run(args.baseline), load_run(args.new)
+    writable_dir(args.out or new.path, "--out")  # before the work: where its files go can be written
+    if args.rerun_list is not None:
+        writable_file(args.rerun_list, "--rerun-list")
     if not args.allow_env_mismatch:
         try:
             cmp.check_environments(baseline, new)
@@ -191,12 +249,23 @@ def _ddp(args: argparse.Namespace) -> int:
     """The d2l training step under DistributedDataParallel at each world size; rows as `run` writes them."""
     from bench.instruments.ddp import measure_ddp, scaling_efficiency
     from bench.instruments.env import environment
-    from bench.results import CSV_NAME, CsvRecorder, failure_status, new_run_id, one_line, summary, write_environment
+    from bench.results import (
+        CSV_NAME,
+        CsvRecorder,
+        failure_status,
+        new_run_id,
+        one_line,
+        prepare_run_dir,
+        summary,
+        write_environment,
+    )
 
     raw = {name: getattr(args, name.replace("-", "_"), None) for name in OPTIONS} | {"mode": "train"}
     options = parse_options(lambda name: raw[name])
     world_sizes = sorted(parse_sizes(args.world_sizes, "--world-sizes"))
     run_dir = Path(raw["results-dir"]) / (raw["run-id"] or new_run_id())
+    for note in prepare_run_dir(run_dir):
+        print(f"lstm-bench: {note}", flush=True)
     env = environment(options.device)
     write_environment(run_dir, env)
     recorder = CsvRecorder(run_dir / CSV_NAME)
@@ -244,14 +313,15 @@ def build_parser() -> argparse.ArgumentParser:
     check.set_defaults(func=_check)
 
     compare = sub.add_parser("compare", help="compare two run directories cell by cell; exit 1 on a regression")
-    compare.add_argument("baseline", type=Path, help="the baseline run directory")
-    compare.add_argument("new", type=Path, help="the run directory to judge")
+    compare.add_argument("baseline", type=path_arg, help="the baseline run directory")
+    compare.add_argument("new", type=path_arg, help="the run directory to judge")
     # Threshold defaults live in bench.readers.compare.Thresholds (imported only when comparing: scipy is slow).
     compare.add_argument("--time-threshold", type=positive_float, default=None,
                          help="slower when the median step time grew by more than this fraction "
                               "and the Mann-Whitney test is significant (default: 0.10, i.e. x1.10)")
-    compare.add_argument("--alpha", type=positive_float, default=None,
-                         help="significance level of the Mann-Whitney U test on the raw rounds (default: 0.01)")
+    compare.add_argument("--alpha", type=probability, default=None,
+                         help="significance level of the Mann-Whitney U test on the raw rounds, below 1 "
+                              "(default: 0.01)")
     compare.add_argument("--memory-threshold", type=positive_float, default=None,
                          help="memory grew when peak_bytes rose by more than this fraction (default: 0.02)")
     compare.add_argument("--max-median-error", type=positive_float, default=None,
@@ -267,22 +337,22 @@ def build_parser() -> argparse.ArgumentParser:
                          help="compare the new run's impl NEW with the baseline's impl BASE (repeatable)")
     compare.add_argument("--allow-env-mismatch", action="store_true",
                          help="compare runs whose device, GPU model, torch or CUDA differ")
-    compare.add_argument("--out", type=Path, default=None, help="directory for compare.md (default: NEW)")
+    compare.add_argument("--out", type=path_arg, default=None, help="directory for compare.md (default: NEW)")
     compare.add_argument("--json", action="store_true", help="also write compare.json")
-    compare.add_argument("--rerun-list", type=Path, default=None,
+    compare.add_argument("--rerun-list", type=path_arg, default=None,
                          help="write the flagged cells' pytest node ids here, one a line, to measure them again")
     compare.set_defaults(func=_compare)
 
     report = sub.add_parser("report", help="report.md, PNG plots and pivot CSVs from run directories "
                             "(several combine when their cells differ)")
-    report.add_argument("run_dirs", type=Path, nargs="+", metavar="RUN_DIR", help="run directories to report on")
-    report.add_argument("--out", type=Path, default=None,
+    report.add_argument("run_dirs", type=path_arg, nargs="+", metavar="RUN_DIR", help="run directories to report on")
+    report.add_argument("--out", type=path_arg, default=None,
                         help="directory for the report (default: the run directory; required for several)")
     report.set_defaults(func=_report)
 
     merge = sub.add_parser("merge", help="run directories (shards, runs from several machines) into one")
-    merge.add_argument("run_dirs", type=Path, nargs="+", metavar="RUN_DIR", help="run directories to merge")
-    merge.add_argument("--out", type=Path, required=True, help="the merged run directory (new or empty)")
+    merge.add_argument("run_dirs", type=path_arg, nargs="+", metavar="RUN_DIR", help="run directories to merge")
+    merge.add_argument("--out", type=path_arg, required=True, help="the merged run directory (new or empty)")
     merge.add_argument("--allow-mixed", action="store_true",
                        help="merge runs whose device type, GPU model, torch or CUDA differ")
     merge.set_defaults(func=_merge)
@@ -304,12 +374,12 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--hidden-size", type=positive_int, default=D2L["hidden_size"])
     train.add_argument("--lr", type=positive_float, default=1.0)
     train.add_argument("--device", default="auto", help="auto (cuda when available), cpu, cuda, cuda:N")
-    train.add_argument("--data", type=Path, default=None, help="timemachine.txt to use instead of the download")
-    train.add_argument("--max-tokens", type=int, default=DEFAULT_MAX_TOKENS,
+    train.add_argument("--data", type=path_arg, default=None, help="timemachine.txt to use instead of the download")
+    train.add_argument("--max-tokens", type=max_tokens_int, default=DEFAULT_MAX_TOKENS,
                        help=f"train on the first N characters, as d2l does ({DEFAULT_MAX_TOKENS}); -1: the whole book")
     train.add_argument("--random-iter", action="store_true", help="random sampling instead of sequential")
-    train.add_argument("--seed", type=int, default=0, help="seed for the initial weights and data offsets")
-    train.add_argument("--curve", type=Path, default=None, help="write per-epoch perplexity, tokens/s to this CSV")
+    train.add_argument("--seed", type=seed_int, default=0, help="seed for the initial weights and data offsets")
+    train.add_argument("--curve", type=path_arg, default=None, help="write per-epoch perplexity, tokens/s to this CSV")
     train.set_defaults(func=_train)
 
     add_memory_parser(sub)  # `lstm-bench memory`: bench/memory_cli.py
@@ -325,10 +395,31 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(bad)}")
     args.pytest_args = extra
     try:
-        return args.func(args)
-    except (OptionError, DataError, RunError) as exc:
+        code = args.func(args)
+        sys.stdout.flush()  # inside the try: a reader that went away (`| head`) is seen here, not at exit
+        return code
+    except BrokenPipeError:
+        return closed_pipe()
+    except (OptionError, DataError, RunError, OutputError) as exc:
         print(f"lstm-bench: error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # a write that failed after the checks (a full disk, permissions taken away)
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"lstm-bench: error: {where}{exc.strerror or exc}", file=sys.stderr)
+        return 2
+
+
+def closed_pipe() -> int:
+    """stdout's reader went away (`lstm-bench compare A B | head`): end quietly, as a process killed by SIGPIPE
+    would (exit 128 + 13), with stdout pointed at /dev/null so the interpreter's last flush cannot fail."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):  # stdout is not a file (captured in-process): nothing to redirect
+        pass
+    finally:
+        os.close(devnull)
+    return 128 + 13
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -12,7 +12,21 @@ import lstm_impls
 from bench.grid import OPTIONS, OptionError, parse_options
 from bench.instruments.env import environment, pin_tf32
 from bench.instruments.measure import start_runtimes
-from bench.results import CSV_NAME, GRID_NAME, CsvRecorder, benchmark_json_path, new_run_id, resume, write_environment
+from bench.results import (
+    CSV_NAME,
+    GRID_NAME,
+    CsvRecorder,
+    OutputError,
+    RunError,
+    benchmark_json_path,
+    new_run_id,
+    prepare_run_dir,
+    read_json,
+    resume,
+    writable_file,
+    write_environment,
+    write_json,
+)
 
 _STATE = pytest.StashKey[dict]()  # the run's options, id, directory and environment
 MIN_ROUNDS = 20  # timed rounds per cell at least, however long a step; --benchmark-min-rounds=N sets another
@@ -29,6 +43,19 @@ def _get(config: pytest.Config):
     return lambda name: config.getoption(name.replace("-", "_"))
 
 
+def stop(config: pytest.Config, exc: Exception) -> None:
+    """End the session on a write that failed: one line on stderr (past pytest's capture), exit code 2, and
+    nothing more written (pytest-benchmark's JSON would fail the same way, with a traceback)."""
+    message = f"lstm-bench: error: {exc}"
+    session = getattr(config, "_benchmarksession", None)
+    if session is not None:
+        session.json = None
+    capture = config.pluginmanager.getplugin("capturemanager")
+    with capture.global_and_fixture_disabled():  # to the terminal's stderr, not into the test's captured output
+        print(message, file=sys.stderr, flush=True)
+    pytest.exit(message, returncode=pytest.ExitCode.INTERRUPTED)
+
+
 @pytest.hookimpl(tryfirst=True)
 def pytest_configure(config: pytest.Config) -> None:
     """Validate options (bad value: one line, exit code 2), make the run dir, point the JSON there."""
@@ -42,19 +69,31 @@ def pytest_configure(config: pytest.Config) -> None:
     config.option.benchmark_disable_gc = True  # a collection inside a round would time the collector
     run_id = config.getoption("run_id") or new_run_id()
     run_dir = Path(config.getoption("results_dir")) / run_id
-    run_dir.mkdir(parents=True, exist_ok=True)
-    if getattr(config.option, "benchmark_json", None) is None:
-        config.option.benchmark_json = benchmark_json_path(run_dir)
+    cells = options.cells()
+    try:  # nothing is measured unless every file the run writes can be written
+        healed = prepare_run_dir(run_dir)
+        if not any(str(arg).startswith("--benchmark-storage") for arg in given):
+            # --benchmark-save and --benchmark-autosave write into the run directory, not ./.benchmarks
+            config.option.benchmark_storage = f"file://{(run_dir / '.benchmarks').resolve()}"
+        if getattr(config.option, "benchmark_json", None) is None:
+            config.option.benchmark_json = benchmark_json_path(run_dir)
+        else:  # asked for elsewhere: written there, checked first
+            writable_file(Path(config.option.benchmark_json), "--benchmark-json")
+        grid_path = run_dir / GRID_NAME  # a resumed run with another grid asks for both sessions' cells
+        asked = read_json(grid_path) or []  # a list of ids: prepare_run_dir checked it
+        todo = resume(run_dir / CSV_NAME, cells)
+    except (OutputError, RunError) as exc:
+        pytest.exit(f"lstm-bench: error: {exc}", returncode=2)
     pin_tf32(config.getoption("tf32"))
     if options.threads:
         torch.set_num_threads(options.threads)  # before the environment records torch_threads
-    cells = options.cells()
-    grid_path = run_dir / GRID_NAME  # a resumed run with another grid asks for both sessions' cells
-    asked = set(json.loads(grid_path.read_text())) if grid_path.is_file() else set()
-    grid_path.write_text(json.dumps(sorted(asked | {c.id for c in cells}), indent=0) + "\n")
     config.stash[_STATE] = {"options": options, "run_id": run_id, "run_dir": run_dir, "cells": cells,
-                            "todo": resume(run_dir / CSV_NAME, cells), "env": environment(options.device)}
-    write_environment(run_dir, config.stash[_STATE]["env"])
+                            "todo": todo, "env": environment(options.device), "healed": healed}
+    try:
+        write_json(grid_path, sorted(set(asked) | {c.id for c in cells}), indent=0)
+        write_environment(run_dir, config.stash[_STATE]["env"])
+    except OutputError as exc:
+        pytest.exit(f"lstm-bench: error: {exc}", returncode=2)
 
 
 def pytest_report_collectionfinish(config: pytest.Config) -> str:
@@ -62,7 +101,8 @@ def pytest_report_collectionfinish(config: pytest.Config) -> str:
     state = config.stash[_STATE]
     done = len(state["cells"]) - len(state["todo"])
     resumed = f" ({done} recorded ok before: skipped)" if done else ""
-    return f"lstm-bench: {len(state['todo'])} cells to measure{resumed}, results in {state['run_dir']}"
+    return [f"lstm-bench: {note}" for note in state["healed"]] + [
+        f"lstm-bench: {len(state['todo'])} cells to measure{resumed}, results in {state['run_dir']}"]
 
 
 def pytest_benchmark_update_machine_info(config: pytest.Config, machine_info: dict) -> None:
@@ -89,6 +129,23 @@ def runtimes_started(request: pytest.FixtureRequest) -> None:
     start_runtimes(torch.device(options.device), {lstm_impls.get(name).runtime for name in options.impls})
 
 
+class Recorder:
+    """The run's CsvRecorder; a row that cannot be written ends the session (stop) instead of failing each cell."""
+
+    def __init__(self, config: pytest.Config):
+        self.config = config
+        try:
+            self.csv = CsvRecorder(config.stash[_STATE]["run_dir"] / CSV_NAME)
+        except OutputError as exc:
+            stop(config, exc)
+
+    def write(self, row: dict) -> None:
+        try:
+            self.csv.write(row)
+        except OutputError as exc:
+            stop(self.config, exc)
+
+
 @pytest.fixture(scope="session")
-def recorder(request: pytest.FixtureRequest) -> CsvRecorder:
-    return CsvRecorder(request.config.stash[_STATE]["run_dir"] / CSV_NAME)
+def recorder(request: pytest.FixtureRequest) -> Recorder:
+    return Recorder(request.config)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import re
 from dataclasses import asdict, dataclass
 
 import torch
@@ -119,10 +120,10 @@ def shard(cells: list[Cell], index: int, count: int) -> list[Cell]:
     """Part `index` (0-based, like RANK) of `count` disjoint parts whose union is `cells`, balanced by
     expected cost: the costliest cell first, each to the part with the least cost so far (LPT). The
     result keeps the grid's order. Deterministic: it depends only on the cells."""
-    totals = [0.0] * count
+    totals = [0.0] * min(count, len(cells))  # parts past one per cell stay empty: no list of a huge count
     owner: dict[Cell, int] = {}
     for cell in sorted(cells, key=lambda c: (-c.expected_cost_s(), c.id)):
-        part = min(range(count), key=lambda k: (totals[k], k))
+        part = min(range(len(totals)), key=lambda k: (totals[k], k))
         owner[cell] = part
         totals[part] += cell.expected_cost_s()
     return [c for c in cells if owner[c] == index]
@@ -136,9 +137,32 @@ def parse_shard(text: str | None) -> tuple[int, int]:
         index, count = (int(s) for s in text.split("/"))
     except ValueError:
         index, count = -1, 0
-    if not 0 <= index < count:
-        raise OptionError(f"--shard {text!r} is not valid; give i/n with 0 <= i < n (e.g. 0/2 and 1/2)")
+    if not 0 <= index < count <= MAX_SIZE:
+        raise OptionError(f"--shard {text!r} is not valid; give i/n with 0 <= i < n <= {MAX_SIZE} (e.g. 0/2 and 1/2)")
     return index, count
+
+
+#: the largest size an option takes: past it no tensor dimension, thread count or shard count makes sense
+MAX_SIZE = 2**31 - 1
+#: a run id is a name, never a path: it names one directory inside --results-dir
+RUN_ID = re.compile(r"[A-Za-z0-9._-]+")
+
+
+def parse_run_id(text: str | None) -> str | None:
+    """A run id: letters, digits, '.', '_', '-' (not '.' or '..'); None stays None (a timestamp is made)."""
+    if text is None:
+        return None
+    if not RUN_ID.fullmatch(text) or text in (".", ".."):
+        raise OptionError(f"--run-id {text!r} is not valid; give a name of letters, digits, '.', '_' and '-' "
+                          "(not '.' or '..'): it names a directory inside --results-dir")
+    return text
+
+
+def check_path(text: str, what: str) -> str:
+    """A path option: not empty, no NUL byte (the OS cannot name it)."""
+    if not text or "\0" in text:
+        raise OptionError(f"{what} {text!r} is not a path")
+    return text
 
 
 def parse_list(text: str, choices: tuple[str, ...], what: str) -> tuple[str, ...]:
@@ -158,8 +182,9 @@ def parse_sizes(text: str, what: str) -> tuple[int, ...]:
         sizes = tuple(dict.fromkeys(int(s) for s in text.split(",") if s.strip()))
     except ValueError:
         sizes = ()
-    if not sizes or min(sizes) <= 0:
-        raise OptionError(f"{what} {text!r} is not valid; give positive integers, comma-separated (e.g. 16,32)")
+    if not sizes or min(sizes) <= 0 or max(sizes) > MAX_SIZE:
+        raise OptionError(f"{what} {text!r} is not valid; give positive integers up to {MAX_SIZE}, comma-separated "
+                          "(e.g. 16,32)")
     return sizes
 
 
@@ -248,6 +273,8 @@ def parse_options(get) -> Options:
     vocab = parse_sizes(get("vocab-size") or OPTIONS["vocab-size"][0], "--vocab-size")
     if len(vocab) != 1:
         raise OptionError(f"--vocab-size {get('vocab-size')!r} is not valid; give one positive integer")
+    parse_run_id(get("run-id"))
+    check_path(get("results-dir") if get("results-dir") is not None else OPTIONS["results-dir"][0], "--results-dir")
     return Options(
         impls=parse_impls(get("impls") or "all"),
         device=device,

@@ -185,13 +185,14 @@ def render(sizes: Sizes, options: dict, budget: int | None, rows: dict[str, dict
     impls = list(rows)
     preds = {name: Prediction(**{k: v for k, v in row["prediction"].items()
                                  if k not in ("model_bytes", "batch_bytes")}) for name, row in rows.items()}
-    width = max(14, *(len(n) + 2 for n in impls))
     lines = [f"memory of one {options['mode']} step, {options['dtype']} on {options['device']}, B={sizes.batch_size} "
              f"H={sizes.hidden_size} T={sizes.seq_len} V={sizes.vocab_size}, optimizer {options['optimizer']} "
              "(predicted by counting tensors)", ""]
 
+    table: list[tuple[str, list[str]]] = []  # rows of the table, formatted once every cell is known
+
     def line(label: str, values: list[str]) -> None:
-        lines.append(f"{label:<34}" + "".join(f"{v:>{width}}" for v in values))
+        table.append((label, values))
 
     line("", impls)
     line("kernel", [preds[n].kernel for n in impls])
@@ -214,6 +215,10 @@ def render(sizes: Sizes, options: dict, budget: int | None, rows: dict[str, dict
         line("prediction error", [f"{100 * (preds[n].peak_bytes - m) / m:+.1f}%" for n, m in zip(impls, measured)])
         line("measured activations", [human(rows[n]["measured"]["activation_bytes"]) for n in impls])
         line("measured workspace", [human(rows[n]["measured"]["workspace_bytes"]) for n in impls])
+    label_width = max(len(label) for label, _ in table) + 2
+    widths = [max(len(values[i]) for _, values in table) + 2 for i in range(len(impls))]  # columns stay apart
+    lines += [f"{label:<{label_width}}" + "".join(f"{v:>{w}}" for v, w in zip(values, widths))
+              for label, values in table]
     if any("budget_check" in rows[n] for n in impls):
         for n in impls:
             for check in rows[n].get("budget_check", []):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import statistics
+from typing import TYPE_CHECKING
 
 import pytest
 
@@ -25,7 +26,10 @@ from bench.instruments.measure import (
 )
 from bench.instruments.memory_model import predicted_columns
 from bench.instruments.what_ran import what_ran
-from bench.results import CsvRecorder, failure_status, one_line
+from bench.results import failure_status, one_line
+
+if TYPE_CHECKING:
+    from bench.conftest import Recorder
 
 
 def measure(cell: Cell, benchmark, config: pytest.Config) -> dict:
@@ -80,7 +84,7 @@ def measure_subject(subject: Subject, benchmark, config: pytest.Config) -> dict:
     return row
 
 
-def test_cell(cell: Cell, benchmark, recorder: CsvRecorder, run_info: dict, runtimes_started: None,
+def test_cell(cell: Cell, benchmark, recorder: Recorder, run_info: dict, runtimes_started: None,
               pytestconfig: pytest.Config) -> None:
     row = cell.columns() | run_info
     reason = lstm_impls.get(cell.impl).unsupported_reason(cell.device, cell.torch_dtype)

@@ -22,7 +22,8 @@ DEFAULT_MAX_TOKENS = 10_000  # d2l's load_data_time_machine default
 
 
 class DataError(Exception):
-    """The corpus cannot be had: offline with no file, or a file that fails its sha1 check."""
+    """The corpus cannot be had: offline with no file, a file that fails its sha1 check, a file that is not
+    text, or one too short to train on; the message is one line for the user."""
 
 
 def cache_dir() -> Path:
@@ -67,8 +68,20 @@ def read_time_machine(path: Path | None = None) -> list[str]:
     path = download() if path is None else Path(path)
     if not path.is_file():
         raise DataError(f"no such data file: {path}")
-    with open(path, encoding="utf-8") as f:
-        return [re.sub("[^A-Za-z]+", " ", line).strip().lower() for line in f]
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise DataError(f"data file {path}: cannot be read ({exc.strerror})") from None
+    if b"\0" in data:
+        raise DataError(f"data file {path}: not a text file (it holds NUL bytes)")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise DataError(f"data file {path}: not UTF-8 text (byte {exc.start})") from None
+    lines = [re.sub("[^A-Za-z]+", " ", line).strip().lower() for line in text.splitlines()]
+    if not any(lines):
+        raise DataError(f"data file {path}: holds no letters to train on")
+    return lines
 
 
 class Vocab:
@@ -130,9 +143,19 @@ class SeqDataLoader:
 
     def __init__(self, corpus: list[int], batch_size: int, num_steps: int, use_random_iter: bool = False,
                  seed: int | None = None):
+        needed = self.min_tokens(batch_size, num_steps)
+        if len(corpus) < needed:
+            raise DataError(f"the corpus has {len(corpus)} tokens; one minibatch of {batch_size} x {num_steps} needs "
+                            f"{needed} (lower --batch-size or --num-steps, raise --max-tokens, or give longer --data)")
         self.corpus, self.batch_size, self.num_steps = corpus, batch_size, num_steps
         self.iter_fn = seq_data_iter_random if use_random_iter else seq_data_iter_sequential
         self.rng = random.Random(seed)
+
+    @staticmethod
+    def min_tokens(batch_size: int, num_steps: int) -> int:
+        """The fewest tokens that give every epoch at least one minibatch, whatever its random offset (up to
+        num_steps for the sequential iterator, which also needs one more token for the targets)."""
+        return batch_size * num_steps + num_steps + 1
 
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
         return self.iter_fn(self.corpus, self.batch_size, self.num_steps, self.rng)

@@ -8,7 +8,6 @@ type, GPU model, torch or CUDA differ, unless asked.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,7 +22,10 @@ from bench.results import (
     RunError,
     environment_differences,
     load_run,
+    read_json,
+    writable_dir,
     write_environment,
+    write_json,
 )
 
 
@@ -65,15 +67,15 @@ def merge_runs(parts: list[Path], out: Path, *, allow_mixed: bool = False, repla
         where = [str(r.path) for r in runs if first in {cell_id(row) for _, row in r.measurements.iterrows()}]
         raise MergeError(f"cell {first} is measured more than once ({len(collisions)} colliding rows in all; "
                          f"in {', '.join(where)})")
-    out.mkdir(parents=True, exist_ok=True)
+    expected = set().union(*(_expected(r) for r in runs))  # read (and checked) before anything is written
+    writable_dir(out, "--out")
     if (out / CSV_NAME).exists() and not replace:
         raise MergeError(f"{out} already holds a {CSV_NAME}; choose an empty --out")
     rows[list(COLUMNS)].to_csv(out / CSV_NAME, index=False)
     write_environment(out, merged_environment(runs))
     _merge_benchmark_json(runs, out / JSON_NAME)
-    expected = set().union(*(_expected(r) for r in runs))
     recorded = {cell_id(row) for _, row in rows.iterrows()}
-    (out / GRID_NAME).write_text(json.dumps(sorted(expected | recorded), indent=0) + "\n")
+    write_json(out / GRID_NAME, sorted(expected | recorded), indent=0)
     return Merged(out=out, rows=len(rows), missing=sorted(expected - recorded))
 
 
@@ -88,12 +90,12 @@ def merged_environment(runs: list[Run]) -> dict:
 
 def _expected(run: Run) -> set[str]:
     path = run.path / GRID_NAME
-    if not path.is_file():
+    ids = read_json(path)
+    if ids is None:
         return set()
-    try:
-        return set(json.loads(path.read_text()))
-    except json.JSONDecodeError as exc:
-        raise MergeError(f"{path}: damaged JSON ({exc})") from None
+    if not isinstance(ids, list):
+        raise MergeError(f"{path}: damaged (not a list of cell ids)")
+    return set(map(str, ids))
 
 
 def _merge_benchmark_json(runs: list[Run], path: Path) -> None:
@@ -101,10 +103,10 @@ def _merge_benchmark_json(runs: list[Run], path: Path) -> None:
     merged: dict | None = None
     for run in runs:
         for part in sorted(run.path.glob("benchmark*.json"), key=lambda p: (len(p.name), p.name)):
-            data = json.loads(part.read_text())
+            data = read_json(part)
             if merged is None:
                 merged = data
             else:
                 merged["benchmarks"].extend(data.get("benchmarks", []))
     if merged is not None:
-        path.write_text(json.dumps(merged, indent=1) + "\n")
+        write_json(path, merged, indent=1)

@@ -22,7 +22,7 @@ from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter, NullLoca
 from scipy.stats import linregress
 
 from bench.grid import CELL_KEY, D2L, DDP_MODE, DTYPES, MODES, STATUSES
-from bench.results import Run, RunError, load_run
+from bench.results import Run, RunError, load_run, writable_dir
 
 REPORT_NAME = "report.md"
 #: a cell: what must differ between rows of runs that are combined
@@ -727,8 +727,7 @@ def write_report(run_dirs: Sequence[str | Path], out_dir: str | Path | None = No
         if len(combined.runs) > 1:
             raise RunError("several run directories: say where the combined report goes with --out DIR")
         out_dir = combined.runs[0].path
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = writable_dir(out_dir, "report directory")  # checked before the first plot is drawn
     rows = combined.rows
     ok = rows[rows["status"] == "ok"]
     colors = _colors(rows["impl"].unique())
