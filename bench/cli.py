@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 import time
@@ -312,6 +313,29 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--device", default="cpu", help="auto, cpu, cuda, cuda:N")
     check.set_defaults(func=_check)
 
+    ab = sub.add_parser("ab", help="is new faster than base? two git revisions or two implementations measured "
+                        "in alternating fresh processes until the answer is clear; exit 1 when a cell is slower")
+    ab.add_argument("--base", default=None, help="a git revision of this checkout (with --impls: what to measure)")
+    ab.add_argument("--new", default=None, help="a git revision (default: the working tree)")
+    ab.add_argument("--impls", default=None, help="with --base: the implementations to measure; without: A,B, "
+                    "two implementations (names or module:Class) to compare")
+    for name in AB_GRID:
+        ab.add_argument(f"--{name}", default=None, help=OPTIONS[name][1])
+    ab.add_argument("--cells", type=path_arg, default=None, help="with --base: measure these cells (pytest node "
+                    "ids, one a line: compare --rerun-list's file) instead of a grid")
+    ab.add_argument("--budget-s", type=positive_float, default=300.0, help="stop adding pairs after this long "
+                    "(default: 300)")
+    ab.add_argument("--threshold", type=positive_float, default=0.10, help="slower beyond x(1 + this), faster "
+                    "below its inverse (default: 0.10)")
+    ab.add_argument("--min-pairs", type=positive_int, default=3, help="pairs of processes before any answer "
+                    "(default: 3; at least 2)")
+    ab.add_argument("--max-pairs", type=positive_int, default=50, help="pairs at most (default: 50)")
+    ab.add_argument("--max-time", type=positive_float, default=0.5, help="seconds of timed rounds per cell in "
+                    "each process, at least 20 rounds (default: 0.5)")
+    ab.add_argument("--seed", type=seed_int, default=0, help="the pairs' random order (default: 0)")
+    ab.add_argument("--json", action="store_true", help="print JSON for scripts")
+    ab.set_defaults(func=_ab)
+
     compare = sub.add_parser("compare", help="compare two run directories cell by cell; exit 1 on a regression")
     compare.add_argument("baseline", type=path_arg, help="the baseline run directory")
     compare.add_argument("new", type=path_arg, help="the run directory to judge")
@@ -407,6 +431,62 @@ def main(argv: list[str] | None = None) -> int:
         where = f"{exc.filename}: " if exc.filename else ""
         print(f"lstm-bench: error: {where}{exc.strerror or exc}", file=sys.stderr)
         return 2
+
+
+def _ab(args: argparse.Namespace) -> int:
+    """`lstm-bench ab`: two revisions or two implementations in alternating fresh processes (bench/ab.py)."""
+    from bench import ab
+
+    grid = {name: getattr(args, name.replace("-", "_")) for name in AB_GRID}
+    impls: tuple[str, ...] = ()
+    if args.impls and args.base is None:  # two sides, the same implementation twice allowed (an A/A pair)
+        impls = tuple(parse_impl(name.strip(), "--impls") for name in args.impls.split(",") if name.strip())
+    elif args.impls:
+        impls = parse_impls(args.impls)
+    if args.base is None:
+        if len(impls) != 2 or args.new is not None:
+            raise OptionError("give --base REV (and --new REV, default the working tree), or --impls A,B: two "
+                              "implementations to compare")
+    elif not impls and args.cells is None:
+        raise OptionError("--base REV: say what to measure: --impls (a comma list), or --cells FILE")
+    cells_ids: list[str] = []
+    if args.cells is not None:
+        if args.base is None:
+            raise OptionError("--cells FILE measures two revisions' cells: give --base REV")
+        try:
+            cells_ids = args.cells.read_text(encoding="utf-8").split()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise OptionError(f"--cells {args.cells}: cannot be read ({exc.__class__.__name__})") from None
+        if not cells_ids or not all(c.startswith("bench/test_suite.py::test_cell[") for c in cells_ids):
+            raise OptionError(f"--cells {args.cells}: give pytest node ids, bench/test_suite.py::test_cell[...], "
+                              "one a line (what compare --rerun-list writes)")
+        impls = impls or ("all",)
+    parse_options(lambda name: grid.get(name) if name != "impls" else ",".join(impls))  # one line, exit 2
+    if args.min_pairs < 2 or args.max_pairs < args.min_pairs:
+        raise OptionError("--min-pairs must be at least 2 (an interval needs two pairs) and at most --max-pairs")
+    argv = [a for name, value in grid.items() if value is not None for a in (f"--{name}", value)]
+    try:
+        with contextlib.ExitStack() as stack:
+            if args.base is None:
+                base = ab.Side("base", impls[0], ab.ROOT, impls[0])
+                new = ab.Side("new", impls[1], ab.ROOT, impls[1])
+            else:
+                trees = [stack.enter_context(ab.revision_tree(rev)) for rev in (args.base, args.new)]
+                names = ",".join(impls)
+                base = ab.Side("base", args.base, trees[0], names)
+                new = ab.Side("new", args.new or "the working tree", trees[1], names)
+            cells = ab.measure(base, new, argv, budget_s=args.budget_s, threshold=args.threshold,
+                               min_pairs=args.min_pairs, max_pairs=args.max_pairs, max_time_s=args.max_time,
+                               seed=args.seed, cells_ids=cells_ids,
+                               log=lambda line: print(line, file=sys.stderr, flush=True))
+    except ab.ABError as exc:
+        raise OptionError(str(exc)) from None
+    print(ab.as_json(cells, args.threshold) if args.json else ab.render(cells, base, new, args.threshold))
+    return 1 if any(c.verdict(args.threshold, final=True) == "slower" for c in cells.values()) else 0
+
+
+#: The grid options `ab` passes to its measuring processes (OPTIONS less where results go and sharding).
+AB_GRID = [name for name in OPTIONS if name not in ("impls", "results-dir", "run-id", "shard")]
 
 
 def closed_pipe() -> int:

@@ -318,15 +318,13 @@ def test_the_nightly_workflow_gates_on_a_repeated_regression():
         assert needed in text, needed
     assert steps["baseline"]["uses"].startswith("dawidd6/action-download-artifact@")
     assert steps["baseline"]["with"]["workflow_conclusion"] == "success"
-    # the re-measure runs only when the first comparison flagged cells, and the gate reads the re-run's verdict
-    assert "steps.compare.outputs.exit == '1'" in steps["rerun"]["if"]
-    assert "steps.recompare.outputs.exit" in str(steps["gate"])
-    # ... measuring the flagged cells again with the baseline's commit and with this one, then comparing those
-    assert "git worktree add" in steps["rerun"]["run"] and "-rerun-baseline" in steps["rerun"]["run"]
-    assert '"results/$RUN_ID-rerun-baseline" "results/$RUN_ID-rerun"' in steps["recompare"]["run"]
+    # the confirmation runs only when the first comparison flagged cells, and the gate reads its verdict
+    assert "steps.compare.outputs.exit == '1'" in steps["confirm"]["if"]
+    assert "steps.confirm.outputs.exit" in str(steps["gate"])
+    # ... the flagged cells with the baseline's commit against this one, by lstm-bench ab (alternating processes)
+    assert "lstm-bench ab --base" in steps["confirm"]["run"] and "--cells flagged.txt" in steps["confirm"]["run"]
     order = [step.get("id") for step in job["steps"]]
-    assert order.index("grid") < order.index("compare") < order.index("rerun") < order.index("recompare") \
-        < order.index("gate")
+    assert order.index("grid") < order.index("compare") < order.index("confirm") < order.index("gate")
     uploads = [s for s in job["steps"] if str(s.get("uses", "")).startswith("actions/upload-artifact")]
     assert uploads and all(s.get("if") == "always()" for s in uploads)
     assert uploads[0]["with"]["name"] == steps["baseline"]["with"]["name"]  # what it uploads, it fetches next night
