@@ -189,18 +189,20 @@ def _write_rows(csv_path: Path, rows: list[dict]) -> None:
         raise OutputError(f"{csv_path}: cannot be rewritten ({_os_reason(exc)}); it is unchanged") from None
 
 
-def read_text(path: Path) -> str:
-    """A results file's text: UTF-8, or RunError (one line) for an unreadable, binary or non-UTF-8 file."""
+def read_text(path: Path, error: type[Exception] = RunError, label: str | None = None) -> str:
+    """A file's text: UTF-8, or `error` (one line, naming the file as `label`) for an unreadable, binary or
+    non-UTF-8 file. Results files and the training corpus are read through it."""
+    label = label or str(path)
     try:
         data = path.read_bytes()
     except OSError as exc:
-        raise RunError(f"{path}: cannot be read ({_os_reason(exc)})") from None
+        raise error(f"{label}: cannot be read ({_os_reason(exc)})") from None
     if b"\0" in data:
-        raise RunError(f"{path}: not a text file (it holds NUL bytes)")
+        raise error(f"{label}: not a text file (it holds NUL bytes)")
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise RunError(f"{path}: not UTF-8 text (byte {exc.start})") from None
+        raise error(f"{label}: not UTF-8 text (byte {exc.start})") from None
 
 
 def check_header(header: list[str], csv_path: Path) -> None:

@@ -68,16 +68,9 @@ def read_time_machine(path: Path | None = None) -> list[str]:
     path = download() if path is None else Path(path)
     if not path.is_file():
         raise DataError(f"no such data file: {path}")
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise DataError(f"data file {path}: cannot be read ({exc.strerror})") from None
-    if b"\0" in data:
-        raise DataError(f"data file {path}: not a text file (it holds NUL bytes)")
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise DataError(f"data file {path}: not UTF-8 text (byte {exc.start})") from None
+    from bench.results import read_text
+
+    text = read_text(path, DataError, f"data file {path}")
     lines = [re.sub("[^A-Za-z]+", " ", line).strip().lower() for line in text.splitlines()]
     if not any(lines):
         raise DataError(f"data file {path}: holds no letters to train on")
