@@ -80,7 +80,8 @@ FITTED = {
         "oneDNN's scratchpad beyond the regions set_offsets books (scratch gates, ht, diff ht): 4664 B in "
         "training and 4952 B in inference, the same at (T, B, H) = (9,12,100), (18,12,100), (9,24,100), "
         "(9,12,200), (9,12,256), (35,16,512) [training] and those plus (35,64,512), (35,128,128), (10,7,64), "
-        "(100,96,768) [inference]; oneDNN 3.12, AVX2 CPU, torch 2.13"),
+        "(100,96,768) [inference]; oneDNN 3.12, AVX2 CPU, torch 2.13; the same in float32 on AVX512 (Ice Lake, and "
+        "AMD EPYC with AVX512-BF16: tests/data/timelines)"),
     "cudnn_reserve": (
         "cuDNN's training reserve: 5 elements per (t, b, h) (20 B in float32), fitted to pytorch issue #2895's "
         "P100 figure (4 layers, H=320): reserve = s*T*B*H*(6L-1); not measured on cuDNN 9"),
