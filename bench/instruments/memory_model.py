@@ -553,9 +553,10 @@ def _onednn(c: _Counts) -> tuple[dict[str, Term], list[_Moment]]:
 
 
 def _onednn_bf16(c: _Counts) -> tuple[dict[str, Term], list[_Moment]]:
-    """nn.LSTM through oneDNN in bfloat16: the tensors counted as in float32, oneDNN's own buffers
-    (reordered weights, GEMM buffers, scratchpad) read off oneDNN (bench/instruments/onednn.py). Backward
-    computes in float32: copies of dY, grad_hy, grad_cy and float32 weight gradients, converted at its end."""
+    """nn.LSTM through oneDNN in bfloat16 (or float16 inference): the tensors counted as in float32,
+    oneDNN's own buffers (reordered weights, GEMM buffers, scratchpad) read off oneDNN
+    (bench/instruments/onednn.py). Backward computes in float32: copies of dY, grad_hy, grad_cy and float32
+    weight gradients, converted at its end."""
     T, B, H, I, s, f32 = c.T, c.B, c.H, c.I, c.s, 4
     own = "oneDNN's own buffers (reordered weights, GEMM buffers, scratchpad)"
     outputs = {"one-hot input": (1, c.TBV), "outputs (T, B, H)": (1, c.TBH), "h_n, c_n": (2, c.u),
@@ -563,13 +564,13 @@ def _onednn_bf16(c: _Counts) -> tuple[dict[str, Term], list[_Moment]]:
     base = c.model() | c.batch_and_state()
     if not c.train:
         return {}, [_Moment("inside mkldnn_rnn_layer (inference)", base | outputs | {
-            own: (1, c.onednn.rnn_bytes("inference", T, B, H, I))})]
+            own: (1, c.onednn.rnn_bytes("inference", T, B, H, I, c.dtype))})]
     W = _onednn_workspace_bytes(c)
     acts = {"one-hot input": (1, c.TBV), "carried state h, c": (2, c.u), "outputs (T, B, H)": (1, c.TBH),
             "h_n, c_n (layer outputs)": (2, c.u), "oneDNN workspace": (1, W), "log-softmax": (1, c.TBV),
             "target (int64)": (1, 8 * c.TB), "total weight": (1, c.s)}
     forward = _Moment("inside mkldnn_rnn_layer (training forward)", base | outputs | {
-        "oneDNN workspace": (1, W), own: (1, c.onednn.rnn_bytes("forward", T, B, H, I))})
+        "oneDNN workspace": (1, W), own: (1, c.onednn.rnn_bytes("forward", T, B, H, I, c.dtype))})
     live = {k: v for k, v in base.items() if k != "gradients"} | {
         "gradients of the output layer": (1, c.P_lin),
         "one-hot input and logits": (2, c.TBV), "outputs and dY (T, B, H)": (2, c.TBH),
@@ -578,7 +579,7 @@ def _onednn_bf16(c: _Counts) -> tuple[dict[str, Term], list[_Moment]]:
         "diff_x (T, B, I) float32": (1, T * B * I * f32), "diff_hx, diff_cx float32": (2, B * H * f32),
         "weight gradients float32 (diff_w1, diff_w2, diff_b)": (1, (I + H + 1) * 4 * H * f32),
         "dY, grad_hy, grad_cy in float32": (1, (T + 2) * B * H * f32),
-        own: (1, c.onednn.rnn_bytes("backward", T, B, H, I))}
+        own: (1, c.onednn.rnn_bytes("backward", T, B, H, I, c.dtype))}
     return acts, [forward, _Moment("inside mkldnn_rnn_layer_backward (its scratchpad allocated)", live),
                   *c.loss_backward(acts, {"returned state h, c": (2, c.u)}), c.optimizer_step()]
 

@@ -1,4 +1,5 @@
-"""oneDNN's own buffers in bfloat16, read off oneDNN: what the memory model cannot count from tensors.
+"""oneDNN's own buffers in bfloat16 (and float16 inference), read off oneDNN: what the memory model
+cannot count from tensors.
 
 In float32 the memory model counts oneDNN's buffers from its layout rules (rnn_utils) to the byte. In
 bfloat16 oneDNN picks other kernels by ISA (AVX512 emulating bfloat16, AVX512-BF16, AMX), each with its
@@ -28,7 +29,7 @@ class OneDNNBuffers(Protocol):
 
     source: str  # in words, for the prediction's notes
 
-    def rnn_bytes(self, what: str, T: int, B: int, H: int, I: int) -> int: ...
+    def rnn_bytes(self, what: str, T: int, B: int, H: int, I: int, dtype: str = "bfloat16") -> int: ...
 
     def gemm_bytes(self, M: int, K: int, N: int) -> int:
         """The scratchpad of one (M, K) x (K, N) bfloat16 matmul, beside its result."""
@@ -54,10 +55,10 @@ class Probe:
               f"above batch {PROBE_MAX_BATCH} extrapolated linearly from batches {PROBE_MAX_BATCH // 2} and "
               f"{PROBE_MAX_BATCH})")
 
-    def rnn_bytes(self, what: str, T: int, B: int, H: int, I: int) -> int:
+    def rnn_bytes(self, what: str, T: int, B: int, H: int, I: int, dtype: str = "bfloat16") -> int:
         if B <= PROBE_MAX_BATCH:
-            return _probe_rnn(what, T, B, H, I)
-        lo, hi = (_probe_rnn(what, T, b, H, I) for b in (PROBE_MAX_BATCH // 2, PROBE_MAX_BATCH))
+            return _probe_rnn(what, T, B, H, I, dtype)
+        lo, hi = (_probe_rnn(what, T, b, H, I, dtype) for b in (PROBE_MAX_BATCH // 2, PROBE_MAX_BATCH))
         return hi + (hi - lo) * (B - PROBE_MAX_BATCH) // (PROBE_MAX_BATCH // 2)
 
     def gemm_bytes(self, M: int, K: int, N: int) -> int:
@@ -75,13 +76,13 @@ def _probe_gemm(M: int, K: int, N: int) -> int:
 
 
 @functools.cache
-def _probe_rnn(what: str, T: int, B: int, H: int, I: int) -> int:
+def _probe_rnn(what: str, T: int, B: int, H: int, I: int, dtype_name: str = "bfloat16") -> int:
     import torch
 
     from .measure import cpu_allocation_timeline
 
     g = torch.Generator().manual_seed(0)
-    dtype = torch.bfloat16
+    dtype = getattr(torch, dtype_name)
     lstm = torch.nn.LSTM(I, H).to(dtype)
     x = torch.randn(T, 1 if what == "inference" else B, I, generator=g).expand(T, B, I).to(dtype).contiguous()
     state = (torch.zeros(1, B, H, dtype=dtype), torch.zeros(1, B, H, dtype=dtype))
@@ -113,7 +114,7 @@ class Recorded:
             if op in ("aten::mm", "aten::addmm") and op == op2 and out > 0 and scratch > 0 and freed == -scratch:
                 self.gemm[out] = max(scratch, self.gemm.get(out, 0))
 
-    def rnn_bytes(self, what: str, T: int, B: int, H: int, I: int) -> int:
+    def rnn_bytes(self, what: str, T: int, B: int, H: int, I: int, dtype: str = "bfloat16") -> int:
         return self.peaks[BACKWARD_OP if what == "backward" else FORWARD_OP]
 
     def gemm_bytes(self, M: int, K: int, N: int) -> int:
