@@ -6,7 +6,7 @@ bfloat16 oneDNN picks other kernels by ISA (AVX512 emulating bfloat16, AVX512-BF
 own reordered weights, blocked GEMM buffers and scratchpad, whose sizes follow blocking heuristics that
 oneDNN does not publish and that change with the ISA, the thread count and the shape. So the model reads
 them off the library: on this machine by running the one op at the cell's shape under the profiler
-(`Probe`, milliseconds at the default sizes, cached), and for a recorded CPU off its recorded step
+(`Probe`, a second or a few at the default sizes, cached per shape), and for a recorded CPU off its recorded step
 (`Recorded`). Everything else in the step stays counted.
 
 What is read: the highest running sum of the allocations an op makes itself (not through aten::empty,
@@ -24,8 +24,8 @@ FORWARD_OP, BACKWARD_OP = "aten::mkldnn_rnn_layer", "aten::mkldnn_rnn_layer_back
 
 
 class OneDNNBuffers(Protocol):
-    """Where the model gets oneDNN's own bfloat16 buffers: `what` is 'inference', 'forward' (training) or
-    'backward'; the sizes are the LSTM's (T, B, H, I)."""
+    """Where the model gets oneDNN's own buffers in a low-precision dtype: `what` is 'inference', 'forward'
+    (training) or 'backward'; the sizes are the LSTM's (T, B, H, I)."""
 
     source: str  # in words, for the prediction's notes
 
@@ -49,7 +49,7 @@ PROBE_MAX_BATCH = 256
 
 
 class Probe:
-    """oneDNN on this machine: runs nn.LSTM's op once at the shape, in bfloat16, and reads its buffers."""
+    """oneDNN on this machine: runs nn.LSTM's op once at the shape, in the cell's dtype, and reads its buffers."""
 
     source = (f"read off oneDNN on this CPU (one call of the op at the cell's shape, under the profiler; "
               f"above batch {PROBE_MAX_BATCH} extrapolated linearly from batches {PROBE_MAX_BATCH // 2} and "
