@@ -167,7 +167,26 @@ def grid_cases(command: str) -> list[tuple[list[str], str]]:
     return cases
 
 
+#: ab's two sides, given first: a case the validation let through would measure one tiny cell twice
+TINY_AB = ["--impls", "scratch,scratch", "--device", "cpu", "--batch-sizes", "1", "--hidden-sizes", "1", "--seq-len",
+           "1", "--min-pairs", "2", "--max-pairs", "2", "--max-time", "0.01"]
+
+
 CASES: dict[str, list[tuple[list[str], str]]] = {
+    "ab": [(["ab", *TINY_AB, option, value], option) for option, values in GRID_OPTIONS if option != "--impls"
+           for value in values]
+    + [(["ab", *TINY_AB, "--impls", value], "--impls") for value in ("nope", "scratch", ",", "a:b", "x,y,z")]
+    + [(["ab", "--base", value, "--impls", "scratch", "--device", "cpu"], what) for value, what in [
+        ("no-such-revision", "not a git revision"), ("", "not a git revision"), ("HEAD~100000", "not a git revision")]]
+    + [(["ab", "--base", "HEAD", "--cells", value, "--device", "cpu"], what) for value, what in [
+        ("{file}", "node ids"), ("{runs}", "cannot be read"), ("no-such.txt", "cannot be read"), ("", "path")]]
+    + [(["ab", *TINY_AB, option, value], option) for option in ("--budget-s", "--threshold", "--max-time")
+       for value in ("-1", "0", "nan", "x")]
+    + [(["ab", *TINY_AB, option, value], option) for option in ("--min-pairs", "--max-pairs")
+       for value in ("0", "-1", "x", HUGE)]
+    + [(["ab", *TINY_AB, "--min-pairs", "1"], "--min-pairs"), (["ab", *TINY_AB, "--seed", "-1"], "--seed"),
+       (["ab", *TINY_AB, "--new", "HEAD"], "--base"), (["ab", *TINY_AB, "--cells", "{file}"], "--base"),
+       (["ab", "--base", "HEAD", "--device", "cpu"], "--impls"), (["ab"], "--impls")],
     "run": grid_cases("run") + [
         (["run", "--results-dir", "{runs}", *TINY_GRID, "--shard", "5/2"], "--shard"),
         (["run", "--results-dir", "{runs}", *TINY_GRID, "--shard", f"0/{HUGE}"], "--shard"),
