@@ -216,13 +216,14 @@ class _Counts:
         return _round_up(M * N * 4, 512) + 128
 
     def output_gemms(self, moments: list[_Moment]) -> list[_Moment]:
-        """The output layer's GEMMs, each a moment of its own where they have a scratchpad (bfloat16 on
-        oneDNN): forward's logits = Y W^T + b just before log-softmax, backward's dY = dlogits W and
-        dW = dlogits^T Y. Derived from the moments a kernel counted, which are alive then."""
+        """The output layer's GEMMs, each a moment of its own: in inference the logits beside the LSTM's input
+        and outputs; in training, where they have a scratchpad (bfloat16 on oneDNN), forward's logits =
+        Y W^T + b just before log-softmax, backward's dY = dlogits W and dW = dlogits^T Y, derived from the
+        moments a kernel counted, which are alive then."""
         TB, H, V = self.TB, self.H, self.V
         extra = []
-        if not self.train and self.gemm_scratch(TB, H, V):  # inference: the LSTM's input and outputs still alive
-            extra.append(_Moment("the output layer's GEMM (its oneDNN scratchpad)", self.model()
+        if not self.train:  # inference: the LSTM's input and outputs are still alive beside the logits
+            extra.append(_Moment("the output layer's GEMM (logits beside the LSTM's input and outputs)", self.model()
                                  | self.batch_and_state() | {
                 "one-hot input": (1, self.TBV), "outputs (T, B, H)": (1, self.TBH), "new state h, c": (2, self.u),
                 "logits": (1, self.TBV), "oneDNN GEMM scratchpad": (1, self.gemm_scratch(TB, H, V))}))
