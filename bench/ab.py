@@ -139,7 +139,7 @@ def trial(side: Side, grid: Sequence[str], out: Path, run_id: str, max_time_s: f
           cells: Sequence[str] = ()) -> dict[tuple, float]:
     """One fresh process measuring the side's cells (the grid, or these pytest node ids of bench/test_suite.py):
     {cell key (KEY): median step ms}."""
-    import pandas as pd
+    from .results import RunError, load_run
 
     targets = list(cells) or [str(side.root / "bench")]
     argv = [sys.executable, "-m", "pytest", *targets, "--benchmark-only", "-q", "-p",
@@ -147,11 +147,12 @@ def trial(side: Side, grid: Sequence[str], out: Path, run_id: str, max_time_s: f
             f"--benchmark-max-time={max_time_s}"]
     env = os.environ | {"PYTHONPATH": os.pathsep.join([str(side.root), os.environ.get("PYTHONPATH", "")])}
     done = subprocess.run(argv, cwd=side.root, env=env, capture_output=True, text=True)
-    csv = out / run_id / "measurements.csv"
-    if not csv.exists():
+    try:
+        rows = load_run(out / run_id).measurements
+    except RunError as exc:
         tail = (done.stdout + done.stderr).strip().splitlines()[-1:] or ["no output"]
-        raise ABError(f"{side.label}: the measuring process wrote no rows (exit {done.returncode}: {tail[0]})")
-    rows = pd.read_csv(csv)
+        raise ABError(f"{side.label}: the measuring process left no readable rows ({exc}; exit {done.returncode}: "
+                      f"{tail[0]})") from None
     ok = rows[rows["status"] == "ok"]
     return {tuple(r[k] for k in KEY): float(r["step_ms_median"]) for _, r in ok.iterrows()}
 

@@ -66,20 +66,11 @@ def one(text: str, what: str) -> int:
 
 
 def measure_cell(cell: Cell, optimizer: str, parts: bool = True) -> dict:
-    """Run real steps of cell and measure its memory with the suite's own instruments.
+    """Run real steps of cell and measure its memory with the suite's own instruments, once it has
+    settled (measure.settled_subject); `parts` adds the breakdown (one more step)."""
+    from bench.instruments.measure import breakdown, measure_memory, settled_subject
 
-    Two steps settle the memory of every implementation but scripted, whose profiling executor
-    optimizes the graph after its profiling runs (six steps); `parts` adds the breakdown (one more).
-    """
-    import torch
-
-    from bench.instruments.measure import Subject, breakdown, measure_memory
-
-    torch.compiler.reset()  # compile for this shape, as the suite does for every cell
-    subject = Subject(cell, optimizer=optimizer)
-    try:
-        for _ in range(6 if cell.impl == "scripted" else 2):
-            subject.step()
+    with settled_subject(cell, optimizer) as subject:
         memory = measure_memory(subject)
         library = getattr(memory, "library_bytes", 0) or 0
         row = {"peak_bytes": memory.peak_bytes, "library_bytes": library}
@@ -90,8 +81,6 @@ def measure_cell(cell: Cell, optimizer: str, parts: bool = True) -> dict:
                 split = breakdown(subject, memory.peak_bytes)
             row |= vars(split)
         return row
-    finally:
-        subject.release()
 
 
 def fits_when_run(cell: Cell, optimizer: str, budget_bytes: int) -> tuple[bool, int | None]:

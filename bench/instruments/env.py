@@ -108,8 +108,9 @@ class CpuDispatch:
     def from_dict(cls, data: dict) -> CpuDispatch:
         """From a recorded environment (environment.json, a timelines file's meta)."""
         return cls(cpu_capability=data["cpu_capability"], cpu_flags=tuple(data.get("cpu_flags", ())),
-                   onednn=data.get("onednn", True), onednn_bf16=data["mkldnn_bf16_supported"]
-                   if "onednn_bf16" not in data else data["onednn_bf16"],
+                   onednn=data.get("onednn", True),
+                   # environment.json says onednn_*, the shared recording's meta mkldnn_*_supported
+                   onednn_bf16=data["onednn_bf16"] if "onednn_bf16" in data else data["mkldnn_bf16_supported"],
                    onednn_fp16=data.get("onednn_fp16", data.get("mkldnn_fp16_supported", False)),
                    onednn_version=data.get("onednn_version"), blas=data.get("blas"),
                    dispatch_env=data.get("dispatch_env", {}))

@@ -79,6 +79,21 @@ class Subject:
         release_memory()
 
 
+@contextlib.contextmanager
+def settled_subject(cell: Cell, optimizer: str = "sgd") -> Iterator[Subject]:
+    """A cell's Subject whose memory has settled, compiled afresh for its shape as the suite compiles every
+    cell, released afterwards. Two steps settle every implementation but scripted, whose profiling executor
+    optimizes the graph after its profiling runs (six steps)."""
+    torch.compiler.reset()
+    subject = Subject(cell, optimizer=optimizer)
+    try:
+        for _ in range(6 if cell.impl == "scripted" else 2):
+            subject.step()
+        yield subject
+    finally:
+        subject.release()
+
+
 def release_memory() -> None:
     gc.collect()
     if torch.cuda.is_available():

@@ -221,22 +221,21 @@ class _Counts:
         Y W^T + b just before log-softmax, backward's dY = dlogits W and dW = dlogits^T Y, derived from the
         moments a kernel counted, which are alive then."""
         TB, H, V = self.TB, self.H, self.V
+        scratch = self.gemm_scratch(TB, H, V)  # forward's logits
+        dy_scratch, dw_scratch = self.gemm_scratch(TB, V, H), self.gemm_scratch(V, TB, H)
         extra = []
         if not self.train:  # inference: the LSTM's input and outputs are still alive beside the logits
             extra.append(_Moment("the output layer's GEMM (logits beside the LSTM's input and outputs)", self.model()
                                  | self.batch_and_state() | {
                 "one-hot input": (1, self.TBV), "outputs (T, B, H)": (1, self.TBH), "new state h, c": (2, self.u),
-                "logits": (1, self.TBV), "oneDNN GEMM scratchpad": (1, self.gemm_scratch(TB, H, V))}))
+                "logits": (1, self.TBV), "oneDNN GEMM scratchpad": (1, scratch)}))
         for m in moments:
             gone = ("log-softmax", "target (int64)", "total weight", "loss")
-            if m.name.startswith("end of forward"):
-                scratch = self.gemm_scratch(TB, H, V)
-                if scratch:
-                    live = {k: v for k, v in m.live.items() if k not in gone}
-                    extra.append(_Moment("the output layer's GEMM (its oneDNN scratchpad)", live | {
-                        "oneDNN GEMM scratchpad": (1, scratch)}))
+            if m.name.startswith("end of forward") and scratch:
+                live = {k: v for k, v in m.live.items() if k not in gone}
+                extra.append(_Moment("the output layer's GEMM (its oneDNN scratchpad)", live | {
+                    "oneDNN GEMM scratchpad": (1, scratch)}))
             elif m.name == "backward of the output layer (dY computed)":
-                dy_scratch, dw_scratch = self.gemm_scratch(TB, V, H), self.gemm_scratch(V, TB, H)
                 live = {k: v for k, v in m.live.items() if k != "output layer's gradients"}
                 if dy_scratch:
                     extra.append(_Moment("backward of the output layer, dY's GEMM (its oneDNN scratchpad)", live | {

@@ -45,8 +45,8 @@ DEFAULT_CELLS = [
     if impl not in ("compiled", "fused_compiled") or (B, H, T) == (5, 24, 10)  # a cold compile costs a minute
 ]
 
-HOW = ("each cell: bench.instruments.measure.Subject(cell, optimizer) after its settling steps (six for "
-       "scripted, two for the others, as bench.memory_cli.measure_cell); start_bytes = storage_bytes("
+HOW = ("each cell: bench.instruments.measure.settled_subject(cell, optimizer) (a Subject after its settling "
+       "steps: six for scripted, two for the others); start_bytes = storage_bytes("
        "live_tensors()); the next step under torch.profiler(profile_memory=True), run twice and the second "
        "kept (measure.cpu_allocation_timeline): peak_bytes = start_bytes + the running sum's peak; events = "
        "that step's CPU allocations in time order [ns from the step's start, bytes (+alloc, -free), the op]")
@@ -54,19 +54,11 @@ HOW = ("each cell: bench.instruments.measure.Subject(cell, optimizer) after its 
 
 def record_cell(cell: Cell, optimizer: str) -> dict:
     """One cell's timeline, measured as the suite measures its memory."""
-    import torch
+    from .measure import cpu_allocation_timeline, running_peak, settled_subject, storage_bytes
 
-    from .measure import Subject, cpu_allocation_timeline, running_peak, storage_bytes
-
-    torch.compiler.reset()  # compile for this shape, as the suite does for every cell
-    subject = Subject(cell, optimizer=optimizer)
-    try:
-        for _ in range(6 if cell.impl == "scripted" else 2):
-            subject.step()
+    with settled_subject(cell, optimizer) as subject:
         start = storage_bytes(subject.live_tensors())
         events = cpu_allocation_timeline(subject.step)
-    finally:
-        subject.release()
     return {"impl": cell.impl, "dtype": cell.dtype, "mode": cell.mode, "batch_size": cell.batch_size,
             "hidden_size": cell.hidden_size, "seq_len": cell.seq_len, "vocab_size": cell.vocab_size,
             "optimizer": optimizer, "start_bytes": start,
