@@ -36,6 +36,8 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .readers import stats
+
 ROOT = Path(__file__).resolve().parents[1]
 KEY = ("impl", "device", "dtype", "mode", "batch_size", "hidden_size", "input_size", "seq_len")
 VERDICTS = ("slower", "faster", "unchanged", "inconclusive")
@@ -56,26 +58,18 @@ class CellAB:
     base: list[float] = field(default_factory=list)
     new: list[float] = field(default_factory=list)
 
-    def log_ratios(self) -> list[float]:
-        return [math.log(n / b) for b, n in zip(self.base, self.new)]
+    def estimate(self) -> stats.Estimate:
+        """new / base from the pairs (Student t on the log ratios, bench/readers/stats.py)."""
+        return stats.paired(self.base, self.new)
 
     def ratio(self) -> float:
         """new / base: the geometric mean of the pairs' ratios."""
-        d = self.log_ratios()
-        return math.exp(sum(d) / len(d)) if d else math.nan
+        return self.estimate().ratio
 
-    def interval(self, confidence: float = 0.95) -> tuple[float, float]:
-        """The confidence interval of new / base from the pairs (Student t on the log ratios); NaN below 2 pairs."""
-        from scipy.stats import t as student_t
-
-        d = self.log_ratios()
-        n = len(d)
-        if n < 2:
-            return math.nan, math.nan
-        mean = sum(d) / n
-        sd = math.sqrt(sum((x - mean) ** 2 for x in d) / (n - 1))
-        half = student_t.ppf(0.5 + confidence / 2, n - 1) * sd / math.sqrt(n)
-        return math.exp(mean - half), math.exp(mean + half)
+    def interval(self) -> tuple[float, float]:
+        """The 95% confidence interval of new / base; NaN below 2 pairs."""
+        e = self.estimate()
+        return e.low, e.high
 
     def between_process_spread(self) -> float:
         """max / min of the base side's per-process medians: what moves between runs of the same code."""
@@ -83,16 +77,7 @@ class CellAB:
 
     def verdict(self, threshold: float, final: bool = False) -> str | None:
         """slower, faster or unchanged once the interval says so; inconclusive when `final`, else None."""
-        low, high = self.interval()
-        ratio = self.ratio()
-        if not math.isnan(low):
-            if low > 1 + threshold / 2 and ratio > 1 + threshold:
-                return "slower"
-            if high < 1 / (1 + threshold / 2) and ratio < 1 / (1 + threshold):
-                return "faster"
-            if low >= 1 / (1 + threshold) and high <= 1 + threshold:
-                return "unchanged"
-        return "inconclusive" if final else None
+        return stats.judge(self.estimate(), threshold) or ("inconclusive" if final else None)
 
 
 def clear(cells: Sequence[CellAB], threshold: float, min_pairs: int) -> bool:

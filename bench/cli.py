@@ -13,6 +13,7 @@ from pathlib import Path
 from bench.d2l.data import DEFAULT_MAX_TOKENS, DataError
 from bench.grid import (
     D2L,
+    DEFAULT_PROCESSES,
     MAX_SIZE,
     OPTIONS,
     OptionError,
@@ -141,11 +142,17 @@ def _run(args: argparse.Namespace) -> int:
           + (f" (rank {ranks.rank} of {ranks.world_size})" if ranks else ""), flush=True)
     argv = [str(Path(__file__).parent), "--benchmark-only", "-p", "no:cacheprovider", "-v", "--no-header",
             "--benchmark-columns=median,iqr,min,rounds", "--benchmark-sort=name"]
-    argv += [f"--{name}={value}" for name, value in raw.items() if value is not None]
-    argv += ["--tf32"] if args.tf32 else []
-    argv += args.pytest_args
+    grid_argv = [f"--{name}={value}" for name, value in raw.items() if value is not None]
+    grid_argv += ["--tf32"] if args.tf32 else []
+    processes = 1 if ranks else (args.processes or DEFAULT_PROCESSES[torch_device_type(options.device)])
     started = time.perf_counter()
-    code = pytest.main(argv)
+    if processes > 1:  # fresh worker processes, one after another (bench/workers.py)
+        from bench.workers import run_workers
+
+        where = [a for a in grid_argv if not a.startswith(("--results-dir=", "--run-id="))]
+        code = run_workers(run_dir, processes, argv + where + args.pytest_args)
+    else:  # this process measures (under torchrun: each rank its shard)
+        code = pytest.main(argv + grid_argv + args.pytest_args)
     if ranks:
         missing = finish(ranks, run_dir)
         if missing is None:  # not rank 0: its rows are in its own directory, rank 0 reports
@@ -166,6 +173,12 @@ def _run(args: argparse.Namespace) -> int:
             print(f"lstm-bench: error: no report: {exc}", file=sys.stderr)
             return int(code) or 2
     return int(code)
+
+
+def torch_device_type(device: str) -> str:
+    import torch
+
+    return torch.device(device).type
 
 
 def _check(args: argparse.Namespace) -> int:
@@ -302,6 +315,10 @@ def build_parser() -> argparse.ArgumentParser:
     for name, (default, help_text) in OPTIONS.items():
         run.add_argument(f"--{name}", default=default, help=f"{help_text} (default: {default})")
     run.add_argument("--tf32", action="store_true", help="allow TF32 in cuBLAS and cuDNN (pinned off by default)")
+    run.add_argument("--processes", type=positive_int, default=None,
+                     help="fresh processes that each time every cell, one after another, cells in a random order "
+                          "of their own; a row's time is the median of theirs, with their spread (default: "
+                          f"{DEFAULT_PROCESSES['cpu']}; 1 measures in this process; under torchrun 1 per rank)")
     run.set_defaults(func=_run)
 
     check = sub.add_parser("check", help="each implementation's max abs error against nn.LSTM (float64)")

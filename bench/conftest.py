@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import sys
 from pathlib import Path
 
@@ -9,7 +10,7 @@ import pytest
 import torch
 
 import lstm_impls
-from bench.grid import OPTIONS, OptionError, parse_options
+from bench.grid import OPTIONS, OptionError, parse_options, parse_worker
 from bench.instruments.env import environment, pin_tf32
 from bench.instruments.measure import start_runtimes
 from bench.results import (
@@ -37,6 +38,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     for name, (default, help_text) in OPTIONS.items():
         group.addoption(f"--{name}", default=default, help=f"{help_text} (default: {default})")
     group.addoption("--tf32", action="store_true", help="allow TF32 in cuBLAS and cuDNN (pinned off by default)")
+    group.addoption("--worker", default=None, help="k/n: this session is worker k (0-based) of n fresh processes "
+                    "that `lstm-bench run` starts (bench/workers.py): cells in a random order of its own; only "
+                    "worker 0 measures memory, FLOPs and the first call (default: the only one)")
 
 
 def _get(config: pytest.Config):
@@ -67,6 +71,10 @@ def pytest_configure(config: pytest.Config) -> None:
     if not any(str(arg).startswith("--benchmark-min-rounds") for arg in given):
         config.option.benchmark_min_rounds = MIN_ROUNDS  # pytest-benchmark's 5 says little about a spread
     config.option.benchmark_disable_gc = True  # a collection inside a round would time the collector
+    try:
+        worker = parse_worker(config.getoption("worker"))
+    except OptionError as exc:
+        pytest.exit(f"lstm-bench: error: {exc}", returncode=2)
     run_id = config.getoption("run_id") or new_run_id()
     run_dir = Path(config.getoption("results_dir")) / run_id
     cells = options.cells()
@@ -82,13 +90,16 @@ def pytest_configure(config: pytest.Config) -> None:
         grid_path = run_dir / GRID_NAME  # a resumed run with another grid asks for both sessions' cells
         asked = read_json(grid_path) or []  # a list of ids: prepare_run_dir checked it
         todo = resume(run_dir / CSV_NAME, cells)
+        if worker[1] > 1:  # interleaved trials: each process meets the cells in an order of its own
+            random.Random(worker[0]).shuffle(todo)
     except (OutputError, RunError) as exc:
         pytest.exit(f"lstm-bench: error: {exc}", returncode=2)
     pin_tf32(config.getoption("tf32"))
     if options.threads:
         torch.set_num_threads(options.threads)  # before the environment records torch_threads
     config.stash[_STATE] = {"options": options, "run_id": run_id, "run_dir": run_dir, "cells": cells,
-                            "todo": todo, "env": environment(options.device), "healed": healed}
+                            "todo": todo, "env": environment(options.device), "healed": healed,
+                            "worker": worker}
     try:
         write_json(grid_path, sorted(set(asked) | {c.id for c in cells}), indent=0)
         write_environment(run_dir, config.stash[_STATE]["env"])
@@ -120,6 +131,12 @@ def run_info(request: pytest.FixtureRequest) -> dict:
     state = request.config.stash[_STATE]
     return {"run_id": state["run_id"], "tf32": torch.backends.cuda.matmul.allow_tf32,
             "threads": torch.get_num_threads()}
+
+
+@pytest.fixture(scope="session")
+def full_worker(request: pytest.FixtureRequest) -> bool:
+    """Whether this process measures everything (memory, FLOPs, first call, what ran) or times only."""
+    return request.config.stash[_STATE]["worker"][0] == 0
 
 
 @pytest.fixture(scope="session")

@@ -15,6 +15,11 @@ DEFAULT_GRID = {
     "cpu": {"batch_sizes": (16, 32, 64), "hidden_sizes": (128, 256, 512)},
     "cuda": {"batch_sizes": (16, 32, 64, 128), "hidden_sizes": (256, 512, 1024, 2048)},
 }
+#: fresh processes that each time every cell (`lstm-bench run --processes`; bench/workers.py), and torch's CPU
+#: threads when --threads is not given (None: torch's own choice). One thread on a CPU, as torch.utils.benchmark
+#: does: a second thread on a shared 2-core machine made the same cell's median move 1.65x between runs.
+DEFAULT_PROCESSES = {"cpu": 3, "cuda": 3}
+DEFAULT_THREADS = {"cpu": 1, "cuda": None}
 D2L = {"batch_size": 32, "seq_len": 35, "vocab_size": 28, "hidden_size": 256}  # the chapter's config
 DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16, "float16": torch.float16}
 MODES = ("train", "forward")
@@ -32,6 +37,9 @@ COLUMNS = (
     # the machine-speed probe timed before each round (bench/instruments/measure.py make_probe): its median,
     # and the median of step / probe over the rounds, which `compare` compares between runs
     "probe_ms_median", "relative_step_median",
+    # between fresh processes (bench/workers.py): how many timed the cell, each one's median step time (';'-joined),
+    # their spread (sd of their logs, about a CV in %) and the 95% interval of their typical (geometric mean) median
+    "processes", "step_ms_processes", "step_ms_between_pct", "step_ms_ci_low", "step_ms_ci_high",
     # memory, from a separate pass
     "peak_bytes", "peak_reserved_bytes", "start_bytes", "library_bytes", "process_used_bytes", "context_bytes",
     "param_bytes", "grad_bytes", "optimizer_bytes", "activation_bytes", "workspace_bytes",
@@ -129,8 +137,8 @@ def shard(cells: list[Cell], index: int, count: int) -> list[Cell]:
     return [c for c in cells if owner[c] == index]
 
 
-def parse_shard(text: str | None) -> tuple[int, int]:
-    """'i/n' (0 <= i < n) -> (i, n); None -> (0, 1), the whole grid."""
+def _part(text: str | None, what: str, example: str) -> tuple[int, int]:
+    """'i/n' (0 <= i < n) -> (i, n); None -> (0, 1), the whole."""
     if not text:
         return 0, 1
     try:
@@ -138,8 +146,18 @@ def parse_shard(text: str | None) -> tuple[int, int]:
     except ValueError:
         index, count = -1, 0
     if not 0 <= index < count <= MAX_SIZE:
-        raise OptionError(f"--shard {text!r} is not valid; give i/n with 0 <= i < n <= {MAX_SIZE} (e.g. 0/2 and 1/2)")
+        raise OptionError(f"{what} {text!r} is not valid; give i/n with 0 <= i < n <= {MAX_SIZE} ({example})")
     return index, count
+
+
+def parse_shard(text: str | None) -> tuple[int, int]:
+    """--shard i/n: part i of n of the grid; None: the whole grid."""
+    return _part(text, "--shard", "e.g. 0/2 and 1/2")
+
+
+def parse_worker(text: str | None) -> tuple[int, int]:
+    """--worker k/n: worker k of the n fresh processes of `lstm-bench run`; None: the only one."""
+    return _part(text, "--worker", "worker k of n processes")
 
 
 #: the largest size an option takes: past it no tensor dimension, thread count or shard count makes sense
@@ -261,15 +279,16 @@ OPTIONS = {
                "recorded ok are skipped, the others measured again"),
     "shard": (None, "i/n: run part i (0-based) of n parts of the grid, balanced by expected cost "
               "(under torchrun: RANK/WORLD_SIZE)"),
-    "threads": (None, "torch's CPU threads (default: torch's own); on a shared machine 1 keeps multi-threaded "
-                "GEMMs from stalling when another process takes a core"),
+    "threads": (None, "torch's CPU threads (default: 1 on a CPU, torch's own on CUDA); on a shared machine 1 keeps "
+                "multi-threaded GEMMs from stalling when another process takes a core"),
 }
 
 
 def parse_options(get) -> Options:
     """Validate raw option strings; get(name) returns the string or None. OptionError on bad values."""
     device = parse_device(get("device") or "auto")
-    grid = DEFAULT_GRID[torch.device(device).type]
+    device_type = torch.device(device).type
+    grid = DEFAULT_GRID[device_type]
     vocab = parse_sizes(get("vocab-size") or OPTIONS["vocab-size"][0], "--vocab-size")
     if len(vocab) != 1:
         raise OptionError(f"--vocab-size {get('vocab-size')!r} is not valid; give one positive integer")
@@ -286,5 +305,5 @@ def parse_options(get) -> Options:
         seq_lens=parse_sizes(get("seq-len") or OPTIONS["seq-len"][0], "--seq-len"),
         vocab_size=vocab[0],
         shard=parse_shard(get("shard")),
-        threads=parse_sizes(get("threads"), "--threads")[0] if get("threads") else None,
+        threads=parse_sizes(get("threads"), "--threads")[0] if get("threads") else DEFAULT_THREADS[device_type],
     )

@@ -24,10 +24,12 @@ if TYPE_CHECKING:
 CSV_NAME = "measurements.csv"
 ENV_NAME = "environment.json"
 JSON_NAME = "benchmark.json"  # a resumed run adds benchmark-2.json, benchmark-3.json, ...
+PROCESSES_DIR = "processes"  # the worker processes' own run directories (bench/workers.py)
 GRID_NAME = "grid.json"  # the ids of the cells this run was asked to measure: what a merge expects
 #: columns a file needs to be read as measurements; the others may be missing (older schema) and read as empty.
 REQUIRED = ("impl", "device", "dtype", "mode", "batch_size", "hidden_size", "seq_len", "status")
-TEXT_COLUMNS = ("impl", "device", "dtype", "mode", "status", "error", "description", "run_id", "notes")
+TEXT_COLUMNS = ("impl", "device", "dtype", "mode", "status", "error", "description", "step_ms_processes", "run_id",
+                "notes")
 
 
 def new_run_id() -> str:
@@ -102,7 +104,7 @@ class CsvRecorder:
         unknown = set(row) - set(COLUMNS)
         if unknown:
             raise ValueError(f"columns not in the schema: {sorted(unknown)}")
-        self._append({k: _cell_text(v) for k, v in row.items()})
+        self._append({k: cell_text(v) for k, v in row.items()})
 
     def _append(self, row: dict) -> None:
         line = io.StringIO()
@@ -169,18 +171,18 @@ def resume(csv_path: Path, cells: list[Cell]) -> list[Cell]:
     again = {cell_key(c) for c in todo}
     kept = [r for r in rows if row_key(r) not in again]
     if len(kept) < len(rows) or header != list(COLUMNS):  # (an older schema is rewritten in this one)
-        _write_rows(csv_path, kept)
+        write_rows(csv_path, kept)
     return todo
 
 
-def _write_rows(csv_path: Path, rows: list[dict]) -> None:
+def write_rows(csv_path: Path, rows: list[dict]) -> None:
     """Replace csv_path by these rows in the schema, atomically (a temporary file, then a rename)."""
     tmp = csv_path.with_suffix(".tmp")
     try:
         with open(tmp, "w", newline="", encoding="utf-8") as f:
             writer = csv.DictWriter(f, fieldnames=COLUMNS, lineterminator="\n")
             writer.writeheader()
-            writer.writerows({k: r.get(k) or "" for k in COLUMNS} for r in rows)
+            writer.writerows({k: "" if r.get(k) is None else r[k] for k in COLUMNS} for r in rows)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, csv_path)
@@ -290,7 +292,7 @@ def heal_csv(csv_path: Path) -> str | None:
     if not torn:
         return None
     side = set_aside(csv_path, torn)
-    _write_rows(csv_path, [dict(zip(header, row)) for row in rows])
+    write_rows(csv_path, [dict(zip(header, row)) for row in rows])
     return (f"{csv_path}: the last row was cut off (a run killed while writing it); set aside in {side.name}, "
             "its cell is measured again")
 
@@ -336,7 +338,7 @@ def benchmark_json_path(run_dir: Path) -> Path:
     return path
 
 
-def _cell_text(value) -> str:
+def cell_text(value) -> str:
     """Full precision (repr), never rounded; None and NaN are empty."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return ""
@@ -421,6 +423,16 @@ def load_run(path: str | Path) -> Run:
             raise RunError(f"{csv_path}: damaged (column {column} holds a value that is not a number)") from None
     df = df[list(COLUMNS)]
     environment = _read_json(path / ENV_NAME) or {}
+    rounds, probes = _read_rounds(path)
+    if not rounds:  # a run in worker processes (bench/workers.py): every process's rounds, pooled
+        for worker in sorted((path / PROCESSES_DIR).glob("*/")):
+            for cell_id, data in _read_rounds(worker)[0].items():
+                rounds.setdefault(cell_id, []).extend(data)
+    return Run(path=path, measurements=df, environment=environment, rounds_s=rounds, probe_s=probes)
+
+
+def _read_rounds(path: Path) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
+    """Cell id -> the timed rounds' seconds, and -> the probe's, from a directory's benchmark*.json."""
     rounds, probes = {}, {}
     for json_path in sorted(path.glob("benchmark*.json"), key=lambda p: (len(p.name), p.name)):  # resumes last
         for bench in (_read_json(json_path) or {}).get("benchmarks", []):
@@ -433,7 +445,7 @@ def load_run(path: str | Path) -> Run:
                     probes[cell_id] = [float(x) for x in probe]
                 else:
                     probes.pop(cell_id, None)  # a later measurement without a probe replaces one with it
-    return Run(path=path, measurements=df, environment=environment, rounds_s=rounds, probe_s=probes)
+    return rounds, probes
 
 
 def read_json(path: Path):
@@ -453,6 +465,14 @@ def _read_json(path: Path) -> dict | None:
     if data is not None and not isinstance(data, dict):
         raise RunError(f"{path}: damaged JSON (not an object)")
     return data
+
+
+def process_medians(text) -> list[float]:
+    """A row's step_ms_processes ('12.5;13.1;12.8': each worker process's median step ms) as floats; [] when
+    there is none (a run from before the column, or a cell not timed)."""
+    if text is None or (isinstance(text, float) and math.isnan(text)) or str(text) in ("", "<NA>", "nan"):
+        return []
+    return [float(x) for x in str(text).split(";") if x.strip()]
 
 
 def summary(csv_path: Path) -> str:

@@ -14,6 +14,7 @@ from bench.instruments.flops import count_flops, step_flops
 from bench.instruments.measure import (
     Subject,
     breakdown,
+    compile_reset,
     fresh_compile_caches,
     make_probe,
     measure_memory,
@@ -32,27 +33,31 @@ if TYPE_CHECKING:
     from bench.conftest import Recorder
 
 
-def measure(cell: Cell, benchmark, config: pytest.Config) -> dict:
+def measure(cell: Cell, benchmark, config: pytest.Config, full: bool = True) -> dict:
     """Every column of an ok row: first call, warm-up, timed rounds, memory pass, FLOPs.
 
     The cell runs inside fresh compile caches, and its implementation is built (and scripted or
-    compiled) anew, so its first-call cost is the same whatever ran before it.
+    compiled) anew, so its first-call cost is the same whatever ran before it. A worker that only
+    times (not `full`: bench/workers.py) compiles with the caches as they are: its first call is not
+    reported, and a warm cache spares the run minutes.
     """
-    with fresh_compile_caches():
+    with fresh_compile_caches() if full else compile_reset():
         subject = Subject(cell)
         try:
-            return measure_subject(subject, benchmark, config)
+            return measure_subject(subject, benchmark, config, full)
         finally:
             subject.release()
 
 
-def measure_subject(subject: Subject, benchmark, config: pytest.Config) -> dict:
-    """Time the rounds, each after the machine-speed probe; then memory and FLOPs."""
+def measure_subject(subject: Subject, benchmark, config: pytest.Config, full: bool = True) -> dict:
+    """Time the rounds, each after the machine-speed probe; then (when `full`) what ran, memory and FLOPs."""
     cell = subject.cell
-    row = {"first_step_ms": time_first_step(subject.step)}
+    first_ms = time_first_step(subject.step)
+    row = {"first_step_ms": first_ms if full else None}
     warmup_s = warm_up(subject.step)
-    row |= {"warmup_steps": len(warmup_s),
-            "description": f"{subject.model.rnn.describe()}; {what_ran(subject.step, subject.device)}"}
+    row["warmup_steps"] = len(warmup_s)
+    if full:
+        row["description"] = f"{subject.model.rnn.describe()}; {what_ran(subject.step, subject.device)}"
     benchmark.extra_info.update(cell.columns())
     probe, probe_s = make_probe(subject.device, cell.hidden_size), []
     rounds = timed_rounds(statistics.median(warmup_s[-3:]), float(config.getoption("benchmark_max_time")),
@@ -72,9 +77,13 @@ def measure_subject(subject: Subject, benchmark, config: pytest.Config) -> dict:
                 "gc_in_rounds": not benchmark.stats.options["disable_gc"],
                 "tokens_per_s": cell.batch_size * cell.seq_len / stats.median}
     steady_s = stats.median if stats is not None else statistics.median(warmup_s[-3:])
-    row["startup_ms"] = startup_ms(row["first_step_ms"], warmup_s, steady_s)
+    row["startup_ms"] = startup_ms(first_ms, warmup_s, steady_s) if full else None
     diverged = subject.diverged()  # checked once the rounds are over: no sync inside them
     row |= {"status": "nonfinite", "error": diverged} if diverged else {"status": "ok"}
+    if stats is not None:
+        row |= {"processes": 1, "step_ms_processes": repr(row["step_ms_median"])}
+    if not full:
+        return row
     memory = measure_memory(subject)
     row |= vars(memory) | vars(breakdown(subject, memory.peak_bytes, memory.library_bytes))
     row |= predicted_columns(cell)  # the memory model beside the measurement: every run checks it
@@ -85,14 +94,14 @@ def measure_subject(subject: Subject, benchmark, config: pytest.Config) -> dict:
 
 
 def test_cell(cell: Cell, benchmark, recorder: Recorder, run_info: dict, runtimes_started: None,
-              pytestconfig: pytest.Config) -> None:
+              full_worker: bool, pytestconfig: pytest.Config) -> None:
     row = cell.columns() | run_info
     reason = lstm_impls.get(cell.impl).unsupported_reason(cell.device, cell.torch_dtype)
     if reason:
         recorder.write(row | {"status": "unsupported", "error": reason})
         pytest.skip(reason)
     try:
-        row |= measure(cell, benchmark, pytestconfig)
+        row |= measure(cell, benchmark, pytestconfig, full_worker)
     except Exception as exc:
         status = failure_status(exc)
         release_memory()

@@ -129,6 +129,17 @@ def fresh_compile_caches() -> Iterator[None]:
     torch.compiler.reset()
 
 
+@contextlib.contextmanager
+def compile_reset() -> Iterator[None]:
+    """torch.compile's in-memory state reset before and after (each cell compiles for its own shape, and no
+    cell counts against another's recompile limit); the on-disk caches stay as they are."""
+    torch.compiler.reset()
+    try:
+        yield
+    finally:
+        torch.compiler.reset()
+
+
 def start_runtimes(device: torch.device, runtimes: Iterable[str] = ()) -> None:
     """Pay the process's one-time start-up costs before the first cell, so that no cell is charged them.
 

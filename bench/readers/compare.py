@@ -1,17 +1,20 @@
 """`lstm-bench compare BASELINE NEW`: a regression gate between two run directories that does not cry wolf.
 
-A cell (same impl, device, dtype, mode and sizes in both runs) is *slower* only when its median step
-time grew beyond a factor AND the raw per-round timings of the two runs differ significantly
-(Mann-Whitney U, as asv does); *faster* likewise; *noisy*, and not judged on time, when its rounds
-spread so wide within a run that their median is uncertain by as much as the change the gate looks
-for (the machine was busy).
+A cell (same impl, device, dtype, mode and sizes in both runs) is judged on what varies between runs.
+`lstm-bench run` times every cell in several fresh processes (bench/workers.py), so the unit is the
+process: the ratio of the two runs' typical per-process medians and its 95% interval (Welch's t on
+their logs, bench/readers/stats.py). *slower* when the ratio is beyond the threshold and the whole
+interval beyond half of it; *faster* likewise; *unchanged* when the interval lies within the
+threshold; *noisy* (not judged) when it cannot tell: the rerun list then holds the cell, for
+`lstm-bench ab` to settle with more processes. The rounds of one process do not sample what moves
+between runs (thread placement, clocks, memory layout, the neighbours): judged on rounds alone, two
+runs of one commit differed with p = 1e-68.
 
-Two runs of one commit on a shared machine differ by more than their rounds do: the machine's speed
-drifts (other tenants, clocks) by tens of percent within seconds. So when both runs timed the
-machine-speed probe around each round (bench/instruments/measure.py make_probe), a round counts as
-its time over the mean of the probe just before and just after it: the step in units of the
-machine's speed then. The probe is fixed code, so a slower implementation stays slower against it;
-a change that slows every cell shows as the run's common ratio, which gates beyond `max_shift`.
+Runs of one process (`pytest bench/ --benchmark-only`, older runs) fall back to the rounds:
+slower when the median round grew beyond the threshold and the Mann-Whitney U test is significant
+(as asv does), noisy when a run's median is itself uncertain beyond `max_median_error`; there a
+round counts relative to the machine-speed probe timed around it. A change that slows every cell
+shows as the run's common ratio, which gates beyond `max_shift`.
 """
 
 from __future__ import annotations
@@ -27,7 +30,8 @@ from scipy.stats import mannwhitneyu
 
 from bench.grid import CELL_KEY, Cell
 from bench.instruments.measure import relative_rounds
-from bench.results import ENV_KEYS, Run, environment_differences
+from bench.readers import stats
+from bench.results import ENV_KEYS, Run, environment_differences, process_medians
 
 KEY = CELL_KEY  # what makes two rows the same cell
 MIN_SHIFT_CELLS = 5  # the run as a whole is judged (and said to have moved) on at least this many timed cells
@@ -135,7 +139,7 @@ def compare_runs(baseline: Run, new: Run, thresholds: Thresholds = Thresholds(),
 
 
 _CELL_FIELDS = ("verdict", "memory", "cell_id", "base_ms", "new_ms", "timing", "probe_ratio", "time_ratio",
-                "p_value", "base_rounds",
+                "ci_low", "ci_high", "base_processes", "new_processes", "p_value", "base_rounds",
                 "new_rounds", "base_iqr_pct", "new_iqr_pct", "base_peak_bytes", "new_peak_bytes", "memory_ratio",
                 "base_first_step_ms", "new_first_step_ms", "first_step_ratio", "base_startup_ms", "new_startup_ms",
                 "startup_ratio", "base_status", "new_status", "note")
@@ -164,7 +168,15 @@ def _compare_cell(row: pd.Series, baseline: Run, new: Run, t: Thresholds) -> dic
     rec |= {"base_ms": row["step_ms_median_base"], "new_ms": row["step_ms_median_new"],
             "base_iqr_pct": 100 * _ratio(row["step_ms_iqr_base"], row["step_ms_median_base"]),
             "new_iqr_pct": 100 * _ratio(row["step_ms_iqr_new"], row["step_ms_median_new"])}
-    if base_s and new_s:
+    base_m, new_m = (process_medians(row.get(f"step_ms_processes_{side}")) for side in ("base", "new"))
+    # the machine's speed: shown beside a time between processes, not divided out
+    rec["probe_ratio"] = _ratio(row.get("probe_ms_median_new"), row.get("probe_ms_median_base"))
+    if len(base_m) >= 2 and len(new_m) >= 2:  # the unit is the process: Welch's t on their medians' logs
+        e = stats.unpaired(base_m, new_m)
+        rec |= {"timing": "between processes", "time_ratio": e.ratio, "ci_low": e.low, "ci_high": e.high,
+                "base_processes": len(base_m), "new_processes": len(new_m),
+                "base_rounds": len(base_s or ()), "new_rounds": len(new_s or ())}
+    elif base_s and new_s:
         rec |= {"base_ms": 1e3 * float(np.median(base_s)), "new_ms": 1e3 * float(np.median(new_s)),
                 "base_rounds": len(base_s), "new_rounds": len(new_s), "timing": "as measured"}
         if base_p and new_p:  # each round relative to the machine-speed probe timed around it
@@ -192,7 +204,13 @@ def _compare_cell(row: pd.Series, baseline: Run, new: Run, t: Thresholds) -> dic
 
 
 def _time_verdict(cell: pd.Series, t: Thresholds) -> str:
-    """slower / faster (ratio beyond the threshold and p < alpha), noisy, or unchanged."""
+    """Between processes: slower / faster / unchanged as bench/readers/stats.py judges the interval, noisy when
+    it cannot tell. From one process per side: slower / faster (ratio beyond the threshold and p < alpha),
+    noisy, or unchanged."""
+    if cell["timing"] == "between processes":
+        e = stats.Estimate(cell["time_ratio"], cell["ci_low"], cell["ci_high"], cell["base_processes"],
+                           cell["new_processes"])
+        return stats.judge(e, t.time_ratio) or "noisy"
     errors_pct = [median_error_pct(cell[f"{run}_iqr_pct"], cell[f"{run}_rounds"]) for run in ("base", "new")]
     if any(e > 100 * t.max_median_error for e in errors_pct):  # NaN (no raw rounds) compares False
         return "noisy"
@@ -247,15 +265,20 @@ class Comparison:
         if ratios.empty:
             return "no cell timed in both runs"
         probe = self.cells["probe_ratio"].dropna()
+        divided = (self.cells["timing"] == "relative to the probe").any()
+        divided_out = ", divided out of the one-process cells" if divided else ""
         machine = (f"; the machine-speed probe moved x{probe.min():.2f} to x{probe.max():.2f} (median "
-                   f"x{probe.median():.2f}), divided out") if len(probe) else "; no probe: times as measured"
+                   f"x{probe.median():.2f}){divided_out}") if len(probe) else "; no probe: times as measured"
         return (f"time ratio new/base over {len(ratios)} cells: min {ratios.min():.3f}, "
                 f"median {ratios.median():.3f}, max {ratios.max():.3f}{machine}")
 
     def rerun_ids(self) -> list[str]:
-        """pytest node ids to measure again (`pytest $(cat FILE) --benchmark-only`): the flagged cells, or
-        every timed cell when the whole run moved."""
-        cells = self.cells[self.cells["time_ratio"].notna()] if self.shifted else self.flagged()
+        """pytest node ids to measure again (`lstm-bench ab --cells FILE`, `pytest $(cat FILE) --benchmark-only`):
+        the flagged cells and those between processes that were too noisy to judge, or every timed cell when
+        the whole run moved."""
+        c = self.cells
+        unclear = (c["verdict"] == "noisy") & (c["timing"] == "between processes")
+        cells = c[c["time_ratio"].notna()] if self.shifted else c[c.index.isin(self.flagged().index) | unclear]
         return [f"{SUITE_TEST}[{cid}]" for cid in cells["cell_id"]]
 
     def _display(self) -> pd.DataFrame:
@@ -265,6 +288,9 @@ class Comparison:
             "B": c["batch_size"], "H": c["hidden_size"], "T": c["seq_len"],
             "base_ms": c["base_ms"].round(3), "new_ms": c["new_ms"].round(3),
             "probe": c["probe_ratio"].round(3), "ratio": c["time_ratio"].round(3),
+            "95% CI": [f"{lo:.3f}-{hi:.3f}" if not pd.isna(lo) else "-" for lo, hi in zip(c["ci_low"], c["ci_high"])],
+            "procs": [f"{b:.0f}/{n:.0f}" if not pd.isna(b) else "-"
+                      for b, n in zip(c["base_processes"], c["new_processes"])],
             "p": c["p_value"].map(lambda p: f"{p:.2g}" if not pd.isna(p) else "-"),
             "iqr%": (c["base_iqr_pct"].round(1).astype(str) + "/" + c["new_iqr_pct"].round(1).astype(str)),
             "memory": c["memory"], "peak_MiB": (c["new_peak_bytes"] / 2**20).round(3),
@@ -282,8 +308,9 @@ class Comparison:
         """The terminal report: every cell, then the summary."""
         t = self.thresholds
         head = (f"compare {self.baseline.path} -> {self.new.path}: slower/faster beyond x{1 + t.time_ratio:g} "
-                f"with Mann-Whitney p < {t.alpha:g}; noisy when a median is uncertain beyond "
-                f"{100 * t.max_median_error:g}%; "
+                f"with the 95% interval between processes beyond x{1 + t.time_ratio / 2:g} (noisy when it cannot "
+                f"tell; runs of one process: Mann-Whitney p < {t.alpha:g} on the rounds, noisy when a median is "
+                f"uncertain beyond {100 * t.max_median_error:g}%); "
                 f"the whole run beyond x{1 + t.max_shift:g}; "
                 f"memory beyond +{100 * t.memory_ratio:g}%")
         body = self._display().to_string(index=False, na_rep="-")
@@ -291,10 +318,15 @@ class Comparison:
 
     def _drift_note(self) -> str:
         """A warning when at least half of 5+ compared cells moved by half the threshold or more, together."""
-        noisy = int((self.cells["verdict"] == "noisy").sum())
-        note = (f"note: {noisy} cell(s) noisy: their rounds spread so wide within a run that the median is "
-                f"uncertain beyond {100 * self.thresholds.max_median_error:g}%, as wide as the change the gate looks "
-                "for; the machine was busy. Measure again on a quiet one\n") if noisy else ""
+        c = self.cells
+        between = int(((c["verdict"] == "noisy") & (c["timing"] == "between processes")).sum())
+        rounds = int((c["verdict"] == "noisy").sum()) - between
+        note = (f"note: {between} cell(s) noisy: their processes disagree too much for the interval to say slower, "
+                "faster or unchanged; in the rerun list, for `lstm-bench ab --cells` (more processes)\n"
+                ) if between else ""
+        note += (f"note: {rounds} cell(s) noisy: their rounds spread so wide within a run that the median is "
+                 f"uncertain beyond {100 * self.thresholds.max_median_error:g}%, as wide as the change the gate looks "
+                 "for; the machine was busy. Measure again on a quiet one\n") if rounds else ""
         common = self.common_ratio()
         if (self.cells["time_ratio"].count() < MIN_SHIFT_CELLS or math.isnan(common)
                 or abs(math.log(common)) <= math.log(1 + self.thresholds.time_ratio) / 2):
@@ -314,12 +346,19 @@ class Comparison:
             lines.append(f"| {key} | {b_env.get(key, '-')} | {n_env.get(key, '-')} |")
         diffs = environment_differences(b_env, n_env)
         lines += ["", f"Environments differ in {', '.join(diffs)} (compared anyway)." if diffs else "",
-                  f"Thresholds: a cell is slower (faster) when its median round grew beyond x{1 + t.time_ratio:g} "
-                  f"(fell below x{1 / (1 + t.time_ratio):.3g}) and the Mann-Whitney U test of the two runs' rounds "
-                  f"gives p < {t.alpha:g}, unless either run's median is uncertain (standard error from the rounds' "
-                  f"IQR and count) beyond {100 * t.max_median_error:g}%: then it is noisy and not judged on time. "
-                  "Where both runs timed the machine-speed probe, a round is its time over the probe's around it "
-                  "(timing: relative to the probe). The whole run regressed when the median ratio of all cells "
+                  f"Thresholds: where both runs timed the cell in two or more fresh processes, the unit is the "
+                  "process: the ratio of the two runs' typical per-process medians with its 95% interval (Welch's t "
+                  "on their logs, bench/readers/stats.py); a cell is slower (faster) when the ratio is beyond "
+                  f"x{1 + t.time_ratio:g} (x{1 / (1 + t.time_ratio):.3g}) and its whole interval beyond "
+                  f"x{1 + t.time_ratio / 2:g} (x{1 / (1 + t.time_ratio / 2):.3g}), unchanged when the interval lies "
+                  "within the threshold, else noisy (not judged: measure again with more processes, or `lstm-bench "
+                  "ab`). The machine-speed probe's ratio is shown, not divided out: dividing by it corrects cells "
+                  "that behave like it and distorts those that do not (oneDNN's RNN kernel). "
+                  f"Runs of one process (`pytest bench/`): a cell is slower (faster) when its median round grew "
+                  f"beyond x{1 + t.time_ratio:g} and the Mann-Whitney U test of the two runs' rounds gives p < "
+                  f"{t.alpha:g}, unless either median is uncertain beyond {100 * t.max_median_error:g}% (noisy); "
+                  "there a round is its time over the probe's around it. "
+                  "The whole run regressed when the median ratio of all cells "
                   f"exceeds x{1 + t.max_shift:g}. "
                   f"Its memory grew when peak_bytes rose beyond +{100 * t.memory_ratio:g}%. "
                   "First-call times are shown, never gated."]

@@ -1,0 +1,116 @@
+"""The statistics of "did it get slower?", with the process as the unit (`compare` and `ab` share them).
+
+The rounds of one process do not sample what moves between processes (thread placement, clock
+frequency, memory layout, the neighbours), so a test on them alone is overconfident: two runs of one
+commit differ by p = 1e-68. Here each side is a few per-process median step times, and the question
+is answered on their logs with Student's t (Kalibera & Jones, ISMM 2013: the variance that dominates
+is between processes, so that is the level to sample and to test):
+
+- `paired`: pair k of each side was measured back to back (`lstm-bench ab`): t on the differences;
+- `unpaired`: two runs, each with its own processes (`lstm-bench compare`): Welch's t.
+
+`judge` turns an estimate into a verdict with threshold t: slower when the ratio new/base exceeds
+1 + t and its whole 95% interval lies above 1 + t/2 (large, and surely more than half the threshold);
+faster likewise below 1 / (1 + t) and 1 / (1 + t/2); unchanged when the whole interval lies within
+[1 / (1 + t), 1 + t]; otherwise None: the samples cannot tell yet.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+CONFIDENCE = 0.95
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """new / base as a ratio of typical (geometric mean) per-process times, with its confidence interval."""
+
+    ratio: float
+    low: float
+    high: float
+    base_n: int
+    new_n: int
+
+    @property
+    def known(self) -> bool:
+        """An interval exists (at least two samples where it needs them)."""
+        return not math.isnan(self.low)
+
+
+def _mean_sd(logs: Sequence[float]) -> tuple[float, float]:
+    n = len(logs)
+    mean = sum(logs) / n
+    return mean, (math.sqrt(sum((x - mean) ** 2 for x in logs) / (n - 1)) if n > 1 else math.nan)
+
+
+def _t(df: float, confidence: float) -> float:
+    from scipy.stats import t as student_t  # scipy is slow to import: only when judging
+
+    return float(student_t.ppf(0.5 + confidence / 2, df))
+
+
+def paired(base: Sequence[float], new: Sequence[float], confidence: float = CONFIDENCE) -> Estimate:
+    """base[k] and new[k] measured as pair k: Student t on log(new[k] / base[k]); NaN interval below 2 pairs."""
+    d = [math.log(n / b) for b, n in zip(base, new)]
+    if not d:
+        return Estimate(math.nan, math.nan, math.nan, len(base), len(new))
+    mean, sd = _mean_sd(d)
+    if len(d) < 2:
+        return Estimate(math.exp(mean), math.nan, math.nan, len(d), len(d))
+    half = _t(len(d) - 1, confidence) * sd / math.sqrt(len(d))
+    return Estimate(math.exp(mean), math.exp(mean - half), math.exp(mean + half), len(d), len(d))
+
+
+def unpaired(base: Sequence[float], new: Sequence[float], confidence: float = CONFIDENCE) -> Estimate:
+    """Two independent samples of per-process times: Welch's t on their logs; NaN interval below 2 on a side.
+
+    Both sides measured the same cell on the same kind of machine, so where one side's processes
+    happened to agree exactly (sd 0), the other side's spread stands for both.
+    """
+    if not base or not new:
+        return Estimate(math.nan, math.nan, math.nan, len(base), len(new))
+    (mb, sb), (mn, sn) = _mean_sd([math.log(x) for x in base]), _mean_sd([math.log(x) for x in new])
+    ratio = math.exp(mn - mb)
+    if len(base) < 2 or len(new) < 2:
+        return Estimate(ratio, math.nan, math.nan, len(base), len(new))
+    sb, sn = (sb or sn), (sn or sb)
+    vb, vn = sb**2 / len(base), sn**2 / len(new)
+    se = math.sqrt(vb + vn)
+    if se == 0:
+        return Estimate(ratio, ratio, ratio, len(base), len(new))
+    df = (vb + vn) ** 2 / (vb**2 / (len(base) - 1) + vn**2 / (len(new) - 1))  # Welch-Satterthwaite
+    half = _t(df, confidence) * se
+    return Estimate(ratio, ratio * math.exp(-half), ratio * math.exp(half), len(base), len(new))
+
+
+def judge(estimate: Estimate, threshold: float) -> str | None:
+    """slower, faster or unchanged when the interval says so; None when it cannot tell (or there is none)."""
+    if not estimate.known:
+        return None
+    if estimate.low > 1 + threshold / 2 and estimate.ratio > 1 + threshold:
+        return "slower"
+    if estimate.high < 1 / (1 + threshold / 2) and estimate.ratio < 1 / (1 + threshold):
+        return "faster"
+    if estimate.low >= 1 / (1 + threshold) and estimate.high <= 1 + threshold:
+        return "unchanged"
+    return None
+
+
+def between_pct(values: Sequence[float]) -> float:
+    """The spread between processes: the sample standard deviation of their log times, in percent (about the
+    coefficient of variation); NaN below two."""
+    if len(values) < 2:
+        return math.nan
+    return 100 * _mean_sd([math.log(v) for v in values])[1]
+
+
+def typical_interval(values: Sequence[float], confidence: float = CONFIDENCE) -> tuple[float, float]:
+    """The confidence interval of the typical (geometric mean) per-process time; NaN below two processes."""
+    if len(values) < 2:
+        return math.nan, math.nan
+    mean, sd = _mean_sd([math.log(v) for v in values])
+    half = _t(len(values) - 1, confidence) * sd / math.sqrt(len(values))
+    return math.exp(mean - half), math.exp(mean + half)

@@ -1,0 +1,136 @@
+"""`lstm-bench run` in fresh worker processes: every cell timed in each, the row's figures between them.
+
+Why: the rounds of one process do not sample what moves between runs (thread placement, clock
+frequency, memory layout, the neighbours); one process's median can sit 10-50% from another's.
+pyperf's answer is worker processes and the spread between them; Abedi & Brecht (ICPE 2017) show
+that randomized multiple interleaved trials are what make results repeat on shared machines.
+
+So a run starts `processes` fresh `pytest bench/` sessions, one after another, never side by side.
+Each measures every cell of the grid, in a random order of its own (`--worker k/n`), into
+RUN_DIR/processes/k/ (a run directory of its own, row by row: a killed run resumes where it stopped).
+Worker 0 measures everything (first call with cold compile caches, what ran, memory, FLOPs);
+the others time only, with warm compile caches. The timed rounds are split between them: each gets
+1/n of the rounds and of the time a single process would. After each worker the run's
+measurements.csv is written anew from what the workers have so far (`combine`): worker 0's row, with
+step_ms_median the median of the workers' medians, each of those in `step_ms_processes`, their
+spread in `step_ms_between_pct` and the 95% interval in `step_ms_ci_low`/`_high`.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from .grid import Cell
+from .readers import stats
+from .results import (
+    CSV_NAME,
+    ENV_NAME,
+    GRID_NAME,
+    PROCESSES_DIR,
+    cell_text,
+    load_run,
+    read_json,
+    read_records,
+    row_key,
+    write_environment,
+    write_json,
+    write_rows,
+)
+
+#: timed rounds a cell gets in one run, split between its processes (a worker: at least MIN_WORKER_ROUNDS)
+RUN_MIN_ROUNDS = 20
+MIN_WORKER_ROUNDS = 5
+#: pytest-benchmark's --benchmark-max-time default (seconds of rounds per cell), split the same way
+RUN_MAX_TIME_S = 1.0
+
+
+def worker_dir(run_dir: Path, k: int) -> Path:
+    return run_dir / PROCESSES_DIR / str(k)
+
+
+def rounds_options(count: int, given: list[str]) -> list[str]:
+    """pytest-benchmark options that give one worker its share of a run's rounds, unless the user gave their own
+    (then they hold per process)."""
+    options = []
+    if not any(a.startswith("--benchmark-min-rounds") for a in given):
+        options.append(f"--benchmark-min-rounds={max(MIN_WORKER_ROUNDS, math.ceil(RUN_MIN_ROUNDS / count))}")
+    if not any(a.startswith("--benchmark-max-time") for a in given):
+        options.append(f"--benchmark-max-time={RUN_MAX_TIME_S / count:g}")
+    return options
+
+
+def run_workers(run_dir: Path, count: int, suite_argv: list[str], log=print) -> int:
+    """Start `count` workers one after another on the suite's argv (grid options, no --results-dir/--run-id);
+    combine after each. Returns the worst exit code (2 as soon as one was stopped: a failed write, ^C)."""
+    code = 0
+    started = time.time()
+    load_start = os.getloadavg()
+    for k in range(count):
+        argv = [sys.executable, "-m", "pytest", *suite_argv, "--results-dir", str(run_dir / PROCESSES_DIR),
+                "--run-id", str(k), f"--worker={k}/{count}", *rounds_options(count, suite_argv)]
+        log(f"lstm-bench run: process {k + 1} of {count}" + (" (times, memory, FLOPs, first call)" if k == 0
+                                                              else " (times only)"))
+        done = subprocess.run(argv)
+        if done.returncode == 2:  # stopped (a write failed, said on its stderr; or ^C): nothing more
+            return 2
+        code = max(code, done.returncode)
+        combine(run_dir, count, how={"processes": count, "started_unix": started, "load_average_start": load_start,
+                                     "load_average_end": os.getloadavg(), "wall_s": time.time() - started})
+    return code
+
+
+def combine(run_dir: Path, count: int, how: dict | None = None) -> int:
+    """RUN_DIR/measurements.csv, environment.json and grid.json from the workers' directories so far; returns the
+    rows written. A cell's row is worker 0's; its time is between the workers that measured it ok."""
+    first = worker_dir(run_dir, 0)
+    if not (first / CSV_NAME).is_file():
+        return 0
+    dirs = [d for d in (worker_dir(run_dir, k) for k in range(count)) if (d / CSV_NAME).is_file()]
+    medians: dict[tuple, list[float]] = {}
+    rounds: dict[tuple, list[float]] = {}
+    worker_rows = []
+    for d in dirs:
+        header, records, _ = read_records(d / CSV_NAME)  # rows as the CSV holds them: text, never re-typed
+        rows = [dict(zip(header, r)) for r in records]
+        worker_rows.append(rows)
+        rounds_s = load_run(d).rounds_s
+        for row in rows:
+            if row.get("status") == "ok" and row.get("step_ms_median"):
+                key = row_key(row)
+                medians.setdefault(key, []).append(float(row["step_ms_median"]))
+                rounds.setdefault(key, []).extend(rounds_s.get(Cell.from_row(row).id, []))
+    combined = []
+    for row in worker_rows[0]:
+        key = row_key(row)
+        if row.get("status") == "ok" and key in medians:
+            row = row | {k: cell_text(v) for k, v in between(medians[key], rounds[key], row).items()}
+        combined.append(row)
+    write_rows(run_dir / CSV_NAME, combined)
+    env = read_json(first / ENV_NAME) or {}
+    write_environment(run_dir, env | {"processes": how or env.get("processes")})
+    write_json(run_dir / GRID_NAME, read_json(first / GRID_NAME) or [], indent=0)
+    return len(combined)
+
+
+def between(medians: list[float], rounds_s: list[float], row: dict) -> dict:
+    """A row's time columns from its processes' medians (ms) and all their rounds (s)."""
+    median = statistics.median(medians)
+    low, high = stats.typical_interval(medians)
+    cols = {"step_ms_median": median, "processes": len(medians),
+            "step_ms_processes": ";".join(repr(m) for m in medians),
+            "step_ms_between_pct": stats.between_pct(medians), "step_ms_ci_low": low, "step_ms_ci_high": high,
+            "tokens_per_s": int(row["batch_size"]) * int(row["seq_len"]) / (median / 1e3)}
+    if rounds_s:  # every round of every process: their spread within and between
+        ms = sorted(1e3 * s for s in rounds_s)
+        q1, _, q3 = statistics.quantiles(ms, n=4) if len(ms) > 1 else (ms[0], ms[0], ms[0])
+        cols |= {"step_ms_min": ms[0], "step_ms_mean": statistics.fmean(ms), "step_ms_iqr": q3 - q1,
+                 "step_ms_stddev": statistics.stdev(ms) if len(ms) > 1 else 0.0, "rounds": len(ms)}
+    if row.get("flops_per_step"):
+        cols["achieved_gflops"] = float(row["flops_per_step"]) / (median / 1e3) / 1e9
+    return cols
