@@ -39,8 +39,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         group.addoption(f"--{name}", default=default, help=f"{help_text} (default: {default})")
     group.addoption("--tf32", action="store_true", help="allow TF32 in cuBLAS and cuDNN (pinned off by default)")
     group.addoption("--worker", default=None, help="k/n: this session is worker k (0-based) of n fresh processes "
-                    "that `lstm-bench run` starts (bench/workers.py): cells in a random order of its own; only "
-                    "worker 0 measures memory, FLOPs and the first call (default: the only one)")
+                    "that `lstm-bench run` starts (bench/workers.py): past worker 0, cells in a random order of its "
+                    "own; only worker 0 measures memory, FLOPs and the first call (default: the only one)")
 
 
 def _get(config: pytest.Config):
@@ -90,8 +90,8 @@ def pytest_configure(config: pytest.Config) -> None:
         grid_path = run_dir / GRID_NAME  # a resumed run with another grid asks for both sessions' cells
         asked = read_json(grid_path) or []  # a list of ids: prepare_run_dir checked it
         todo = resume(run_dir / CSV_NAME, cells)
-        if worker[1] > 1:  # interleaved trials: each process meets the cells in an order of its own
-            random.Random(worker[0]).shuffle(todo)
+        if worker[0] > 0:  # interleaved trials: each later process meets the cells in a random order of its own
+            random.Random(worker[0]).shuffle(todo)  # (worker 0 in the grid's, which its rows keep for the run)
     except (OutputError, RunError) as exc:
         pytest.exit(f"lstm-bench: error: {exc}", returncode=2)
     pin_tf32(config.getoption("tf32"))
@@ -157,8 +157,13 @@ class Recorder:
             stop(config, exc)
 
     def write(self, row: dict) -> None:
+        state = self.config.stash[_STATE]
         try:
             self.csv.write(row)
+            if state["worker"][1] > 1:  # one of `lstm-bench run`'s workers: the run's own CSV has the row too
+                from bench.workers import combine
+
+                combine(state["run_dir"].parent.parent, state["worker"][1])
         except OutputError as exc:
             stop(self.config, exc)
 

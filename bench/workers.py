@@ -6,11 +6,12 @@ pyperf's answer is worker processes and the spread between them; Abedi & Brecht 
 that randomized multiple interleaved trials are what make results repeat on shared machines.
 
 So a run starts `processes` fresh `pytest bench/` sessions, one after another, never side by side.
-Each measures every cell of the grid, in a random order of its own (`--worker k/n`), into
+Each measures every cell of the grid (`--worker k/n`; worker 0 in the grid's order, each later one in
+a random order of its own), into
 RUN_DIR/processes/k/ (a run directory of its own, row by row: a killed run resumes where it stopped).
 Worker 0 measures everything (first call with cold compile caches, what ran, memory, FLOPs);
 the others time only, with warm compile caches. The timed rounds are split between them: each gets
-1/n of the rounds and of the time a single process would. After each worker the run's
+1/n of the rounds and of the time a single process would. After each row a worker writes, the run's
 measurements.csv is written anew from what the workers have so far (`combine`): worker 0's row, with
 step_ms_median the median of the workers' medians, each of those in `step_ms_processes`, their
 spread in `step_ms_between_pct` and the 95% interval in `step_ms_ci_low`/`_high`.
@@ -76,20 +77,34 @@ def run_workers(run_dir: Path, count: int, suite_argv: list[str], log=print) -> 
                 "--run-id", str(k), f"--worker={k}/{count}", *rounds_options(count, suite_argv)]
         log(f"lstm-bench run: process {k + 1} of {count}" + (" (times, memory, FLOPs, first call)" if k == 0
                                                               else " (times only)"))
-        done = subprocess.run(argv)
+        done = subprocess.run(argv, preexec_fn=_die_with_parent)
         if done.returncode == 2:  # stopped (a write failed, said on its stderr; or ^C): nothing more
             return 2
         code = max(code, done.returncode)
-        combine(run_dir, count, how={"processes": count, "started_unix": started, "load_average_start": load_start,
-                                     "load_average_end": os.getloadavg(), "wall_s": time.time() - started})
+        combine(run_dir, count)
+        first = worker_dir(run_dir, 0)
+        how = {"count": count, "finished": k + 1, "started_unix": started, "load_average_start": load_start,
+               "load_average_end": os.getloadavg(), "wall_s": time.time() - started}
+        write_environment(run_dir, (read_json(first / ENV_NAME) or {}) | {"processes": how})
+        write_json(run_dir / GRID_NAME, read_json(first / GRID_NAME) or [], indent=0)
     return code
 
 
-def combine(run_dir: Path, count: int, how: dict | None = None) -> int:
-    """RUN_DIR/measurements.csv, environment.json and grid.json from the workers' directories so far; returns the
-    rows written. A cell's row is worker 0's; its time is between the workers that measured it ok."""
-    first = worker_dir(run_dir, 0)
-    if not (first / CSV_NAME).is_file():
+def _die_with_parent() -> None:
+    """In the worker, before it starts (Linux): the kernel kills it when the run that started it dies, so a
+    killed run leaves no worker behind to write beside the run that resumes it."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+        import signal
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
+def combine(run_dir: Path, count: int) -> int:
+    """RUN_DIR/measurements.csv from the workers' directories so far (after each row a worker writes, and after
+    each worker); returns the rows written. A cell's row is worker 0's; its time is between the workers that
+    measured it ok. Rounds are pooled from the workers' benchmark.json, which each writes when it ends."""
+    if not (worker_dir(run_dir, 0) / CSV_NAME).is_file():
         return 0
     dirs = [d for d in (worker_dir(run_dir, k) for k in range(count)) if (d / CSV_NAME).is_file()]
     medians: dict[tuple, list[float]] = {}
@@ -112,9 +127,6 @@ def combine(run_dir: Path, count: int, how: dict | None = None) -> int:
             row = row | {k: cell_text(v) for k, v in between(medians[key], rounds[key], row).items()}
         combined.append(row)
     write_rows(run_dir / CSV_NAME, combined)
-    env = read_json(first / ENV_NAME) or {}
-    write_environment(run_dir, env | {"processes": how or env.get("processes")})
-    write_json(run_dir / GRID_NAME, read_json(first / GRID_NAME) or [], indent=0)
     return len(combined)
 
 

@@ -143,18 +143,29 @@ def test_run_writes_ok_oom_error_and_unsupported_rows_and_goes_on(tmp_path):
                    "first_step_ms", "peak_bytes", "param_bytes", "grad_bytes", "activation_bytes",
                    "flops_per_step", "flops_counted", "achieved_gflops"):
         assert ok[column].notna().all() and (ok[column] > 0).all(), column
-    assert (ok.rounds >= 40).all()
+    assert (ok.rounds >= 3 * 40).all() and (ok.processes == 3).all()  # --benchmark-min-rounds holds per process
     assert ok.peak_reserved_bytes.isna().all() and ok.process_used_bytes.isna().all()  # CUDA-only figures
     assert (ok.param_bytes + ok.grad_bytes + ok.optimizer_bytes + ok.activation_bytes + ok.workspace_bytes
             == ok.peak_bytes).all()
     # the memory model's prediction stands beside each measurement (5%: tests/test_memory_model.py holds it)
     assert ((ok.predicted_peak_bytes - ok.peak_bytes).abs() <= 0.05 * ok.peak_bytes).all()
     assert ok.predicted_activation_bytes.notna().all()
-    assert (run_dir / "benchmark.json").is_file() and (run_dir / "environment.json").is_file()
+    # three fresh processes timed each cell: the row's median is theirs, each of them is in step_ms_processes
+    for row in ok.itertuples():
+        medians = [float(m) for m in row.step_ms_processes.split(";")]
+        assert len(medians) == 3 and row.step_ms_median == pytest.approx(float(np.median(medians)))
+        assert row.step_ms_ci_low <= row.step_ms_median <= row.step_ms_ci_high and row.step_ms_between_pct >= 0
+    for k in range(3):
+        worker = pd.read_csv(run_dir / "processes" / str(k) / "measurements.csv")
+        assert set(worker.status) == set(df.status) and (run_dir / "processes" / str(k) / "benchmark.json").is_file()
+        assert worker[worker.status == "ok"].peak_bytes.notna().all() == (k == 0)  # memory: worker 0 alone
+    assert (run_dir / "environment.json").is_file()
     assert "run directory:" in proc.stdout and "tokens/s" in proc.stdout
     # what decides the kernels is recorded, in environment.json and in pytest-benchmark's machine_info
     env = json.loads((run_dir / "environment.json").read_text())
-    machine = json.loads((run_dir / "benchmark.json").read_text())["machine_info"]["lstm_bench"]
+    how = env["processes"]
+    assert how["count"] == how["finished"] == 3 and len(how["load_average_end"]) == 3
+    machine = json.loads((run_dir / "processes" / "0" / "benchmark.json").read_text())["machine_info"]["lstm_bench"]
     for recorded in (env, machine):
         assert recorded["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
         assert recorded["onednn_bf16"] == torch.ops.mkldnn._is_mkldnn_bf16_supported()
@@ -259,10 +270,10 @@ def test_fresh_compile_caches_make_every_compile_cold(tiny):
 def test_rounds_default_to_twenty_without_gc_and_a_user_can_lower_them(tmp_path):
     grid = ["--impls", "scratch", "--batch-sizes", "2", "--hidden-sizes", "4", "--seq-len", "3", "--device", "cpu",
             "--benchmark-max-time=0.000001"]  # pytest-benchmark's time budget alone would give 1 round
-    proc = run_cli(tmp_path, *grid)
+    proc = run_cli(tmp_path, *grid, "--processes", "1")
     assert proc.returncode == 0, proc.stdout[-3000:]
     row = pd.read_csv(tmp_path / "r" / "measurements.csv").iloc[0]
-    assert row.rounds == 20 and not row.gc_in_rounds
+    assert row.rounds == 20 and not row.gc_in_rounds and row.processes == 1
     # the machine-speed probe ran before each round and after the last: its times sit beside the rounds
     run = load_run(tmp_path / "r")
     (cell_id,) = run.rounds_s
@@ -273,10 +284,15 @@ def test_rounds_default_to_twenty_without_gc_and_a_user_can_lower_them(tmp_path)
     assert row.relative_step_median == pytest.approx(float(np.median(relative)))
     assert row.warmup_steps >= 3 and pd.notna(row.startup_ms) and pd.notna(row.first_step_ms)
     assert row.description.endswith("ran: eager ATen ops") and row.library_bytes == 0 and pd.isna(row.notes)
-    lowered = run_cli(tmp_path, *grid, "--benchmark-min-rounds=3", "--threads", "1", run_id="lowered")
+    lowered = run_cli(tmp_path, *grid, "--benchmark-min-rounds=3", "--threads", "2", run_id="lowered")
     assert lowered.returncode == 0, lowered.stdout[-3000:]
     row = pd.read_csv(tmp_path / "lowered" / "measurements.csv").iloc[0]
-    assert row.rounds == 3 and row.threads == 1
+    assert row.rounds == 3 * 3 and row.threads == 2  # 3 a process, 3 processes
+    # by default a run's 20 rounds are split between its processes, 7 each
+    split = run_cli(tmp_path, *grid, run_id="split")
+    assert split.returncode == 0, split.stdout[-3000:]
+    row = pd.read_csv(tmp_path / "split" / "measurements.csv").iloc[0]
+    assert row.rounds == 21 and row.processes == 3 and row.threads == 1  # one thread: the CPU default
 
 
 def test_startup_is_the_first_call_and_warm_up_beyond_steady_steps():

@@ -7,6 +7,7 @@ import subprocess
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 import yaml
@@ -30,11 +31,16 @@ def cell(impl="scratch", batch_size=32, hidden_size=256) -> Cell:
 
 
 def make_run(path: Path, cells: dict[Cell, dict], env: dict = ENV, seed: int = 0, probe_ms: float | None = None,
-             machine: float = 1.0, machine_sigma: float = 0.0) -> Path:
+             machine: float = 1.0, machine_sigma: float = 0.0, processes: int = 1,
+             process_sigma: float = 0.0) -> Path:
     """A run directory as the suite writes it. cells: Cell -> {median_ms, sigma (lognormal, relative),
     rounds, peak_bytes, first_step_ms, status}; rounds are drawn with a fixed seed. The machine is
     `machine` times slower than the baseline's, and its speed varies by machine_sigma from round to
-    round; with probe_ms, a probe of that many milliseconds is timed before each round on that machine."""
+    round; with probe_ms, a probe of that many milliseconds is timed before each round on that machine.
+    With processes > 1 the run is `lstm-bench run`'s in worker processes: each process is slower or faster
+    by its own lognormal(0, process_sigma) factor (what moves between processes), the row holds their medians."""
+    if processes > 1:
+        return make_process_run(path, cells, env, seed, processes, process_sigma, probe_ms)
     rng = np.random.default_rng(seed)
     recorder = CsvRecorder(path / "measurements.csv")
     benchmarks = []
@@ -55,6 +61,26 @@ def make_run(path: Path, cells: dict[Cell, dict], env: dict = ENV, seed: int = 0
         benchmarks.append({"name": f"test_cell[{c.id}]", "param": c.id, "stats": {"data": rounds_s.tolist()},
                            "extra_info": extra})
     (path / JSON_NAME).write_text(json.dumps({"machine_info": {"lstm_bench": env}, "benchmarks": benchmarks}))
+    write_environment(path, env)
+    return path
+
+
+def make_process_run(path: Path, cells: dict[Cell, dict], env: dict, seed: int, processes: int,
+                     process_sigma: float, probe_ms: float | None = None) -> Path:
+    """make_run's cells timed in `processes` worker processes, combined as bench/workers.py combines them."""
+    from bench.workers import between
+
+    rng = np.random.default_rng(seed)
+    recorder = CsvRecorder(path / "measurements.csv")
+    for c, spec in cells.items():
+        row = c.columns() | {"status": "ok", "run_id": path.name, "threads": 1, "tf32": False,
+                             "peak_bytes": spec.get("peak_bytes", 100 * MiB), "first_step_ms": 900.0}
+        n, sigma = spec.get("rounds", 20), spec.get("sigma", 0.02)
+        shifts = rng.lognormal(0.0, spec.get("process_sigma", process_sigma), processes)
+        rounds = [spec.get("median_ms", 10.0) / 1e3 * shift * rng.lognormal(0.0, sigma, n) for shift in shifts]
+        medians = [1e3 * float(np.median(r)) for r in rounds]
+        probe = {"probe_ms_median": probe_ms * float(rng.lognormal(0.0, 0.01))} if probe_ms else {}
+        recorder.write(row | probe | between(medians, [float(x) for r in rounds for x in r], row))
     write_environment(path, env)
     return path
 
@@ -89,6 +115,85 @@ def test_a_cell_20pct_slower_is_flagged_and_listed_for_the_rerun(tmp_path, capsy
     assert slower["verdict"] == "slower" and 1.15 < slower["time_ratio"] < 1.25 and slower["p_value"] < 1e-6
     assert "REGRESSION: 1 cell(s)" in (new / "compare.md").read_text()
     assert "REGRESSION" in capsys.readouterr().out
+
+
+def test_per_process_shifts_that_a_rounds_test_flags_are_not_a_regression(tmp_path):
+    # A/A pairs: every process of either run is 5% faster or slower than another by chance (the machine, thread
+    # placement, memory layout), its rounds spread 2% within. One process a side and a test on the rounds (the
+    # gate's old unit) calls many of these cells slower at p < 0.01; three processes a side judged between
+    # processes call none.
+    trials, rounds_flagged, processes_flagged, unchanged = 60, 0, 0, 0
+    for k in range(trials):
+        runs = {}
+        for side, count in (("one", 1), ("three", 3)):
+            for label in ("base", "new"):
+                seed = 1000 + 4 * k + (label == "new") + 2 * (count == 3)
+                if count == 1:  # one process: its shift is in every one of its rounds
+                    shift = float(np.random.default_rng(seed).lognormal(0.0, 0.05))
+                    spec = {c: {"median_ms": 10.0 * shift} for c in (A, B, C)}
+                    runs[side, label] = make_run(tmp_path / f"{k}-{side}-{label}", spec, seed=seed)
+                else:
+                    runs[side, label] = make_run(tmp_path / f"{k}-{side}-{label}", {A: {}, B: {}, C: {}},
+                                                 seed=seed, processes=3, process_sigma=0.05)
+        one = compare_runs(load_run(runs["one", "base"]), load_run(runs["one", "new"]))
+        three = compare_runs(load_run(runs["three", "base"]), load_run(runs["three", "new"]))
+        assert set(three.cells["timing"]) == {"between processes"} and set(one.cells["timing"]) == {"as measured"}
+        rounds_flagged += int((one.cells["verdict"] == "slower").sum())
+        processes_flagged += int(three.cells["verdict"].isin(["slower", "faster"]).sum())
+        unchanged += int((three.cells["verdict"] == "unchanged").sum())
+    assert rounds_flagged >= 0.05 * 3 * trials  # about 1 in 6 cells, by chance alone
+    assert processes_flagged == 0
+    assert unchanged > 0  # and some A/A cells the interval already calls unchanged
+
+
+def test_a_true_20_percent_change_is_flagged_between_processes(tmp_path):
+    # Processes spread 3% (this project's quiet 2-core machine at one thread); B is 20% slower in the new run.
+    flagged = 0
+    for k in range(40):
+        base = make_run(tmp_path / f"b{k}", {A: {}, B: {}}, seed=2 * k, processes=3, process_sigma=0.03)
+        new = make_run(tmp_path / f"n{k}", {A: {}, B: {"median_ms": 12.0}}, seed=2 * k + 1, processes=3,
+                       process_sigma=0.03)
+        comparison = compare_runs(load_run(base), load_run(new))
+        by_id = comparison.cells.set_index("cell_id")
+        flagged += by_id.loc[B.id, "verdict"] == "slower"
+        assert by_id.loc[A.id, "verdict"] != "slower"
+        assert by_id.loc[B.id, "ci_low"] < 1.2 * 1.15 and by_id.loc[B.id, "ci_high"] > 1.2 / 1.15
+    assert flagged >= 38  # nearly always: the interval's low end lies above 1.05
+
+
+def test_a_shift_that_hits_one_implementation_and_not_the_probe_is_that_implementations_alone(tmp_path):
+    # cudnn (oneDNN's own threaded kernel) 20% slower while the probe, plain ATen ops, is not; then the reverse:
+    # the probe 30% slower and no implementation. Between processes the probe is shown, never divided out, so
+    # the first flags cudnn alone and the second nothing (dividing by it would call every cell faster).
+    slow, plain = cell("cudnn", 32, 256), cell("scratch", 32, 256)
+    spec = {slow: {}, plain: {}}
+    base = make_run(tmp_path / "base", spec, seed=5, processes=3, process_sigma=0.03, probe_ms=5.0)
+    new = make_run(tmp_path / "new", {slow: {"median_ms": 12.0}, plain: {}}, seed=6, processes=3,
+                   process_sigma=0.03, probe_ms=5.0)
+    by_id = compare_runs(load_run(base), load_run(new)).cells.set_index("cell_id")
+    assert by_id.loc[slow.id, "verdict"] == "slower" and by_id.loc[plain.id, "verdict"] != "slower"
+    assert 0.95 < by_id.loc[slow.id, "probe_ratio"] < 1.05
+    probe_moved = make_run(tmp_path / "probe", spec, seed=7, processes=3, process_sigma=0.03, probe_ms=6.5)
+    comparison = compare_runs(load_run(base), load_run(probe_moved))
+    assert not comparison.regressed and not comparison.cells["verdict"].isin(["slower", "faster"]).any()
+    assert (comparison.cells["probe_ratio"] > 1.2).all()
+
+
+def test_compare_reads_a_real_run_in_worker_processes(tmp_path):
+    # two tiny runs of `lstm-bench run --processes 2`: rows carry both processes' medians, compare judges on them
+    grid = ["--impls", "scratch", "--batch-sizes", "2", "--hidden-sizes", "4", "--seq-len", "3", "--processes", "2",
+            "--results-dir", str(tmp_path), "--benchmark-max-time=0.01"]
+    for run_id in ("a", "b"):
+        assert main(["run", *grid, "--run-id", run_id]) == 0
+    row = load_run(tmp_path / "a").measurements.iloc[0]
+    medians = [float(m) for m in row["step_ms_processes"].split(";")]
+    assert row["processes"] == 2 and row["step_ms_median"] == pytest.approx(float(np.median(medians)))
+    assert row["step_ms_ci_low"] < row["step_ms_median"] < row["step_ms_ci_high"] and row["peak_bytes"] > 0
+    worker = load_run(tmp_path / "a" / "processes" / "1").measurements.iloc[0]
+    assert worker["processes"] == 1 and pd.isna(worker["peak_bytes"]) and pd.isna(worker["first_step_ms"])
+    comparison = compare_runs(load_run(tmp_path / "a"), load_run(tmp_path / "b"))
+    assert list(comparison.cells["timing"]) == ["between processes"]
+    assert list(comparison.cells["base_processes"]) == [2]
 
 
 IMPLS = ("scratch", "scripted", "compiled", "cudnn", "fused")

@@ -117,8 +117,10 @@ def test_bytes_per_sequence_on_the_real_run_is_the_least_squares_line(real_run):
 
 def test_error_bars_come_from_the_raw_rounds(real_run):
     run = combine([real_run])
-    rounds = json.loads((real_run / "benchmark.json").read_text())["benchmarks"]
-    data = {b["param"]: b["stats"]["data"] for b in rounds}
+    data = {}  # every round of the run's three worker processes
+    for worker in sorted((real_run / "processes").iterdir()):
+        for b in json.loads((worker / "benchmark.json").read_text())["benchmarks"]:
+            data.setdefault(b["param"], []).extend(b["stats"]["data"])
     for row in run.rows.itertuples():
         cell = f"{row.impl}-cpu-float32-train-B{row.batch_size}-H{row.hidden_size}-T3-V28"
         q1, q3 = np.percentile(data[cell], [25, 75])

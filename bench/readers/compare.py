@@ -3,7 +3,8 @@
 A cell (same impl, device, dtype, mode and sizes in both runs) is judged on what varies between runs.
 `lstm-bench run` times every cell in several fresh processes (bench/workers.py), so the unit is the
 process: the ratio of the two runs' typical per-process medians and its 95% interval (Welch's t on
-their logs, bench/readers/stats.py). *slower* when the ratio is beyond the threshold and the whole
+their logs, each side's spread at least its run's spread between processes pooled over all cells:
+bench/readers/stats.py). *slower* when the ratio is beyond the threshold and the whole
 interval beyond half of it; *faster* likewise; *unchanged* when the interval lies within the
 threshold; *noisy* (not judged) when it cannot tell: the rerun list then holds the cell, for
 `lstm-bench ab` to settle with more processes. The rounds of one process do not sample what moves
@@ -125,11 +126,13 @@ def compare_runs(baseline: Run, new: Run, thresholds: Thresholds = Thresholds(),
         base = base[base["impl"].isin(list(impl_map.values()))]
         news = news[news["source_impl"].isin(list(impl_map))]
     merged = base.merge(news, on=list(KEY), how="outer", suffixes=("_base", "_new"), indicator=True)
+    floor = tuple(stats.pooled_sd([process_medians(m) for m in run.measurements["step_ms_processes"]])
+                  for run in (baseline, new))  # each run's spread between processes, over all its cells
     records = []
     for _, row in merged.iterrows():
         rec = {k: row[k] for k in KEY} | {"source_impl": row["source_impl_new"]
                                             if row["_merge"] != "left_only" else row["source_impl_base"]}
-        rec |= _compare_cell(row, baseline, new, thresholds)
+        rec |= _compare_cell(row, baseline, new, thresholds, floor)
         records.append(rec)
     cells = pd.DataFrame.from_records(records, columns=[*KEY, "source_impl", *_CELL_FIELDS])
     timed = cells["verdict"] == ""
@@ -145,7 +148,7 @@ _CELL_FIELDS = ("verdict", "memory", "cell_id", "base_ms", "new_ms", "timing", "
                 "startup_ratio", "base_status", "new_status", "note")
 
 
-def _compare_cell(row: pd.Series, baseline: Run, new: Run, t: Thresholds) -> dict:
+def _compare_cell(row: pd.Series, baseline: Run, new: Run, t: Thresholds, floor: tuple[float, float]) -> dict:
     """One merged row -> time test, memory change, first-call times, and the verdict unless it is one of
     time (left "" for _time_verdict)."""
     rec = dict.fromkeys(_CELL_FIELDS, math.nan) | {"memory": "", "note": "", "timing": ""}
@@ -172,7 +175,7 @@ def _compare_cell(row: pd.Series, baseline: Run, new: Run, t: Thresholds) -> dic
     # the machine's speed: shown beside a time between processes, not divided out
     rec["probe_ratio"] = _ratio(row.get("probe_ms_median_new"), row.get("probe_ms_median_base"))
     if len(base_m) >= 2 and len(new_m) >= 2:  # the unit is the process: Welch's t on their medians' logs
-        e = stats.unpaired(base_m, new_m)
+        e = stats.unpaired(base_m, new_m, floor=floor)
         rec |= {"timing": "between processes", "time_ratio": e.ratio, "ci_low": e.low, "ci_high": e.high,
                 "base_processes": len(base_m), "new_processes": len(new_m),
                 "base_rounds": len(base_s or ()), "new_rounds": len(new_s or ())}

@@ -22,6 +22,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 CONFIDENCE = 0.95
+#: a spread between processes: (standard deviation of log times, its degrees of freedom)
+Spread = tuple[float, int]
 
 
 @dataclass(frozen=True)
@@ -64,26 +66,47 @@ def paired(base: Sequence[float], new: Sequence[float], confidence: float = CONF
     return Estimate(math.exp(mean), math.exp(mean - half), math.exp(mean + half), len(d), len(d))
 
 
-def unpaired(base: Sequence[float], new: Sequence[float], confidence: float = CONFIDENCE) -> Estimate:
+def unpaired(base: Sequence[float], new: Sequence[float], confidence: float = CONFIDENCE,
+             floor: tuple[Spread, Spread] = ((0.0, 0), (0.0, 0))) -> Estimate:
     """Two independent samples of per-process times: Welch's t on their logs; NaN interval below 2 on a side.
 
-    Both sides measured the same cell on the same kind of machine, so where one side's processes
-    happened to agree exactly (sd 0), the other side's spread stands for both.
+    `floor` is each side's run-wide spread between processes, (sd of log times, its degrees of
+    freedom), pooled over all its cells (`pooled_sd`). A side's spread is its own or its run's,
+    whichever is larger, with that estimate's degrees of freedom. Three processes estimate their own
+    spread on two degrees of freedom, and one that came out small by chance makes the interval
+    falsely narrow; a run's 50 cells estimate it on 100.
     """
     if not base or not new:
         return Estimate(math.nan, math.nan, math.nan, len(base), len(new))
-    (mb, sb), (mn, sn) = _mean_sd([math.log(x) for x in base]), _mean_sd([math.log(x) for x in new])
+    sides = []
+    for values, (floor_sd, floor_df) in zip((base, new), floor):
+        mean, sd = _mean_sd([math.log(x) for x in values])
+        own = (sd, len(values) - 1) if len(values) > 1 else (math.nan, 0)
+        sd, df = max(own, (floor_sd, floor_df)) if floor_df else own
+        sides.append((mean, sd**2 / len(values) if df else math.nan, df))
+    (mb, vb, db), (mn, vn, dn) = sides
     ratio = math.exp(mn - mb)
-    if len(base) < 2 or len(new) < 2:
+    if not (db and dn):
         return Estimate(ratio, math.nan, math.nan, len(base), len(new))
-    sb, sn = (sb or sn), (sn or sb)
-    vb, vn = sb**2 / len(base), sn**2 / len(new)
     se = math.sqrt(vb + vn)
     if se == 0:
         return Estimate(ratio, ratio, ratio, len(base), len(new))
-    df = (vb + vn) ** 2 / (vb**2 / (len(base) - 1) + vn**2 / (len(new) - 1))  # Welch-Satterthwaite
+    df = (vb + vn) ** 2 / (vb**2 / db + vn**2 / dn)  # Welch-Satterthwaite
     half = _t(df, confidence) * se
     return Estimate(ratio, ratio * math.exp(-half), ratio * math.exp(half), len(base), len(new))
+
+
+def pooled_sd(samples: Sequence[Sequence[float]]) -> Spread:
+    """The spread between processes common to a run's cells: the pooled standard deviation of each cell's log
+    per-process times and its degrees of freedom (cells with fewer than two are left out); (0, 0) when none."""
+    squares, df = 0.0, 0
+    for values in samples:
+        if len(values) >= 2:
+            logs = [math.log(v) for v in values]
+            mean = sum(logs) / len(logs)
+            squares += sum((x - mean) ** 2 for x in logs)
+            df += len(logs) - 1
+    return (math.sqrt(squares / df), df) if df else (0.0, 0)
 
 
 def judge(estimate: Estimate, threshold: float) -> str | None:
