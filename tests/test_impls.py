@@ -304,3 +304,18 @@ def test_dropout_between_layers_in_training_only(name):
         torch.testing.assert_close(with_dropout(x)[0], without(x)[0])
         with_dropout.train()
         assert not torch.allclose(with_dropout(x)[0], without(x)[0])
+
+
+def test_check_command_takes_the_configuration_and_names_what_is_unsupported(capsys):
+    from bench.cli import main
+
+    assert main(["check", "--impls", "scratch,fused,cudnn", "--seq-len", "4", "--batch-size", "2", "--input-size",
+                 "6", "--hidden-size", "5", "--num-layers", "3", "--bidirectional", "--proj-size", "3",
+                 "--batch-first"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert "num_layers=3 bidirectional=True proj_size=3 batch_first=True" in lines[0]
+    rows = {line.split()[0]: line.split(maxsplit=1)[1] for line in lines[2:]}
+    assert rows["fused"] == "unsupported: fused does not support proj_size"
+    for name in ("scratch", "cudnn"):
+        forward, backward, _worst = rows[name].split()
+        assert float(forward) <= ATOL and float(backward) <= ATOL, rows[name]
