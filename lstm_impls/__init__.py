@@ -4,6 +4,7 @@
     >>> lstm_impls.names()
     ['compiled', 'cudnn', 'fused', 'fused_compiled', 'scratch', 'scripted', 'triton']
     >>> lstm = lstm_impls.create("scratch", input_size=28, hidden_size=256)
+    >>> deep = lstm_impls.create("scratch", 28, 256, num_layers=2, bidirectional=True)  # nn.LSTM's keywords
 
 Wherever a name is accepted, a "package.module:Class" string naming an `LSTMImpl` subclass is too.
 Outside code registers its own with the `register` decorator.
