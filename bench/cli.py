@@ -48,6 +48,13 @@ def positive_int(text: str) -> int:
     return value
 
 
+def non_negative_int(text: str) -> int:
+    """argparse type: an int >= 0 (0 meaning none, as nn.LSTM's proj_size), at most MAX_SIZE."""
+    if text.strip() == "0":
+        return 0
+    return positive_int(text)
+
+
 def seed_int(text: str) -> int:
     """argparse type: a seed torch's generator takes, 0 <= seed < 2**63."""
     try:
@@ -97,19 +104,26 @@ def _train(args: argparse.Namespace) -> int:
     """The d2l chapter's training run, with any implementation."""
     import torch
 
+    import lstm_impls
     from bench.d2l.data import SeqDataLoader, load_corpus
     from bench.d2l.model import RNNModel, d2l_init_
     from bench.d2l.train import train
 
     device = torch.device(parse_device(args.device))
     parse_impl(args.impl)
+    layers = {"num_layers": args.num_layers} if args.num_layers > 1 else {}  # a plug-in may predate the keywords
+    reason = lstm_impls.get(args.impl).unsupported_reason(device, torch.float32, **layers)
+    if reason:
+        raise OptionError(reason)
     if args.curve is not None:
         writable_file(args.curve, "--curve")
     corpus, vocab = load_corpus(args.data, max_tokens=args.max_tokens)
     loader = SeqDataLoader(corpus, args.batch_size, args.num_steps, args.random_iter, seed=args.seed)
-    model = d2l_init_(RNNModel(args.impl, len(vocab), args.hidden_size, device=device), seed=args.seed)
+    model = d2l_init_(RNNModel(args.impl, len(vocab), args.hidden_size, num_layers=args.num_layers, device=device),
+                      seed=args.seed)
     print(f"training {args.impl} ({model.rnn.describe()}) on {device}: {len(corpus)} tokens, vocab {len(vocab)}, "
-          f"batch {args.batch_size} x {args.num_steps} steps, hidden {args.hidden_size}, lr {args.lr}, "
+          f"batch {args.batch_size} x {args.num_steps} steps, hidden {args.hidden_size} x {args.num_layers} "
+          f"layer{'s' if args.num_layers > 1 else ''}, lr {args.lr}, "
           f"{args.epochs} epochs", flush=True)
     train(model, loader, vocab, lr=args.lr, num_epochs=args.epochs, device=device,
           use_random_iter=args.random_iter, curve=args.curve, log=lambda line: print(line, flush=True))
@@ -182,7 +196,8 @@ def torch_device_type(device: str) -> str:
 
 
 def _check(args: argparse.Namespace) -> int:
-    """Max abs error of each implementation against nn.LSTM (float64), outputs and gradients."""
+    """Max abs error of each implementation against nn.LSTM (float64) of the same configuration, outputs and
+    gradients; an implementation that does not run the configuration prints its reason."""
     import torch
 
     import lstm_impls
@@ -191,15 +206,23 @@ def _check(args: argparse.Namespace) -> int:
     impls = parse_impls(args.impls)
     device = torch.device(parse_device(args.device))
     T, B, I, H = args.seq_len, args.batch_size, args.input_size, args.hidden_size
-    print(f"max abs error against nn.LSTM in float64; T={T} B={B} I={I} H={H}, float32 on {device}")
+    if args.proj_size >= H:
+        raise OptionError(f"--proj-size {args.proj_size} must be below --hidden-size ({H}), as nn.LSTM requires")
+    config = {"num_layers": args.num_layers, "bidirectional": args.bidirectional, "proj_size": args.proj_size,
+              "batch_first": args.batch_first}
+    # only what differs from the defaults: a plug-in written before these keywords still answers
+    config = {key: value for key, value in config.items() if value != lstm_impls.CONFIG_DEFAULTS[key]}
+    shown = " ".join(f"{key}={value}" for key, value in config.items())
+    print(f"max abs error against nn.LSTM in float64; T={T} B={B} I={I} H={H}{' ' + shown if shown else ''}, "
+          f"float32 on {device}")
     width = max(14, *(len(name) + 1 for name in impls))  # a long module:Class name keeps the columns apart
     print(f"{'impl':<{width}} {'outputs/state':>14} {'gradients':>10}  worst")
     for name in impls:
-        reason = lstm_impls.get(name).unsupported_reason(device, torch.float32)
-        if reason:  # e.g. triton on a CPU
+        reason = lstm_impls.get(name).unsupported_reason(device, torch.float32, **config)
+        if reason:  # e.g. triton on a CPU, fused with proj_size
             print(f"{name:<{width}} unsupported: {reason}")
             continue
-        errors = max_abs_errors(name, T, B, I, H, device=device)
+        errors = max_abs_errors(name, T, B, I, H, device=device, **config)
         forward = max(errors[k] for k in ("y", "h", "c"))
         backward = max(v for k, v in errors.items() if k.endswith(".grad"))
         print(f"{name:<{width}} {forward:>14.3g} {backward:>10.3g}  {max(errors, key=errors.get)}")
@@ -327,6 +350,11 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--batch-size", type=positive_int, default=D2L["batch_size"])
     check.add_argument("--input-size", type=positive_int, default=D2L["vocab_size"])
     check.add_argument("--hidden-size", type=positive_int, default=D2L["hidden_size"])
+    check.add_argument("--num-layers", type=positive_int, default=1, help="stacked layers, as nn.LSTM's num_layers")
+    check.add_argument("--bidirectional", action="store_true", help="both directions, as nn.LSTM's bidirectional")
+    check.add_argument("--proj-size", type=non_negative_int, default=0,
+                       help="LSTMP's projection of h (nn.LSTM's proj_size; below --hidden-size); 0: none")
+    check.add_argument("--batch-first", action="store_true", help="inputs and outputs (B, T, ...)")
     check.add_argument("--device", default="cpu", help="auto, cpu, cuda, cuda:N")
     check.set_defaults(func=_check)
 
@@ -413,6 +441,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--batch-size", type=positive_int, default=D2L["batch_size"])
     train.add_argument("--num-steps", type=positive_int, default=D2L["seq_len"])
     train.add_argument("--hidden-size", type=positive_int, default=D2L["hidden_size"])
+    train.add_argument("--num-layers", type=positive_int, default=1,
+                       help="stacked LSTM layers (the book's deep LSTM: 2, with --lr 2)")
     train.add_argument("--lr", type=positive_float, default=1.0)
     train.add_argument("--device", default="auto", help="auto (cuda when available), cpu, cuda, cuda:N")
     train.add_argument("--data", type=path_arg, default=None, help="timemachine.txt to use instead of the download")

@@ -4,6 +4,7 @@
     >>> lstm_impls.names()
     ['compiled', 'cudnn', 'fused', 'fused_compiled', 'scratch', 'scripted', 'triton']
     >>> lstm = lstm_impls.create("scratch", input_size=28, hidden_size=256)
+    >>> deep = lstm_impls.create("scratch", 28, 256, num_layers=2, bidirectional=True)  # nn.LSTM's keywords
 
 Wherever a name is accepted, a "package.module:Class" string naming an `LSTMImpl` subclass is too.
 Outside code registers its own with the `register` decorator.
@@ -16,7 +17,7 @@ from collections.abc import Callable
 
 import torch
 
-from .base import LSTMImpl, State, Unsupported
+from .base import CONFIG_DEFAULTS, LSTMImpl, State, Unsupported
 
 __all__ = ["LSTMImpl", "State", "Unsupported", "create", "get", "names", "register"]
 
@@ -78,11 +79,20 @@ def get(name: str) -> type[LSTMImpl]:
     raise ValueError(f"unknown LSTM implementation {name!r}; known: {', '.join(names())} (or module:Class)")
 
 
-def create(name: str, input_size: int, hidden_size: int, *, device: str | torch.device = "cpu",
-           dtype: torch.dtype = torch.float32, **options) -> LSTMImpl:
-    """A new `name` LSTM on device in dtype; options go to the implementation (e.g. compiled's mode).
+def create(name: str, input_size: int, hidden_size: int, *, num_layers: int = 1, bidirectional: bool = False,
+           proj_size: int = 0, batch_first: bool = False, dropout: float = 0.0,
+           device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32, **options) -> LSTMImpl:
+    """A new `name` LSTM on device in dtype, configured as nn.LSTM is (num_layers, bidirectional,
+    proj_size, batch_first, dropout: nn.LSTM's meaning); options go to the implementation (e.g.
+    compiled's mode).
 
-    Raises ValueError for an unknown name or non-positive sizes, and `Unsupported` (a ValueError)
-    where the implementation does not run on that device or in that dtype.
+    Raises ValueError for an unknown name, non-positive sizes or a configuration nn.LSTM refuses, and
+    `Unsupported` (a ValueError) with the reason where the implementation does not run on that device,
+    in that dtype or with that configuration.
     """
-    return get(name)(input_size, hidden_size, device=device, dtype=dtype, **options)
+    config = {"num_layers": num_layers, "bidirectional": bidirectional, "proj_size": proj_size,
+              "batch_first": batch_first, "dropout": dropout}
+    # only what differs from the defaults is passed on, so an implementation written before these
+    # keywords existed still takes the default configuration
+    config = {key: value for key, value in config.items() if value != CONFIG_DEFAULTS[key]}
+    return get(name)(input_size, hidden_size, device=device, dtype=dtype, **config, **options)

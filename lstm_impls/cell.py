@@ -4,6 +4,8 @@
 `lstm` is the chapter's Python loop over time steps. Both are plain functions that TorchScript
 can compile, so `scratch` runs them eagerly, `scripted` runs them under `torch.jit.script` and
 `compiled` under `torch.compile`: the implementations differ only in how the same code runs.
+`lstmp_cell` and `lstmp` are the same with nn.LSTM's projection (`proj_size`, LSTMP): the cell's
+output O * tanh(C) times W_hr (H, P) is the new H, so the W_h* weights are (P, H).
 """
 
 import torch
@@ -33,5 +35,18 @@ def lstm(inputs: Tensor, H: Tensor, C: Tensor, params: list[Tensor]) -> tuple[Te
     outputs: list[Tensor] = []
     for X in inputs:
         H, C = lstm_cell(X, H, C, params)
+        outputs.append(H)
+    return torch.stack(outputs), H, C
+
+def lstmp_cell(X: Tensor, H: Tensor, C: Tensor, params: list[Tensor], W_hr: Tensor) -> tuple[Tensor, Tensor]:
+    """One LSTMP time step (nn.LSTM's proj_size): the chapter's cell, its H projected, H = (O * tanh(C)) @ W_hr."""
+    H, C = lstm_cell(X, H, C, params)
+    return H @ W_hr, C
+
+def lstmp(inputs: Tensor, H: Tensor, C: Tensor, params: list[Tensor], W_hr: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """The chapter's loop with the projected cell; returns outputs (T, B, P), H, C."""
+    outputs: list[Tensor] = []
+    for X in inputs:
+        H, C = lstmp_cell(X, H, C, params, W_hr)
         outputs.append(H)
     return torch.stack(outputs), H, C

@@ -21,6 +21,7 @@ import torch
 from torch import Tensor
 
 from . import fused_cell
+from .base import State
 from .fused import FusedLSTM
 
 
@@ -31,9 +32,9 @@ class FusedCompiledLSTM(FusedLSTM):
     runtime = "inductor"
 
     def __init__(self, input_size: int, hidden_size: int, *, device="cpu", dtype=torch.float32,
-                 mode: str | None = None):
+                 mode: str | None = None, **config):
         self.mode = mode
-        super().__init__(input_size, hidden_size, device=device, dtype=dtype)
+        super().__init__(input_size, hidden_size, device=device, dtype=dtype, **config)
 
     def make_steps(self) -> fused_cell.Steps:
         with warnings.catch_warnings():  # Inductor's first import uses torch.jit.script_method, deprecated
@@ -44,7 +45,7 @@ class FusedCompiledLSTM(FusedLSTM):
     def describe(self) -> str:
         return f"{self.description}, mode={self.mode or 'default'}"
 
-    def run(self, inputs: Tensor, H: Tensor, C: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        if self.mode == "reduce-overhead" and inputs.device.type == "cuda":
-            torch.compiler.cudagraph_mark_step_begin()  # a new iteration of CUDA graph trees
-        return super().run(inputs, H, C)
+    def forward(self, x: Tensor, state: State | None = None) -> tuple[Tensor, State]:
+        if self.mode == "reduce-overhead" and x.device.type == "cuda":
+            torch.compiler.cudagraph_mark_step_begin()  # a new iteration of CUDA graph trees, once for all layers
+        return super().forward(x, state)

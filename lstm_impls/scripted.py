@@ -14,18 +14,18 @@ from .scratch import ScratchLSTM
 # it the profiling executor's optimized plans: the second module to script `cell.lstm` would get the
 # first one's warm graph, so its first calls would not show what scripting costs. These attributes
 # (honoured by torch.jit's function cache) make every module script the chapter's code afresh.
-for _fn in (cell.lstm, cell.lstm_cell):
+for _fn in (cell.lstm, cell.lstm_cell, cell.lstmp, cell.lstmp_cell):
     _fn.__disable_jit_function_caching__ = True
 
 
-def script_lstm() -> torch.jit.ScriptFunction:
-    """A new TorchScript compilation of the chapter's loop (and the cell it calls)."""
+def script_lstm(fn=cell.lstm) -> torch.jit.ScriptFunction:
+    """A new TorchScript compilation of the chapter's loop (and the cell it calls); `cell.lstmp` for proj_size."""
     # TorchScript is deprecated in torch 2.13 but still works; the warning is ours to silence,
     # here only, so users of the other implementations still see theirs.
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=DeprecationWarning, message=r".*torch\.jit")
         warnings.filterwarnings("ignore", category=FutureWarning, message=r".*torch\.jit")
-        return torch.jit.script(cell.lstm)
+        return torch.jit.script(fn)
 
 
 class ScriptedLSTM(ScratchLSTM):
@@ -39,11 +39,14 @@ class ScriptedLSTM(ScratchLSTM):
     description = "d2l scratch LSTM under torch.jit.script (TorchScript profiling executor)"
     runtime = "torchscript"
 
-    def __init__(self, input_size: int, hidden_size: int, *, device="cpu", dtype=torch.float32):
-        super().__init__(input_size, hidden_size, device=device, dtype=dtype)
-        self._scripted: torch.jit.ScriptFunction | None = None
+    def __init__(self, input_size: int, hidden_size: int, *, device="cpu", dtype=torch.float32, **config):
+        super().__init__(input_size, hidden_size, device=device, dtype=dtype, **config)
+        self._scripted: torch.jit.ScriptFunction | None = None  # one for every layer and direction
 
-    def run(self, inputs: Tensor, H: Tensor, C: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    def run(self, inputs: Tensor, H: Tensor, C: Tensor, layer: int = 0, direction: int = 0
+            ) -> tuple[Tensor, Tensor, Tensor]:
         if self._scripted is None:  # scripted here, so the first call's time includes it
-            self._scripted = script_lstm()
-        return self._scripted(inputs, H, C, self.params())
+            self._scripted = script_lstm(cell.lstmp if self.proj_size else cell.lstm)
+        if self.proj_size:
+            return self._scripted(inputs, H, C, self.params(layer, direction), self.projection(layer, direction))
+        return self._scripted(inputs, H, C, self.params(layer, direction))

@@ -10,7 +10,10 @@ gates, 6 (B, H) values per step.
 Runs on CUDA in float32 (TF32 in its GEMMs only where torch.backends.cuda.matmul.allow_tf32 says
 so). With `TRITON_INTERPRET=1` in the environment when the kernels are first imported, Triton's
 interpreter runs them on CPU tensors, and the implementation declares the CPU too: that is how the
-tests check it without a GPU (`tests/test_triton.py`).
+tests check it without a GPU (`tests/test_fused.py`).
+
+Layers, directions, batch_first and dropout as `fused` stacks them (each layer and direction the same
+Triton sequence); no proj_size.
 """
 
 from __future__ import annotations
@@ -76,10 +79,10 @@ class TritonLSTM(FusedLSTM):
     dtypes = {"cuda": F32, **({"cpu": F32} if INTERPRETED else {})}
 
     @classmethod
-    def unsupported_reason(cls, device: str | torch.device, dtype: torch.dtype) -> str | None:
+    def unsupported_reason(cls, device: str | torch.device, dtype: torch.dtype, **config) -> str | None:
         if not INSTALLED:
             return "triton is not installed (pip install 'lstm-bench[triton]')"
-        return super().unsupported_reason(device, dtype)
+        return super().unsupported_reason(device, dtype, **config)
 
     def describe(self) -> str:
         return self.description + (" (Triton interpreter)" if INTERPRETED else "")

@@ -13,7 +13,6 @@ import math
 import torch
 from torch import Tensor
 
-from lstm_impls import cell
 from lstm_impls.scratch import ScratchLSTM
 
 
@@ -24,10 +23,11 @@ class SlowScratchLSTM(ScratchLSTM):
     #: the forward is about a third of a training step, so 60% more forward steps make the step ~20% slower
     extra_fraction = 0.6
 
-    def run(self, inputs: Tensor, H: Tensor, C: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    def run(self, inputs: Tensor, H: Tensor, C: Tensor, layer: int = 0, direction: int = 0
+            ) -> tuple[Tensor, Tensor, Tensor]:
         with torch.no_grad():
-            cell.lstm(inputs[:math.ceil(self.extra_fraction * inputs.shape[0])], H, C, self.params())
-        return cell.lstm(inputs, H, C, self.params())
+            super().run(inputs[:math.ceil(self.extra_fraction * inputs.shape[0])], H, C, layer, direction)
+        return super().run(inputs, H, C, layer, direction)
 
 
 class ScratchCopy(ScratchLSTM):

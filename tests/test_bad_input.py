@@ -203,7 +203,11 @@ CASES: dict[str, list[tuple[list[str], str]]] = {
               for option in ("--seq-len", "--batch-size", "--input-size", "--hidden-size")
               for value in (HUGE, "-1", "0", "x")]
     + [(["check", *TINY_CHECK, "--impls", value], "--impls") for value in ("nope", "", "a:b")]
-    + [(["check", *TINY_CHECK, "--device", value], "--device") for value in ("tpu", "")],
+    + [(["check", *TINY_CHECK, "--device", value], "--device") for value in ("tpu", "")]
+    + [(["check", *TINY_CHECK, "--num-layers", value], "--num-layers") for value in (HUGE, "-1", "0", "x")]
+    + [(["check", *TINY_CHECK, "--proj-size", value], "--proj-size") for value in (HUGE, "-1", "x", "1", "2")]
+    + [(["check", *TINY_CHECK, "--bidirectional", "yes"], "unrecognized arguments: yes"),
+       (["check", *TINY_CHECK, "--batch-first=1"], "--batch-first")],
     "compare": [(["compare", "{good}", at(place)], READER_REFUSAL) for place in READER_DAMAGE]
     + [(["compare", at(place), "{good}"], READER_REFUSAL) for place in ("torn row", "binary garbage")]
     + [(["compare", "{good}", "{other}", "--out", value], what) for value, what in UNWRITABLE]
@@ -238,7 +242,11 @@ CASES: dict[str, list[tuple[list[str], str]]] = {
     + [(["train", *LATIN, "--lr", value], "--lr") for value in ("nan", "-1", "inf")]
     + [(["train", *LATIN, "--curve", value], what) for value, what in [
         ("{file}/sub/c.csv", "Not a directory"), ("{runs}", "is a directory"), ("", "path")]]
-    + [(["train", *TINY_TRAIN, "--impl", "nope"], "nope")],
+    + [(["train", *TINY_TRAIN, "--impl", "nope"], "nope")]
+    + [(["train", *LATIN, "--num-layers", value], "--num-layers") for value in (HUGE, "-1", "0", "x")]
+    + [(["train", *TINY_TRAIN, "--data", "tiny.txt", "--impl", "broken_impl:CudaOnlyLSTM"], "does not run on cpu"),
+       (["train", *TINY_TRAIN, "--data", "tiny.txt", "--impl", "broken_impl:CudaOnlyLSTM", "--device", "cuda",
+         "--num-layers", "2"], "does not support num_layers|cuda")],
     "memory": [(["memory", option, value], option) for option in ("--batch-size", "--hidden-size", "--seq-len",
                                                                    "--vocab-size") for value in (HUGE, "-1", "0", "x")]
     + [(["memory", "--budget", value], "--budget") for value in ("1", "-1GiB", "", "8 lightyears", "1B", "nanGiB")]

@@ -131,3 +131,11 @@ def test_train_bad_input_is_one_line_and_exit_2(argv, message, capsys):
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert message in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+def test_train_command_deep_lstm(small_file, capsys):
+    """`train --num-layers 2 --lr 2`: the book's deep LSTM section, a few epochs on a small corpus."""
+    assert main(["train", "--impl", "fused", "--num-layers", "2", "--lr", "2", "--epochs", "3", "--hidden-size",
+                 "16", "--batch-size", "4", "--num-steps", "5", "--data", str(small_file)]) == 0
+    out = capsys.readouterr().out
+    assert "hidden 16 x 2 layers, lr 2.0" in out and "tokens/sec on cpu" in out

@@ -137,8 +137,8 @@ import lstm_impls
 from bench.instruments.equality import max_abs_errors
 
 out = {"describe": lstm_impls.create("triton", 4, 6).describe(), "errors": {}}
-for shape in json.loads(sys.argv[1]):
-    out["errors"][str(shape)] = max_abs_errors("triton", *shape)
+for shape in json.loads(sys.argv[1]):  # (T, B, I, H), and a configuration of nn.LSTM's keywords
+    out["errors"][str(shape)] = max_abs_errors("triton", *shape[:4], **(shape[4] if len(shape) > 4 else {}))
 
 # What autograd keeps for backward, per call, on T=3, B=2, I=4, H=5: shapes of the saved tensors.
 impl = lstm_impls.create("triton", 4, 5)
@@ -159,7 +159,8 @@ def test_triton_kernels_match_nn_lstm_under_the_interpreter(tiny):
     from lstm_impls.triton_lstm import BLOCK_B, BLOCK_H
 
     shapes = [[tiny["seq_len"], tiny["batch_size"], tiny["input_size"], tiny["hidden_size"]],
-              [4, BLOCK_B + 2, 5, BLOCK_H + 2]]
+              [4, BLOCK_B + 2, 5, BLOCK_H + 2],
+              [4, 2, 6, 5, {"num_layers": 2, "bidirectional": True, "batch_first": True}]]
     env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(ROOT)}
     done = subprocess.run([sys.executable, "-c", _INTERPRETED, json.dumps(shapes)], env=env, cwd=ROOT,
                           capture_output=True, text=True, timeout=600)
@@ -167,7 +168,7 @@ def test_triton_kernels_match_nn_lstm_under_the_interpreter(tiny):
     out = json.loads(done.stdout.splitlines()[-1])
     assert out["describe"].endswith("(Triton interpreter)")
     for shape, errors in out["errors"].items():
-        assert len(errors) == 10
+        assert len(errors) == (6 + 4 * 4 if "num_layers" in shape else 10)  # y, h, c, 3 inputs' and every weight's
         worse = {key: err for key, err in errors.items() if not err <= ATOL}
         assert not worse, f"triton at (T, B, I, H) = {shape} differs from nn.LSTM by more than {ATOL}: {worse}"
     # x, h0, W_x, W_h, the outputs; then the four activated gates (B, 4H) and c (B, H) per step, and c0

@@ -151,3 +151,171 @@ def test_check_command_prints_each_implementations_error(capsys, tiny):
     rows = [line.split() for line in capsys.readouterr().out.splitlines()[2:]]
     assert [r[0] for r in rows] == ["scratch", "cudnn"]
     assert all(float(r[1]) <= ATOL and float(r[2]) <= ATOL for r in rows), rows
+
+
+# ----------------------------------------------------------------------------- nn.LSTM's configurations
+
+#: (T, B, I, H), with I = 2 * proj: every layer of the projected bidirectional LSTM reads the same width,
+#: so torch.compile compiles `compiled`'s cell for one shape.
+CONFIG_SHAPE = (4, 2, 6, 5)
+CONFIGS = {
+    "2-layer": {"num_layers": 2},
+    "bidirectional": {"bidirectional": True},
+    "3-layer-bidirectional-proj": {"num_layers": 3, "bidirectional": True, "proj_size": 3},
+    "batch-first": {"batch_first": True},
+    "2-layer-bidirectional-batch-first": {"num_layers": 2, "bidirectional": True, "batch_first": True},
+}
+#: torch.compile costs seconds per first compile: the compiled implementations get one configuration each,
+#: the widest they support (their stacking is the eager ones', only `run` differs)
+COMPILED_CONFIG = {"compiled": "3-layer-bidirectional-proj", "fused_compiled": "2-layer-bidirectional-batch-first"}
+CONFIG_CASES = [pytest.param(name, config, id=f"{name}-{config}") for name in lstm_impls.names()
+                for config in CONFIGS if COMPILED_CONFIG.get(name, config) == config]
+
+
+def nn_lstm_names(num_layers: int = 1, bidirectional: bool = False, proj_size: int = 0, **_) -> set[str]:
+    """nn.LSTM's own parameter names for a configuration, from nn.LSTM itself."""
+    return {name for name, _ in torch.nn.LSTM(6, 5, num_layers, bidirectional=bidirectional,
+                                                proj_size=proj_size).named_parameters()}
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("name, config", CONFIG_CASES)
+def test_configurations_match_nn_lstm(name, config, device, tf32_off):
+    """Outputs, final state, the gradients of the input, the initial state and every weight, against a
+    float64 nn.LSTM of the same configuration; an implementation that does not support it says why."""
+    kwargs = CONFIGS[config]
+    reason = lstm_impls.get(name).unsupported_reason(device, torch.float32, **kwargs)
+    if reason and lstm_impls.get(name).unsupported_reason(device, torch.float32):
+        pytest.skip(reason)  # not on this device at all (triton on a CPU)
+    if reason:
+        assert "proj_size" in reason and name in reason, reason
+        with pytest.raises(Unsupported, match="does not support proj_size"):
+            lstm_impls.create(name, 6, 5, device=device, **kwargs)
+        return
+    errors = max_abs_errors(name, *CONFIG_SHAPE, device=device, **kwargs)
+    names = nn_lstm_names(**kwargs)
+    if "num_layers" not in kwargs and "bidirectional" not in kwargs:
+        names = {n.removesuffix("_l0") for n in names}  # one layer: the chapter's names
+    assert set(errors) == {"y", "h", "c", "x.grad", "h0.grad", "c0.grad"} | {f"{n}.grad" for n in names}
+    worse = {key: err for key, err in errors.items() if not err <= ATOL}
+    assert not worse, f"{name} {config} differs from nn.LSTM by more than {ATOL}: {worse}"
+
+
+@pytest.mark.parametrize("name", ["fused", "fused_compiled", "triton"])
+def test_fused_sequence_declares_no_projection(name):
+    reason = lstm_impls.get(name).unsupported_reason("cuda", torch.float32, proj_size=2)
+    if reason and "installed" in reason:
+        pytest.skip(reason)
+    assert reason == f"{name} does not support proj_size"
+    assert lstm_impls.get(name).unsupported_reason("cuda", torch.float32, num_layers=3, bidirectional=True) is None
+
+
+def test_an_implementation_supports_only_what_it_declares():
+    class SingleLayer(LSTMImpl):
+        description = "declares nothing beyond the chapter's LSTM"
+
+    assert SingleLayer.unsupported_reason("cpu", torch.float32) is None
+    with pytest.raises(Unsupported, match="SingleLayer does not support num_layers, bidirectional"):
+        SingleLayer(3, 4, num_layers=2, bidirectional=True)
+    with pytest.raises(TypeError, match="unknown configuration keyword"):
+        SingleLayer.unsupported_reason("cpu", torch.float32, num_heads=2)
+
+
+@pytest.mark.parametrize("config, match", [
+    ({"num_layers": 0}, "num_layers must be a positive int"), ({"num_layers": 1.5}, "num_layers"),
+    ({"bidirectional": "yes"}, "bidirectional must be a bool"), ({"batch_first": 1}, "batch_first must be a bool"),
+    ({"proj_size": 4}, "proj_size must be an int, 0 <= proj_size < hidden_size"), ({"proj_size": -1}, "proj_size"),
+    ({"dropout": 1.5}, "dropout must be a number in"), ({"dropout": True}, "dropout"),
+])
+def test_configurations_nn_lstm_refuses_are_refused(config, match):
+    for name in ("scratch", "cudnn"):
+        with pytest.raises(ValueError, match=match):
+            lstm_impls.create(name, 3, 4, **config)
+
+
+@pytest.mark.parametrize("name", ["scratch", "fused", "cudnn"])
+def test_state_shape_follows_the_state_passed_in(name):
+    """One layer in one direction: (B, H) as the chapter has it, or nn.LSTM's (1, B, H) when that is passed in;
+    more layers or directions: nn.LSTM's (layers * directions, B, H)."""
+    T, B, I, H = 3, 2, 4, 5
+    x = torch.randn(T, B, I)
+    one = lstm_impls.create(name, I, H)
+    _, (h, c) = one(x)
+    assert h.shape == c.shape == (B, H)
+    y, (h, c) = one(x, (torch.zeros(1, B, H), torch.zeros(1, B, H)))
+    assert h.shape == c.shape == (1, B, H)
+    torch.testing.assert_close(h[0], one(x)[1][0])
+    deep = lstm_impls.create(name, I, H, num_layers=2, bidirectional=True, batch_first=True)
+    y, (h, c) = deep(x.transpose(0, 1))
+    assert y.shape == (B, T, 2 * H) and h.shape == c.shape == (4, B, H)
+    if name != "cudnn":  # nn.LSTM raises its own RuntimeError
+        with pytest.raises(ValueError, match=r"state must be h \(4, 2, 5\)"):
+            deep(x.transpose(0, 1), (torch.zeros(B, H), torch.zeros(B, H)))
+
+
+def test_default_configuration_keeps_the_chapters_parameters():
+    """The memory model and the chapter's code count on these names and shapes, in this order."""
+    from lstm_impls import cell
+
+    I, H = 4, 5
+    scratch = dict(lstm_impls.create("scratch", I, H).named_parameters())
+    assert list(scratch) == list(cell.PARAM_NAMES)
+    assert scratch["W_xi"].shape == (I, H) and scratch["W_hi"].shape == (H, H) and scratch["b_i"].shape == (H,)
+    assert list(dict(lstm_impls.create("fused", I, H).named_parameters())) == ["W_x", "W_h", "b"]
+    assert list(dict(lstm_impls.create("cudnn", I, H).named_parameters())) == [
+        "lstm.weight_ih_l0", "lstm.weight_hh_l0", "lstm.bias_ih_l0", "lstm.bias_hh_l0"]
+    deep = dict(lstm_impls.create("scratch", I, H, num_layers=2, bidirectional=True, proj_size=3).named_parameters())
+    assert len(deep) == 4 * 13
+    assert deep["W_xi_l0_reverse"].shape == (I, H) and deep["W_xi_l1"].shape == (6, H)
+    assert deep["W_hi_l1_reverse"].shape == (3, H) and deep["W_hr_l1_reverse"].shape == (H, 3)
+
+
+@pytest.mark.parametrize("name", ["scratch", "scripted", "fused", "cudnn"])
+def test_nn_lstm_weights_round_trip_by_name(name):
+    config = {"num_layers": 2, "bidirectional": True, **({"proj_size": 3} if name != "fused" else {})}
+    ref = torch.nn.LSTM(6, 5, **config)
+    impl = lstm_impls.create(name, 6, 5, **config)
+    impl.load_nn_lstm(ref)
+    named = impl.named_lstm_weights()
+    assert list(named) == [n for n, _ in ref.named_parameters()]
+    for key, p in ref.named_parameters():
+        if key.startswith("bias_hh"):  # one bias per gate where the implementation has one: (sum, 0)
+            ih = key.replace("hh", "ih")
+            torch.testing.assert_close(named[ih] + named[key], (p + getattr(ref, ih)).detach())
+        elif not key.startswith("bias_ih"):
+            torch.testing.assert_close(named[key], p.detach(), atol=0, rtol=0)
+    for wrong in ({"num_layers": 3}, {"bidirectional": False}, {"proj_size": 0 if name != "fused" else 2}):
+        other = torch.nn.LSTM(6, 5, **(config | wrong))
+        with pytest.raises(ValueError, match="does not match"):
+            impl.load_nn_lstm(other)
+
+
+@pytest.mark.parametrize("name", ["scratch", "fused", "cudnn"])
+def test_dropout_between_layers_in_training_only(name):
+    torch.manual_seed(0)
+    ref = torch.nn.LSTM(4, 5, 2)
+    with_dropout = lstm_impls.create(name, 4, 5, num_layers=2, dropout=0.5)
+    without = lstm_impls.create(name, 4, 5, num_layers=2)
+    for impl in (with_dropout, without):
+        impl.load_nn_lstm(ref)
+    x = torch.randn(3, 2, 4)
+    with torch.no_grad():
+        with_dropout.eval()
+        torch.testing.assert_close(with_dropout(x)[0], without(x)[0])
+        with_dropout.train()
+        assert not torch.allclose(with_dropout(x)[0], without(x)[0])
+
+
+def test_check_command_takes_the_configuration_and_names_what_is_unsupported(capsys):
+    from bench.cli import main
+
+    assert main(["check", "--impls", "scratch,fused,cudnn", "--seq-len", "4", "--batch-size", "2", "--input-size",
+                 "6", "--hidden-size", "5", "--num-layers", "3", "--bidirectional", "--proj-size", "3",
+                 "--batch-first"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert "num_layers=3 bidirectional=True proj_size=3 batch_first=True" in lines[0]
+    rows = {line.split()[0]: line.split(maxsplit=1)[1] for line in lines[2:]}
+    assert rows["fused"] == "unsupported: fused does not support proj_size"
+    for name in ("scratch", "cudnn"):
+        forward, backward, _worst = rows[name].split()
+        assert float(forward) <= ATOL and float(backward) <= ATOL, rows[name]

@@ -53,3 +53,52 @@ def test_state_is_carried_detached_and_forward_step_keeps_no_graph(tiny):
     assert all(s.shape == (tiny["batch_size"], tiny["hidden_size"]) for s in state)
     loss, _ = forward_step(model, X, Y, state)
     assert not loss.requires_grad
+
+
+#: the deep model with every implementation that runs it eagerly (compiling costs seconds a shape)
+DEEP = [n for n in ON_CPU if lstm_impls.get(n).runtime != "inductor"
+        and lstm_impls.get(n).unsupported_reason("cpu", torch.float32, num_layers=2) is None]
+
+
+def test_deep_model_same_seed_same_numbers_across_implementations(tiny):
+    """The book's deep LSTM (nn.LSTM(vocab, H, 2)): every layer d2l-initialised from the seed, the same in every
+    implementation; layer 0 gets the numbers a one-layer model gets."""
+    V, H = tiny["input_size"], tiny["hidden_size"]
+    X, Y = batch(tiny)
+    models = {name: d2l_init_(RNNModel(name, V, H, num_layers=2), seed=5) for name in DEEP}
+    assert {"scratch", "cudnn", "fused"} <= set(models)
+    weights = models["cudnn"].rnn.named_lstm_weights()
+    assert set(weights) == {f"{w}_l{k}" for w in ("weight_ih", "weight_hh", "bias_ih", "bias_hh") for k in (0, 1)}
+    assert weights["weight_ih_l1"].shape == (4 * H, H)
+    for key, w in weights.items():
+        assert not w.any() if key.startswith("bias") else 0.003 < w.std().item() < 0.03, key
+    one = d2l_init_(RNNModel("cudnn", V, H), seed=5).rnn.named_lstm_weights()
+    torch.testing.assert_close(weights["weight_ih_l0"], one["weight_ih_l0"], atol=0, rtol=0)
+    assert not torch.equal(weights["weight_hh_l1"], one["weight_hh_l0"])  # the second layer draws its own
+    losses = {name: forward_step(model, X, Y)[0] for name, model in models.items()}
+    for name, loss in losses.items():
+        torch.testing.assert_close(loss, losses["cudnn"], atol=1e-6, rtol=0, msg=name)
+    _, (h, c) = forward_step(models["scratch"], X, Y)
+    assert h.shape == c.shape == (2, tiny["batch_size"], H)
+
+
+@pytest.mark.parametrize("name", DEEP)
+def test_deep_model_training_step_lowers_loss(name, tiny):
+    model = d2l_init_(RNNModel(name, tiny["input_size"], tiny["hidden_size"], num_layers=2))
+    rnn = model.rnn
+    for layer, direction in rnn.layers_and_directions():  # larger weights for a clear signal, as above
+        weights = rnn.lstm_weights(layer=layer, direction=direction)
+        rnn.load_lstm_weights(*(w * 60 for w in weights), layer=layer, direction=direction)
+    optimizer = sgd(model, lr=2.0)  # the book's deep LSTM trains at lr 2
+    X, Y = batch(tiny)
+    losses = [train_step(model, optimizer, X, Y, None)[0].item() for _ in range(30)]
+    assert losses[-1] < 0.9 * losses[0], losses
+
+
+def test_bidirectional_model_reads_both_directions(tiny):
+    model = d2l_init_(RNNModel("scratch", tiny["input_size"], tiny["hidden_size"], bidirectional=True))
+    assert model.linear.in_features == 2 * tiny["hidden_size"]
+    X, Y = batch(tiny)
+    logits, (h, _) = model(X)
+    assert logits.shape == (tiny["seq_len"] * tiny["batch_size"], tiny["input_size"])
+    assert h.shape == (2, tiny["batch_size"], tiny["hidden_size"])

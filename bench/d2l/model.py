@@ -15,14 +15,20 @@ from lstm_impls import State
 
 
 class RNNModel(nn.Module):
-    """d2l's RNNModel: inputs (B, T) token ids -> logits (T*B, vocab), state."""
+    """d2l's RNNModel: inputs (B, T) token ids -> logits (T*B, vocab), state.
 
-    def __init__(self, impl: str, vocab_size: int, hidden_size: int, *, device="cpu",
-                 dtype=torch.float32, **impl_options):
+    num_layers and bidirectional go to the LSTM (the book's deep and bidirectional sections, as
+    `nn.LSTM(vocab, 256, 2)`); the output layer reads both directions' outputs, as d2l's RNNModel does.
+    """
+
+    def __init__(self, impl: str, vocab_size: int, hidden_size: int, *, num_layers: int = 1,
+                 bidirectional: bool = False, device="cpu", dtype=torch.float32, **impl_options):
         super().__init__()
         self.vocab_size = vocab_size
-        self.rnn = lstm_impls.create(impl, vocab_size, hidden_size, device=device, dtype=dtype, **impl_options)
-        self.linear = nn.Linear(hidden_size, vocab_size, device=device, dtype=dtype)
+        self.rnn = lstm_impls.create(impl, vocab_size, hidden_size, num_layers=num_layers,
+                                     bidirectional=bidirectional, device=device, dtype=dtype, **impl_options)
+        directions = 2 if bidirectional else 1
+        self.linear = nn.Linear(directions * hidden_size, vocab_size, device=device, dtype=dtype)
 
     def forward(self, inputs: Tensor, state: State | None = None) -> tuple[Tensor, State]:
         X = F.one_hot(inputs.T.long(), self.vocab_size).to(self.linear.weight.dtype)
@@ -41,11 +47,16 @@ def lstm_layout_weights(input_size: int, hidden_size: int, *, generator: torch.G
 
 
 def d2l_init_(model: RNNModel, seed: int = 0) -> RNNModel:
-    """Give model d2l's initialisation from seed; every implementation gets the same numbers."""
+    """Give model d2l's initialisation from seed; every implementation gets the same numbers.
+
+    Every layer and direction in nn.LSTM's order (l0, l0_reverse, l1, ...), each drawn after the one
+    before from one generator, so a one-layer model gets the numbers it always got."""
     g = torch.Generator().manual_seed(seed)
     rnn, linear = model.rnn, model.linear
-    weights = lstm_layout_weights(rnn.input_size, rnn.hidden_size, generator=g)
-    rnn.load_lstm_weights(*(w.to(linear.weight) for w in weights))
+    for layer, direction in rnn.layers_and_directions():
+        weights = lstm_layout_weights(rnn.layer_input_size(layer), rnn.hidden_size, generator=g)
+        where = {"layer": layer, "direction": direction} if layer or direction else {}  # a plug-in may predate them
+        rnn.load_lstm_weights(*(w.to(linear.weight) for w in weights), **where)
     with torch.no_grad():
         linear.weight.copy_(torch.randn(linear.weight.shape, generator=g) * 0.01)
         linear.bias.zero_()

@@ -21,40 +21,56 @@ def _forward_backward(call, x: Tensor, h0: Tensor, c0: Tensor, dtype: torch.dtyp
 
 
 def max_abs_errors(name: str, seq_len: int, batch_size: int, input_size: int, hidden_size: int, *,
+                   num_layers: int = 1, bidirectional: bool = False, proj_size: int = 0, batch_first: bool = False,
                    device="cpu", scale: float | None = None, seed: int = 0) -> dict[str, float]:
-    """Max abs difference of y, h, c and the gradients wrt x, h0, c0 and every weight (in nn.LSTM's
-    layout) between `name` in float32 and nn.LSTM in float64 (ATen's native CPU kernels), same weights.
+    """Max abs difference of y, h, c and the gradients wrt x, h0, c0 and every weight between `name` in
+    float32 and nn.LSTM in float64 (ATen's native CPU kernels) of the same configuration, same weights.
+
+    Keys: "y", "h", "c", "x.grad", "h0.grad", "c0.grad", and "<nn.LSTM's parameter name>.grad" for
+    every weight ("weight_ih_l0.grad", "weight_hr_l1_reverse.grad", ...; with one layer in one
+    direction without the "_l0": "weight_ih.grad", as `load_lstm_weights` names them). The state passed and
+    compared has the shape `name` takes for this configuration: (B, H) for one layer in one direction
+    (as the chapter's callers pass it), nn.LSTM's (layers * directions, B, H) otherwise. Dropout is 0.
 
     Weights are normal with std `scale`, by default nn.LSTM's own init scale 1/sqrt(hidden_size):
     much larger weights make a long sequence chaotic, and then no two float orders agree.
     """
     T, B, I, H = seq_len, batch_size, input_size, hidden_size
+    config = {"num_layers": num_layers, "bidirectional": bidirectional, "proj_size": proj_size,
+              "batch_first": batch_first}
     scale = H**-0.5 if scale is None else scale
     g = torch.Generator().manual_seed(seed)
-    weights = [torch.randn(shape, generator=g, dtype=torch.float64) * scale
-               for shape in ((4 * H, I), (4 * H, H), (4 * H,), (4 * H,))]
-    x, h0, c0 = (torch.randn(shape, generator=g, dtype=torch.float64) for shape in ((T, B, I), (B, H), (B, H)))
-
-    ref = nn.LSTM(I, H, dtype=torch.float64)
-    ref_params = (ref.weight_ih_l0, ref.weight_hh_l0, ref.bias_ih_l0, ref.bias_hh_l0)
+    ref = nn.LSTM(I, H, dtype=torch.float64, **config)
     with torch.no_grad():
-        for p, w in zip(ref_params, weights):
-            p.copy_(w)
+        for p in ref.parameters():
+            p.copy_(torch.randn(p.shape, generator=g, dtype=torch.float64) * scale)
+    k, h_out = num_layers * (2 if bidirectional else 1), proj_size or H
+    stacked = k > 1
+    lead = (k,) if stacked else ()
+    x = torch.randn((B, T, I) if batch_first else (T, B, I), generator=g, dtype=torch.float64)
+    h0 = torch.randn((*lead, B, h_out), generator=g, dtype=torch.float64)
+    c0 = torch.randn((*lead, B, H), generator=g, dtype=torch.float64)
 
     def call_ref(x: Tensor, state: tuple[Tensor, Tensor]):
+        if stacked:
+            return ref(x, state)
         y, (h, c) = ref(x, (state[0].unsqueeze(0), state[1].unsqueeze(0)))
         return y, (h[0], c[0])
 
     want = _forward_backward(call_ref, x, h0, c0, torch.float64, "cpu")
-    want.update({f"{k}.grad": p.grad for k, p in zip(LSTM_WEIGHTS, ref_params)})
+    want.update({f"{key}.grad": p.grad for key, p in ref.named_parameters()})
 
-    impl = lstm_impls.create(name, I, H, device=device)
-    impl.load_lstm_weights(*(w.to(device, torch.float32) for w in weights))
+    impl = lstm_impls.create(name, I, H, device=device, **config)
+    impl.load_nn_lstm(ref)  # the same weights, rounded to float32 as they are copied
     got = _forward_backward(impl, x, h0, c0, torch.float32, device)
-    got.update({f"{k}.grad": t for k, t in zip(LSTM_WEIGHTS, impl.lstm_weights(grad=True))})
+    got.update({f"{key}.grad": t for key, t in impl.named_lstm_weights(grad=True).items()})
+    if not stacked:  # one layer, one direction: the chapter's names, as load_lstm_weights takes them
+        want, got = ({key.replace("_l0.", "."): t for key, t in d.items()} for d in (want, got))
 
     errors = {}
     for key, expected in want.items():
+        if key not in got:
+            raise ValueError(f"{name}: no {key}")
         if tuple(got[key].shape) != tuple(expected.shape):
             raise ValueError(f"{name}: {key} has shape {tuple(got[key].shape)}, nn.LSTM's is {tuple(expected.shape)}")
         errors[key] = (got[key].detach().cpu().double() - expected).abs().max().item()
