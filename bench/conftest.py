@@ -107,6 +107,20 @@ def pytest_configure(config: pytest.Config) -> None:
         pytest.exit(f"lstm-bench: error: {exc}", returncode=2)
 
 
+@pytest.hookimpl(wrapper=True)
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int):
+    """pytest-benchmark writes its JSON when the session ends: a write that fails there (a full disk) is one line
+    on stderr and exit code 2, as a row that cannot be written is, never a traceback."""
+    try:
+        return (yield)
+    except OSError as exc:
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"lstm-bench: error: {where}the benchmark JSON could not be written ({exc.strerror or exc}); the "
+              "rows in measurements.csv are intact", file=sys.stderr, flush=True)
+        session.exitstatus = pytest.ExitCode.INTERRUPTED
+        return None
+
+
 def pytest_report_collectionfinish(config: pytest.Config) -> str:
     """After collection (shown under `lstm-bench run`'s --no-header too): what this session will measure."""
     state = config.stash[_STATE]

@@ -368,17 +368,19 @@ def test_a_resumed_run_sets_the_torn_row_aside_and_measures_its_cell(tmp_path):
             "--benchmark-max-time=0.001", "--benchmark-min-rounds=3"]
     first = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert first.returncode == 0, first.stdout[-2000:] + first.stderr[-2000:]
-    csv_path = tmp_path / "r" / CSV_NAME
-    data = csv_path.read_bytes()
-    csv_path.write_bytes(data[:-40])  # killed while writing the second row
+    worker = tmp_path / "r" / "processes" / "0"  # the rows are written one by one in the worker processes' files
+    data = (worker / CSV_NAME).read_bytes()
+    (worker / CSV_NAME).write_bytes(data[:-40])  # worker 0 killed while writing its second row
     again = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stdout[-2000:] + again.stderr[-2000:]
     assert "the last row was cut off" in again.stdout and "set aside in measurements.csv.torn" in again.stdout
     assert "1 cells to measure (1 recorded ok before: skipped)" in again.stdout
+    assert "0 cells to measure (2 recorded ok before: skipped)" in again.stdout  # the other workers had finished
     run = load_run(tmp_path / "r")
     assert sorted(run.measurements.batch_size) == [2, 3] and (run.measurements.status == "ok").all()
-    assert (tmp_path / "r" / "report.md").is_file() and (tmp_path / "r" / (CSV_NAME + ".torn")).is_file()
-    assert (tmp_path / "r" / ".benchmarks").is_dir()  # pytest-benchmark's storage: in the run directory, not ./
+    assert (run.measurements.processes == 3).all()
+    assert (tmp_path / "r" / "report.md").is_file() and (worker / (CSV_NAME + ".torn")).is_file()
+    assert (worker / ".benchmarks").is_dir()  # pytest-benchmark's storage: in the run directory, not ./
 
 
 # ----------------------------------------------------------------------------- writes that fail later
@@ -398,7 +400,7 @@ def test_a_row_that_cannot_be_written_ends_the_run_with_one_line_and_the_rows_in
 
     proc = subprocess.run([sys.executable, "-m", "bench.cli", "run", "--device", "cpu", "--impls", "scratch",
                            "--batch-sizes", "2,3", "--hidden-sizes", "4", "--seq-len", "3", "--results-dir",
-                           str(tmp_path), "--run-id", "r", "--benchmark-max-time=0.001",
+                           str(tmp_path), "--run-id", "r", "--benchmark-max-time=0.001", "--processes", "1",
                            "--benchmark-min-rounds=3"], cwd=ROOT, capture_output=True, text=True, timeout=600,
                           preexec_fn=cap, env=dict(os.environ, PYTHONDONTWRITEBYTECODE="1"))
     assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-2000:]
