@@ -38,8 +38,10 @@ COLUMNS = (
     # and the median of step / probe over the rounds, which `compare` compares between runs
     "probe_ms_median", "relative_step_median",
     # between fresh processes (bench/workers.py): how many timed the cell, each one's median step time (';'-joined),
-    # their spread (sd of their logs, about a CV in %) and the 95% interval of their typical (geometric mean) median
+    # their spread (sd of their logs, about a CV in %) and the 95% interval of their typical (geometric mean) median;
+    # each one's relative_step_median and their spread: what `compare` judges where the machine's speed moved
     "processes", "step_ms_processes", "step_ms_between_pct", "step_ms_ci_low", "step_ms_ci_high",
+    "relative_step_processes", "relative_between_pct",
     # memory, from a separate pass
     "peak_bytes", "peak_reserved_bytes", "start_bytes", "library_bytes", "process_used_bytes", "context_bytes",
     "param_bytes", "grad_bytes", "optimizer_bytes", "activation_bytes", "workspace_bytes",

@@ -28,8 +28,8 @@ PROCESSES_DIR = "processes"  # the worker processes' own run directories (bench/
 GRID_NAME = "grid.json"  # the ids of the cells this run was asked to measure: what a merge expects
 #: columns a file needs to be read as measurements; the others may be missing (older schema) and read as empty.
 REQUIRED = ("impl", "device", "dtype", "mode", "batch_size", "hidden_size", "seq_len", "status")
-TEXT_COLUMNS = ("impl", "device", "dtype", "mode", "status", "error", "description", "step_ms_processes", "run_id",
-                "notes")
+TEXT_COLUMNS = ("impl", "device", "dtype", "mode", "status", "error", "description", "step_ms_processes",
+                "relative_step_processes", "run_id", "notes")
 
 
 def new_run_id() -> str:
@@ -342,7 +342,7 @@ def cell_text(value) -> str:
     """Full precision (repr), never rounded; None and NaN are empty."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return ""
-    return repr(value) if isinstance(value, float) else str(value)
+    return repr(float(value)) if isinstance(value, float) else str(value)  # float(): numpy's repr names its type
 
 
 def write_environment(run_dir: Path, env: dict) -> None:
@@ -468,8 +468,8 @@ def _read_json(path: Path) -> dict | None:
 
 
 def process_medians(text) -> list[float]:
-    """A row's step_ms_processes ('12.5;13.1;12.8': each worker process's median step ms) as floats; [] when
-    there is none (a run from before the column, or a cell not timed)."""
+    """A row's step_ms_processes ('12.5;13.1;12.8': each worker process's median step ms) or
+    relative_step_processes as floats; [] when there is none (a run from before the column, a cell not timed)."""
     if text is None or (isinstance(text, float) and math.isnan(text)) or str(text) in ("", "<NA>", "nan"):
         return []
     return [float(x) for x in str(text).split(";") if x.strip()]

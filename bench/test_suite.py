@@ -81,7 +81,8 @@ def measure_subject(subject: Subject, benchmark, config: pytest.Config, full: bo
     diverged = subject.diverged()  # checked once the rounds are over: no sync inside them
     row |= {"status": "nonfinite", "error": diverged} if diverged else {"status": "ok"}
     if stats is not None:
-        row |= {"processes": 1, "step_ms_processes": repr(row["step_ms_median"])}
+        row |= {"processes": 1, "step_ms_processes": repr(row["step_ms_median"]),
+                "relative_step_processes": repr(row["relative_step_median"])}
     if not full:
         return row
     memory = measure_memory(subject)

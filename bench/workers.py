@@ -107,7 +107,7 @@ def combine(run_dir: Path, count: int) -> int:
     if not (worker_dir(run_dir, 0) / CSV_NAME).is_file():
         return 0
     dirs = [d for d in (worker_dir(run_dir, k) for k in range(count)) if (d / CSV_NAME).is_file()]
-    medians: dict[tuple, list[float]] = {}
+    medians: dict[tuple, dict[str, list[float]]] = {}  # cell -> column -> one value a worker
     rounds: dict[tuple, list[float]] = {}
     worker_rows = []
     for d in dirs:
@@ -118,7 +118,9 @@ def combine(run_dir: Path, count: int) -> int:
         for row in rows:
             if row.get("status") == "ok" and row.get("step_ms_median"):
                 key = row_key(row)
-                medians.setdefault(key, []).append(float(row["step_ms_median"]))
+                for column in PER_PROCESS:
+                    if row.get(column):
+                        medians.setdefault(key, {}).setdefault(column, []).append(float(row[column]))
                 rounds.setdefault(key, []).extend(rounds_s.get(Cell.from_row(row).id, []))
     combined = []
     for row in worker_rows[0]:
@@ -130,14 +132,26 @@ def combine(run_dir: Path, count: int) -> int:
     return len(combined)
 
 
-def between(medians: list[float], rounds_s: list[float], row: dict) -> dict:
-    """A row's time columns from its processes' medians (ms) and all their rounds (s)."""
+#: a worker's own figures that the run's row takes the median of
+PER_PROCESS = ("step_ms_median", "relative_step_median", "probe_ms_median")
+
+
+def between(per_process: dict[str, list[float]], rounds_s: list[float], row: dict) -> dict:
+    """A row's time columns from its processes' own (PER_PROCESS: step ms, step / probe, probe ms) and all their
+    rounds (s)."""
+    medians = per_process["step_ms_median"]
     median = statistics.median(medians)
     low, high = stats.typical_interval(medians)
     cols = {"step_ms_median": median, "processes": len(medians),
-            "step_ms_processes": ";".join(repr(m) for m in medians),
+            "step_ms_processes": ";".join(repr(float(m)) for m in medians),
             "step_ms_between_pct": stats.between_pct(medians), "step_ms_ci_low": low, "step_ms_ci_high": high,
             "tokens_per_s": int(row["batch_size"]) * int(row["seq_len"]) / (median / 1e3)}
+    relative = per_process.get("relative_step_median", [])
+    if len(relative) == len(medians):
+        cols |= {"relative_step_median": statistics.median(relative),
+                 "relative_step_processes": ";".join(repr(float(r)) for r in relative),
+                 "relative_between_pct": stats.between_pct(relative),
+                 "probe_ms_median": statistics.median(per_process["probe_ms_median"])}
     if rounds_s:  # every round of every process: their spread within and between
         ms = sorted(1e3 * s for s in rounds_s)
         q1, _, q3 = statistics.quantiles(ms, n=4) if len(ms) > 1 else (ms[0], ms[0], ms[0])

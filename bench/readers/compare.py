@@ -3,8 +3,11 @@
 A cell (same impl, device, dtype, mode and sizes in both runs) is judged on what varies between runs.
 `lstm-bench run` times every cell in several fresh processes (bench/workers.py), so the unit is the
 process: the ratio of the two runs' typical per-process medians and its 95% interval (Welch's t on
-their logs, each side's spread at least its run's spread between processes pooled over all cells:
-bench/readers/stats.py). *slower* when the ratio is beyond the threshold and the whole
+their logs, each side's spread at least its run's typical spread between processes:
+bench/readers/stats.py). Each process's median is of its rounds relative to the machine-speed probe
+timed around each (measured on this project's quiet 2-core machine at one thread: the probe and the
+steps moved 1.5x together between processes, their ratio 1.07x); raw medians where a run has none.
+*slower* when the ratio is beyond the threshold and the whole
 interval beyond half of it; *faster* likewise; *unchanged* when the interval lies within the
 threshold; *noisy* (not judged) when it cannot tell: the rerun list then holds the cell, for
 `lstm-bench ab` to settle with more processes. The rounds of one process do not sample what moves
@@ -126,13 +129,14 @@ def compare_runs(baseline: Run, new: Run, thresholds: Thresholds = Thresholds(),
         base = base[base["impl"].isin(list(impl_map.values()))]
         news = news[news["source_impl"].isin(list(impl_map))]
     merged = base.merge(news, on=list(KEY), how="outer", suffixes=("_base", "_new"), indicator=True)
-    floor = tuple(stats.pooled_sd([process_medians(m) for m in run.measurements["step_ms_processes"]])
-                  for run in (baseline, new))  # each run's spread between processes, over all its cells
+    floors = {column: tuple(stats.run_spread([process_medians(m) for m in run.measurements[column]])
+                            for run in (baseline, new))  # each run's spread between processes, over its cells
+              for column in PROCESS_COLUMNS.values()}
     records = []
     for _, row in merged.iterrows():
         rec = {k: row[k] for k in KEY} | {"source_impl": row["source_impl_new"]
                                             if row["_merge"] != "left_only" else row["source_impl_base"]}
-        rec |= _compare_cell(row, baseline, new, thresholds, floor)
+        rec |= _compare_cell(row, baseline, new, thresholds, floors)
         records.append(rec)
     cells = pd.DataFrame.from_records(records, columns=[*KEY, "source_impl", *_CELL_FIELDS])
     timed = cells["verdict"] == ""
@@ -141,14 +145,19 @@ def compare_runs(baseline: Run, new: Run, thresholds: Thresholds = Thresholds(),
     return Comparison(baseline, new, cells.reset_index(drop=True), thresholds, dict(impl_map or {}))
 
 
-_CELL_FIELDS = ("verdict", "memory", "cell_id", "base_ms", "new_ms", "timing", "probe_ratio", "time_ratio",
+#: between processes, what is judged (timing -> the column of per-process figures), the first both runs have:
+#: each process's median step over the probe around it (the machine's speed moved 1.5x between processes on a
+#: quiet shared machine, and the step with it), else its raw median step time
+PROCESS_COLUMNS = {"between processes, relative to the probe": "relative_step_processes",
+                   "between processes": "step_ms_processes"}
+_CELL_FIELDS = ("verdict", "memory", "cell_id", "base_ms", "new_ms", "timing", "probe_ratio", "raw_ratio", "time_ratio",
                 "ci_low", "ci_high", "base_processes", "new_processes", "p_value", "base_rounds",
                 "new_rounds", "base_iqr_pct", "new_iqr_pct", "base_peak_bytes", "new_peak_bytes", "memory_ratio",
                 "base_first_step_ms", "new_first_step_ms", "first_step_ratio", "base_startup_ms", "new_startup_ms",
                 "startup_ratio", "base_status", "new_status", "note")
 
 
-def _compare_cell(row: pd.Series, baseline: Run, new: Run, t: Thresholds, floor: tuple[float, float]) -> dict:
+def _compare_cell(row: pd.Series, baseline: Run, new: Run, t: Thresholds, floors: dict) -> dict:
     """One merged row -> time test, memory change, first-call times, and the verdict unless it is one of
     time (left "" for _time_verdict)."""
     rec = dict.fromkeys(_CELL_FIELDS, math.nan) | {"memory": "", "note": "", "timing": ""}
@@ -171,14 +180,18 @@ def _compare_cell(row: pd.Series, baseline: Run, new: Run, t: Thresholds, floor:
     rec |= {"base_ms": row["step_ms_median_base"], "new_ms": row["step_ms_median_new"],
             "base_iqr_pct": 100 * _ratio(row["step_ms_iqr_base"], row["step_ms_median_base"]),
             "new_iqr_pct": 100 * _ratio(row["step_ms_iqr_new"], row["step_ms_median_new"])}
-    base_m, new_m = (process_medians(row.get(f"step_ms_processes_{side}")) for side in ("base", "new"))
-    # the machine's speed: shown beside a time between processes, not divided out
     rec["probe_ratio"] = _ratio(row.get("probe_ms_median_new"), row.get("probe_ms_median_base"))
-    if len(base_m) >= 2 and len(new_m) >= 2:  # the unit is the process: Welch's t on their medians' logs
-        e = stats.unpaired(base_m, new_m, floor=floor)
-        rec |= {"timing": "between processes", "time_ratio": e.ratio, "ci_low": e.low, "ci_high": e.high,
-                "base_processes": len(base_m), "new_processes": len(new_m),
-                "base_rounds": len(base_s or ()), "new_rounds": len(new_s or ())}
+    rec["raw_ratio"] = _ratio(rec["new_ms"], rec["base_ms"])
+    for timing, column in PROCESS_COLUMNS.items():  # the unit is the process: Welch's t on their medians' logs
+        base_m, new_m = (process_medians(row.get(f"{column}_{side}")) for side in ("base", "new"))
+        if len(base_m) >= 2 and len(new_m) >= 2:
+            e = stats.unpaired(base_m, new_m, floor=floors[column])
+            rec |= {"timing": timing, "time_ratio": e.ratio, "ci_low": e.low, "ci_high": e.high,
+                    "base_processes": len(base_m), "new_processes": len(new_m),
+                    "base_rounds": len(base_s or ()), "new_rounds": len(new_s or ())}
+            break
+    if rec["timing"]:  # judged between processes
+        pass
     elif base_s and new_s:
         rec |= {"base_ms": 1e3 * float(np.median(base_s)), "new_ms": 1e3 * float(np.median(new_s)),
                 "base_rounds": len(base_s), "new_rounds": len(new_s), "timing": "as measured"}
@@ -210,7 +223,7 @@ def _time_verdict(cell: pd.Series, t: Thresholds) -> str:
     """Between processes: slower / faster / unchanged as bench/readers/stats.py judges the interval, noisy when
     it cannot tell. From one process per side: slower / faster (ratio beyond the threshold and p < alpha),
     noisy, or unchanged."""
-    if cell["timing"] == "between processes":
+    if cell["timing"] in PROCESS_COLUMNS:
         e = stats.Estimate(cell["time_ratio"], cell["ci_low"], cell["ci_high"], cell["base_processes"],
                            cell["new_processes"])
         return stats.judge(e, t.time_ratio) or "noisy"
@@ -280,7 +293,7 @@ class Comparison:
         the flagged cells and those between processes that were too noisy to judge, or every timed cell when
         the whole run moved."""
         c = self.cells
-        unclear = (c["verdict"] == "noisy") & (c["timing"] == "between processes")
+        unclear = (c["verdict"] == "noisy") & c["timing"].isin(list(PROCESS_COLUMNS))
         cells = c[c["time_ratio"].notna()] if self.shifted else c[c.index.isin(self.flagged().index) | unclear]
         return [f"{SUITE_TEST}[{cid}]" for cid in cells["cell_id"]]
 
@@ -290,7 +303,7 @@ class Comparison:
             "verdict": c["verdict"], "impl": c["impl"], "mode": c["mode"], "dtype": c["dtype"],
             "B": c["batch_size"], "H": c["hidden_size"], "T": c["seq_len"],
             "base_ms": c["base_ms"].round(3), "new_ms": c["new_ms"].round(3),
-            "probe": c["probe_ratio"].round(3), "ratio": c["time_ratio"].round(3),
+            "probe": c["probe_ratio"].round(3), "raw": c["raw_ratio"].round(3), "ratio": c["time_ratio"].round(3),
             "95% CI": [f"{lo:.3f}-{hi:.3f}" if not pd.isna(lo) else "-" for lo, hi in zip(c["ci_low"], c["ci_high"])],
             "procs": [f"{b:.0f}/{n:.0f}" if not pd.isna(b) else "-"
                       for b, n in zip(c["base_processes"], c["new_processes"])],
@@ -322,7 +335,7 @@ class Comparison:
     def _drift_note(self) -> str:
         """A warning when at least half of 5+ compared cells moved by half the threshold or more, together."""
         c = self.cells
-        between = int(((c["verdict"] == "noisy") & (c["timing"] == "between processes")).sum())
+        between = int(((c["verdict"] == "noisy") & c["timing"].isin(list(PROCESS_COLUMNS))).sum())
         rounds = int((c["verdict"] == "noisy").sum()) - between
         note = (f"note: {between} cell(s) noisy: their processes disagree too much for the interval to say slower, "
                 "faster or unchanged; in the rerun list, for `lstm-bench ab --cells` (more processes)\n"
@@ -355,8 +368,9 @@ class Comparison:
                   f"x{1 + t.time_ratio:g} (x{1 / (1 + t.time_ratio):.3g}) and its whole interval beyond "
                   f"x{1 + t.time_ratio / 2:g} (x{1 / (1 + t.time_ratio / 2):.3g}), unchanged when the interval lies "
                   "within the threshold, else noisy (not judged: measure again with more processes, or `lstm-bench "
-                  "ab`). The machine-speed probe's ratio is shown, not divided out: dividing by it corrects cells "
-                  "that behave like it and distorts those that do not (oneDNN's RNN kernel). "
+                  "ab`). Each process's median is of its rounds over the machine-speed probe timed around each "
+                  "(timing: between processes, relative to the probe; `raw` is the ratio of the raw medians), "
+                  "or of the raw rounds where a run has no probe. "
                   f"Runs of one process (`pytest bench/`): a cell is slower (faster) when its median round grew "
                   f"beyond x{1 + t.time_ratio:g} and the Mann-Whitney U test of the two runs' rounds gives p < "
                   f"{t.alpha:g}, unless either median is uncertain beyond {100 * t.max_median_error:g}% (noisy); "

@@ -71,7 +71,7 @@ def unpaired(base: Sequence[float], new: Sequence[float], confidence: float = CO
     """Two independent samples of per-process times: Welch's t on their logs; NaN interval below 2 on a side.
 
     `floor` is each side's run-wide spread between processes, (sd of log times, its degrees of
-    freedom), pooled over all its cells (`pooled_sd`). A side's spread is its own or its run's,
+    freedom), over all its cells (`run_spread`). A side's spread is its own or its run's,
     whichever is larger, with that estimate's degrees of freedom. Three processes estimate their own
     spread on two degrees of freedom, and one that came out small by chance makes the interval
     falsely narrow; a run's 50 cells estimate it on 100.
@@ -96,17 +96,16 @@ def unpaired(base: Sequence[float], new: Sequence[float], confidence: float = CO
     return Estimate(ratio, ratio * math.exp(-half), ratio * math.exp(half), len(base), len(new))
 
 
-def pooled_sd(samples: Sequence[Sequence[float]]) -> Spread:
-    """The spread between processes common to a run's cells: the pooled standard deviation of each cell's log
-    per-process times and its degrees of freedom (cells with fewer than two are left out); (0, 0) when none."""
-    squares, df = 0.0, 0
+def run_spread(samples: Sequence[Sequence[float]]) -> Spread:
+    """The spread between processes typical of a run's cells: the median over its cells (those with two or more
+    processes) of the standard deviation of their log per-process times, and the degrees of freedom of them all;
+    (0, 0) when there is none. The median, so that a few cells a burst of load hit do not widen every interval."""
+    sds, df = [], 0
     for values in samples:
         if len(values) >= 2:
-            logs = [math.log(v) for v in values]
-            mean = sum(logs) / len(logs)
-            squares += sum((x - mean) ** 2 for x in logs)
-            df += len(logs) - 1
-    return (math.sqrt(squares / df), df) if df else (0.0, 0)
+            sds.append(_mean_sd([math.log(v) for v in values])[1])
+            df += len(values) - 1
+    return (sorted(sds)[len(sds) // 2], df) if sds else (0.0, 0)
 
 
 def judge(estimate: Estimate, threshold: float) -> str | None:
