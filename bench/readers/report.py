@@ -241,6 +241,10 @@ def metrics(ok: pd.DataFrame) -> dict[str, tuple[str, pd.Series]]:
         "tokens-per-s": ("tokens per second (batch × seq_len / median step)", ok["tokens_per_s"]),
         "peak-mib": ("peak memory of a step (MiB)", ok["peak_bytes"] / MIB),
         "noise-pct": ("noise: IQR / median of the step time (%)", 100 * ok["step_ms_iqr"] / ok["step_ms_median"]),
+        "between-pct": ("spread between processes: sd of their log median step times (%)",
+                        ok["step_ms_between_pct"]),
+        "relative-between-pct": ("spread between processes of the step relative to the machine-speed probe (%): "
+                                 "what `compare` judges", ok["relative_between_pct"]),
     }
 
 
@@ -462,6 +466,10 @@ def plot_predicted(ok: pd.DataFrame, group: Group, colors: dict[str, str], path:
 
 def _env_value(value) -> str:
     """An environment field in words: lists joined, mappings as NAME=value, an empty one as none."""
+    if isinstance(value, dict) and "load_average_start" in value:  # how a run in worker processes was made
+        load = [", ".join(f"{x:.2f}" for x in value[k]) for k in ("load_average_start", "load_average_end")]
+        return (f"{value['finished']} of {value['count']} fresh processes, one after another, in "
+                f"{value['wall_s']:.0f} s; load average (1, 5, 15 min) {load[0]} before, {load[1]} after")
     if isinstance(value, dict):
         return ", ".join(f"{k}={v}" for k, v in value.items()) or "none"
     if isinstance(value, list):
@@ -479,7 +487,8 @@ def _environment(combined: Combined) -> str:
               ("dispatch_env", "dispatch and thread variables set"),
               ("torch", "torch"), ("cuda", "CUDA"), ("cudnn", "cuDNN"), ("onednn", "oneDNN available"),
               ("tf32_matmul", "TF32 matmul"), ("tf32_cudnn", "TF32 cuDNN"),
-              ("python", "Python"), ("git_commit", "commit"), ("time_utc", "time (UTC)")]
+              ("python", "Python"), ("git_commit", "commit"), ("time_utc", "time (UTC)"),
+              ("processes", "how it was measured")]
     table = {"": [label for key, label in fields if any(key in run.environment for run in combined.runs)]}
     for run in combined.runs:
         table[f"`{run.path}`"] = [_env_value(run.environment.get(key, "–")) for key, _ in fields
@@ -532,6 +541,9 @@ def _answer(group: Group, ok: pd.DataFrame, batch: int, hidden: int) -> list[str
         if pd.notna(r.step_ms_median):
             noise = r.step_ms_iqr / r.step_ms_median
             speed = f" A step takes {sig(r.step_ms_median)} ms ({sig(r.tokens_per_s)} tokens/s"
+            if pd.notna(r.processes) and r.processes >= 2:
+                speed += (f"; the median of {r.processes:.0f} processes, 95% interval {sig(r.step_ms_ci_low)}–"
+                          f"{sig(r.step_ms_ci_high)} ms")
             speed += f"; noisy: IQR {noise:.1%} of the median)" if noise > NOISY_FRACTION else ")"
             if r.impl != REFERENCE_IMPL and not reference.dropna().empty:
                 ratio = r.step_ms_median / reference.iloc[0]
@@ -780,7 +792,7 @@ def write_report(run_dirs: Sequence[str | Path], out_dir: str | Path | None = No
                 **{c: getattr(group, c) for c in GROUP}))
             marked = table > 100 * NOISY_FRACTION if stem == "noise-pct" else None
             md += [f"**{title}**" + (f" — bold: above {100 * NOISY_FRACTION:.0f}%" if marked is not None else ""),
-                   "", _pivot_md(table, marked, percent=stem == "noise-pct"), ""]
+                   "", _pivot_md(table, marked, percent=stem.endswith("-pct")), ""]
         noisy = part[part["step_ms_iqr"] / part["step_ms_median"] > NOISY_FRACTION]
         md += [f"{len(noisy)} of {len(part)} cells are noisier than {100 * NOISY_FRACTION:.0f}% (IQR / median)"
                + (": their times say less than their digits." if len(noisy) else ".")]
