@@ -34,6 +34,9 @@ COLUMNS = (
     # time (pytest-benchmark's statistics over the timed rounds, after warm-up; GC off in the rounds)
     "step_ms_median", "step_ms_iqr", "step_ms_min", "step_ms_mean", "step_ms_stddev", "rounds", "gc_in_rounds",
     "warmup_steps", "tokens_per_s", "first_step_ms", "startup_ms",
+    # the step's phases, timed apart in the same rounds (the device synchronized between them): forward with the
+    # loss, backward, optimizer (gradient clipping and the update); their medians
+    "forward_ms_median", "backward_ms_median", "optimizer_ms_median",
     # the machine-speed probe timed before each round (bench/instruments/measure.py make_probe): its median,
     # and the median of step / probe over the rounds, which `compare` compares between runs
     "probe_ms_median", "relative_step_median",

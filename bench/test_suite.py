@@ -62,9 +62,11 @@ def measure_subject(subject: Subject, benchmark, config: pytest.Config, full: bo
     probe, probe_s = make_probe(subject.device, cell.hidden_size), []
     rounds = timed_rounds(statistics.median(warmup_s[-3:]), float(config.getoption("benchmark_max_time")),
                           int(config.getoption("benchmark_min_rounds")))
+    clock = subject.timing_phases()  # the rounds' phases, from the same rounds: forward, backward, optimizer
     gc.collect()  # the rounds run with GC off (pytest-benchmark's disable_gc): start them with none pending
     # setup runs before each round, untimed by pytest-benchmark: the probe, timed by itself
     benchmark.pedantic(subject.step, setup=lambda: probe_s.append(probe()), rounds=rounds)
+    subject.clock = None
     stats = benchmark.stats.stats if benchmark.stats is not None else None  # None: --benchmark-disable
     if stats is not None:
         probe_s.append(probe())  # and after the last round: each round has a probe before and after it
@@ -76,6 +78,8 @@ def measure_subject(subject: Subject, benchmark, config: pytest.Config, full: bo
                 "step_ms_stddev": stats.stddev * 1e3, "rounds": stats.rounds,
                 "gc_in_rounds": not benchmark.stats.options["disable_gc"],
                 "tokens_per_s": cell.batch_size * cell.seq_len / stats.median}
+        row |= {f"{phase}_ms_median": statistics.median(times) * 1e3
+                for phase, times in clock.seconds.items() if times}
     steady_s = stats.median if stats is not None else statistics.median(warmup_s[-3:])
     row["startup_ms"] = startup_ms(first_ms, warmup_s, steady_s) if full else None
     diverged = subject.diverged()  # checked once the rounds are over: no sync inside them

@@ -69,23 +69,36 @@ def detach_state(state: State | None) -> State | None:
 
 
 def train_step(model: RNNModel, optimizer: torch.optim.Optimizer, X: Tensor, Y: Tensor,
-               state: State | None = None, theta: float = 1.0) -> tuple[Tensor, State]:
-    """One d2l training step on X, Y (B, T); returns the mean loss (a 0-d tensor) and the new state."""
+               state: State | None = None, theta: float = 1.0, clock=None) -> tuple[Tensor, State]:
+    """One d2l training step on X, Y (B, T); returns the mean loss (a 0-d tensor) and the new state.
+
+    `clock.mark(phase)`, when given, is called as each phase ends: forward (with the loss), backward,
+    optimizer (gradient clipping and the update)."""
     y_hat, state = model(X, detach_state(state))
     loss = F.cross_entropy(y_hat, Y.T.reshape(-1))
+    if clock is not None:
+        clock.mark("forward")
     optimizer.zero_grad()
     loss.backward()
+    if clock is not None:
+        clock.mark("backward")
     # d2l's grad_clipping: scale all gradients by theta / global norm when the norm exceeds theta.
     torch.nn.utils.clip_grad_norm_(model.parameters(), theta)
     optimizer.step()
+    if clock is not None:
+        clock.mark("optimizer")
     return loss.detach(), detach_state(state)
 
 
 @torch.no_grad()
-def forward_step(model: RNNModel, X: Tensor, Y: Tensor, state: State | None = None) -> tuple[Tensor, State]:
+def forward_step(model: RNNModel, X: Tensor, Y: Tensor, state: State | None = None,
+                 clock=None) -> tuple[Tensor, State]:
     """Inference: the same forward and loss, no gradients."""
     y_hat, state = model(X, state)
-    return F.cross_entropy(y_hat, Y.T.reshape(-1)), state
+    loss = F.cross_entropy(y_hat, Y.T.reshape(-1))
+    if clock is not None:
+        clock.mark("forward")
+    return loss, state
 
 
 def sgd(model: nn.Module, lr: float) -> torch.optim.SGD:

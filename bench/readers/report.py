@@ -694,6 +694,24 @@ def _failures(rows: pd.DataFrame) -> str:
 LADDER = ("scratch", "scripted", "compiled", "fused", "fused_compiled", "triton", "cudnn")
 
 
+def _phases(at: pd.DataFrame) -> str | None:
+    """Per implementation at one cell: forward, backward and optimizer medians, their sum against the step's."""
+    timed = at[at["forward_ms_median"].notna()]
+    if timed.empty:
+        return None
+    parts = timed[["forward_ms_median", "backward_ms_median", "optimizer_ms_median"]].fillna(0.0)
+    total = parts.sum(axis=1)
+    return md_table(pd.DataFrame({
+        "impl": timed["impl"],
+        **{f"{p} (ms)": timed[f"{p}_ms_median"].map(lambda v: sig(v) if pd.notna(v) else "–")
+           for p in ("forward", "backward", "optimizer")},
+        "sum (ms)": total.map(sig), "step (ms)": timed["step_ms_median"].map(sig),
+        "sum ÷ step": (total / timed["step_ms_median"]).map(lambda v: f"{v:.3f}"),
+        "backward ÷ forward": (parts["backward_ms_median"] / parts["forward_ms_median"]).map(
+            lambda v: f"{v:.2f}" if v > 0 else "–"),
+    }))
+
+
 def _ladder(cell_rows: pd.DataFrame) -> str | None:
     """The ladder's rungs at one cell (every status): step time, tokens/s and time relative to cudnn's."""
     rungs = cell_rows[cell_rows["impl"].isin(LADDER)].copy()
@@ -762,6 +780,11 @@ def write_report(run_dirs: Sequence[str | Path], out_dir: str | Path | None = No
         md += ["", "Across the grid:", "", _across(part)]
         model = _memory_model(group, part, combined.runs)
         md += ["", "### The memory model", "", model] if model else []
+        phases = _phases(at)
+        if phases:
+            md += ["", f"### A step's phases at {where}", "", "Timed apart in the same rounds, the device "
+                   "synchronized between them: forward with the loss, backward, optimizer (gradient clipping and "
+                   "the update); medians, so their sum need not be the step's median exactly.", "", phases]
         every = group.select(rows)
         ladder = _ladder(every[(every["batch_size"] == batch) & (every["hidden_size"] == hidden)])
         if ladder:
