@@ -92,7 +92,7 @@ def measure_subject(subject: Subject, benchmark, config: pytest.Config, full: bo
     memory = measure_memory(subject)
     row |= vars(memory) | vars(breakdown(subject, memory.peak_bytes, memory.library_bytes))
     row |= predicted_columns(cell)  # the memory model beside the measurement: every run checks it
-    flops = step_flops(cell.mode, cell.seq_len, cell.batch_size, cell.vocab_size, cell.hidden_size)
+    flops = step_flops(cell.mode, cell.seq_len, cell.batch_size, cell.vocab_size, cell.hidden_size, **cell.config)
     row |= {"flops_per_step": flops, "flops_counted": count_flops(subject.step),
             "achieved_gflops": flops / stats.median / 1e9 if stats is not None else None}
     return row
@@ -101,7 +101,7 @@ def measure_subject(subject: Subject, benchmark, config: pytest.Config, full: bo
 def test_cell(cell: Cell, benchmark, recorder: Recorder, run_info: dict, runtimes_started: None,
               full_worker: bool, pytestconfig: pytest.Config) -> None:
     row = cell.columns() | run_info
-    reason = lstm_impls.get(cell.impl).unsupported_reason(cell.device, cell.torch_dtype)
+    reason = lstm_impls.get(cell.impl).unsupported_reason(cell.device, cell.torch_dtype, **cell.config)
     if reason:
         recorder.write(row | {"status": "unsupported", "error": reason})
         pytest.skip(reason)

@@ -69,7 +69,7 @@ class Subject:
     def __init__(self, cell: Cell, seed: int = 0, lr: float = 1.0, optimizer: str = "sgd"):
         self.cell, self.device = cell, torch.device(cell.device)
         self.model = d2l_init_(RNNModel(cell.impl, cell.vocab_size, cell.hidden_size, device=self.device,
-                                        dtype=cell.torch_dtype), seed=seed)
+                                        dtype=cell.torch_dtype, **cell.config), seed=seed)
         self.optimizer = make_optimizer(optimizer, self.model, lr) if cell.mode != "forward" else None
         self.runner: torch.nn.Module = self.model  # what a step calls: the model, or a wrapper of it (DDP)
         g = torch.Generator().manual_seed(seed)
