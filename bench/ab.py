@@ -36,10 +36,12 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from lstm_impls.base import CONFIG_DEFAULTS
+
 from .readers import stats
 
 ROOT = Path(__file__).resolve().parents[1]
-KEY = ("impl", "device", "dtype", "mode", "batch_size", "hidden_size", "input_size", "seq_len")
+KEY = ("impl", "device", "dtype", "mode", "batch_size", "hidden_size", "input_size", "seq_len", *CONFIG_DEFAULTS)
 VERDICTS = ("slower", "faster", "unchanged", "inconclusive")
 
 
@@ -145,8 +147,9 @@ def trial(side: Side, grid: Sequence[str], out: Path, run_id: str, max_time_s: f
 def cell_name(key: tuple) -> str:
     parts = dict(zip(KEY, key))
     impl = f"{parts['impl']} " if parts["impl"] else ""
+    config = "".join(f" {k}={parts[k]}" for k, default in CONFIG_DEFAULTS.items() if parts[k] != default)
     return (f"{impl}{parts['device']} {parts['dtype']} {parts['mode']} B{parts['batch_size']} H{parts['hidden_size']} "
-            f"T{parts['seq_len']}")
+            f"T{parts['seq_len']}{config}")
 
 
 def measure(base: Side, new: Side, grid: Sequence[str], *, budget_s: float, threshold: float, min_pairs: int,

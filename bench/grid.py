@@ -9,6 +9,7 @@ from dataclasses import asdict, dataclass
 import torch
 
 import lstm_impls
+from lstm_impls.base import CONFIG_DEFAULTS
 
 # The default grid: small on a CPU; DeepBench-like on a GPU (hidden 256-2048, batch 16-128).
 DEFAULT_GRID = {
@@ -30,10 +31,14 @@ STATUSES = ("ok", "oom", "error", "unsupported", "nonfinite")  # nonfinite: the 
 COLUMNS = (
     # the cell
     "impl", "device", "dtype", "mode", "batch_size", "hidden_size", "input_size", "seq_len", "world_size",
+    "num_layers", "bidirectional", "proj_size", "dropout", "batch_first",
     "status", "error", "description",
     # time (pytest-benchmark's statistics over the timed rounds, after warm-up; GC off in the rounds)
     "step_ms_median", "step_ms_iqr", "step_ms_min", "step_ms_mean", "step_ms_stddev", "rounds", "gc_in_rounds",
     "warmup_steps", "tokens_per_s", "first_step_ms", "startup_ms",
+    # the step's phases, timed apart in the same rounds (the device synchronized between them): forward with the
+    # loss, backward, optimizer (gradient clipping and the update); their medians
+    "forward_ms_median", "backward_ms_median", "optimizer_ms_median",
     # the machine-speed probe timed before each round (bench/instruments/measure.py make_probe): its median,
     # and the median of step / probe over the rounds, which `compare` compares between runs
     "probe_ms_median", "relative_step_median",
@@ -55,7 +60,10 @@ COLUMNS = (
 
 
 #: the columns that name a cell: two rows with equal values here measure the same thing.
-CELL_KEY = ("impl", "device", "dtype", "mode", "batch_size", "hidden_size", "input_size", "seq_len", "world_size")
+CELL_KEY = ("impl", "device", "dtype", "mode", "batch_size", "hidden_size", "input_size", "seq_len", "world_size",
+            *CONFIG_DEFAULTS)
+#: a row written before a key column existed reads as that column's default
+KEY_DEFAULTS = {"world_size": 1, **CONFIG_DEFAULTS}
 
 
 class OptionError(ValueError):
@@ -75,6 +83,17 @@ class Cell:
     seq_len: int
     vocab_size: int
     world_size: int = 1  # processes that train it data-parallel (DDP_MODE); 1 otherwise
+    # nn.LSTM's configuration (lstm_impls.create's keywords); the defaults are the chapter's one-layer LSTM
+    num_layers: int = 1
+    bidirectional: bool = False
+    proj_size: int = 0
+    dropout: float = 0.0
+    batch_first: bool = False
+
+    @property
+    def config(self) -> dict:
+        """The LSTM's configuration keywords, for lstm_impls.create and RNNModel."""
+        return {key: getattr(self, key) for key in CONFIG_DEFAULTS}
 
     @property
     def input_size(self) -> int:
@@ -87,8 +106,12 @@ class Cell:
     @property
     def id(self) -> str:
         world = f"-W{self.world_size}" if self.world_size != 1 else ""
+        config = "".join(mark for mark, on in (
+            (f"-L{self.num_layers}", self.num_layers != 1), ("-bi", self.bidirectional),
+            (f"-P{self.proj_size}", self.proj_size), (f"-D{self.dropout:g}", self.dropout), ("-bf", self.batch_first))
+            if on)  # the chapter's one-layer LSTM keeps the ids it always had
         return (f"{self.impl}-{self.device}-{self.dtype}-{self.mode}"
-                f"-B{self.batch_size}-H{self.hidden_size}-T{self.seq_len}-V{self.vocab_size}{world}")
+                f"-B{self.batch_size}-H{self.hidden_size}-T{self.seq_len}-V{self.vocab_size}{world}{config}")
 
     def expected_cost_s(self) -> float:
         """A rough guess of the seconds the suite spends on this cell, to balance shards: a fixed
@@ -97,7 +120,7 @@ class Cell:
         from .instruments.flops import step_flops
 
         flops = step_flops("forward" if self.mode == "forward" else "train", self.seq_len, self.batch_size,
-                           self.vocab_size, self.hidden_size)
+                           self.vocab_size, self.hidden_size, **self.config)
         rate = NOMINAL_FLOPS_PER_S[torch.device(self.device).type]
         compile_s = COMPILE_COST_S.get(lstm_impls.get(self.impl).runtime, 0.0)
         return 2.0 + compile_s + 60 * flops * self.world_size / rate
@@ -105,12 +128,17 @@ class Cell:
     @classmethod
     def from_row(cls, row, impl: str | None = None) -> Cell:
         """The cell a measurements row (a dict or pandas row) records; impl overrides the row's."""
-        try:
-            world = int(row.get("world_size"))
-        except (TypeError, ValueError):  # empty, NaN or NA: a row from before the column, single-process
-            world = 1
+        def get(key: str):  # empty, NaN or NA: a row from before the column: its default
+            value, default = row.get(key), KEY_DEFAULTS[key]
+            if value is None or str(value) in ("", "nan", "<NA>", "None"):
+                return default
+            if isinstance(default, bool):
+                return str(value).strip().lower() in ("true", "1", "1.0")
+            return type(default)(float(value))
+
         return cls(impl or row["impl"], row["device"], row["dtype"], row["mode"], int(row["batch_size"]),
-                   int(row["hidden_size"]), int(row["seq_len"]), int(row["input_size"]), world)
+                   int(row["hidden_size"]), int(row["seq_len"]), int(row["input_size"]),
+                   *(get(key) for key in KEY_DEFAULTS))
 
     def columns(self) -> dict:
         """The cell's own CSV columns."""
@@ -208,6 +236,39 @@ def parse_sizes(text: str, what: str) -> tuple[int, ...]:
     return sizes
 
 
+def parse_counts(text: str, what: str) -> tuple[int, ...]:
+    """A comma list of non-negative ints (0 allowed: "none"); OptionError otherwise."""
+    try:
+        counts = tuple(dict.fromkeys(int(s) for s in text.split(",") if s.strip()))
+    except ValueError:
+        counts = ()
+    if not counts or min(counts) < 0 or max(counts) > MAX_SIZE:
+        raise OptionError(f"{what} {text!r} is not valid; give integers from 0 to {MAX_SIZE}, comma-separated "
+                          "(e.g. 0,64)")
+    return counts
+
+
+def parse_bools(text: str, what: str) -> tuple[bool, ...]:
+    """A comma list of false / true; OptionError otherwise."""
+    words = {"false": False, "true": True}
+    items = [s.strip().lower() for s in text.split(",") if s.strip()]
+    if not items or any(i not in words for i in items):
+        raise OptionError(f"{what} {text!r} is not valid; give false, true or false,true")
+    return tuple(dict.fromkeys(words[i] for i in items))
+
+
+def parse_fractions(text: str, what: str) -> tuple[float, ...]:
+    """A comma list of numbers in [0, 1) (dropout probabilities); OptionError otherwise."""
+    try:
+        values = tuple(dict.fromkeys(float(s) for s in text.split(",") if s.strip()))
+    except ValueError:
+        values = ()
+    if not values or not all(0 <= v < 1 for v in values):
+        raise OptionError(f"{what} {text!r} is not valid; give numbers from 0 up to (not including) 1, "
+                          "comma-separated (e.g. 0,0.2)")
+    return values
+
+
 def parse_impl(name: str, what: str = "--impl") -> str:
     """A registered name or a module:Class string naming an LSTMImpl."""
     try:
@@ -254,12 +315,22 @@ class Options:
     vocab_size: int
     shard: tuple[int, int] = (0, 1)  # (index, count): this process runs that part of the grid
     threads: int | None = None  # torch's CPU threads; None: torch's own choice (or torchrun's share of the cores)
+    # nn.LSTM's configurations: every combination is in the grid (a projection as wide as the hidden size is not
+    # an LSTMP and is left out)
+    num_layers: tuple[int, ...] = (1,)
+    bidirectional: tuple[bool, ...] = (False,)
+    proj_sizes: tuple[int, ...] = (0,)
+    dropouts: tuple[float, ...] = (0.0,)
+    batch_first: tuple[bool, ...] = (False,)
 
     def grid(self) -> list[Cell]:
         """Every combination, in a stable order; the implementations of one shape run one after another."""
-        return [Cell(impl, self.device, dtype, mode, b, h, t, self.vocab_size)
-                for dtype, mode, t, h, b, impl in itertools.product(
-                    self.dtypes, self.modes, self.seq_lens, self.hidden_sizes, self.batch_sizes, self.impls)]
+        configs = [c for c in itertools.product(self.num_layers, self.bidirectional, self.proj_sizes, self.dropouts,
+                                                self.batch_first)]
+        return [Cell(impl, self.device, dtype, mode, b, h, t, self.vocab_size, 1, *config)
+                for config, dtype, mode, t, h, b, impl in itertools.product(
+                    configs, self.dtypes, self.modes, self.seq_lens, self.hidden_sizes, self.batch_sizes, self.impls)
+                if config[2] < h]
 
     def cells(self) -> list[Cell]:
         """This process's part of the grid (all of it unless sharded)."""
@@ -281,6 +352,13 @@ OPTIONS = {
                "recorded ok are skipped, the others measured again"),
     "shard": (None, "i/n: run part i (0-based) of n parts of the grid, balanced by expected cost "
               "(under torchrun: RANK/WORLD_SIZE)"),
+    "num-layers": ("1", "LSTM layers, comma list (nn.LSTM's num_layers)"),
+    "bidirectional": ("false", "comma list of false, true (nn.LSTM's bidirectional; the output layer reads both "
+                      "directions)"),
+    "proj-size": ("0", "LSTMP projection sizes, comma list; 0: none (nn.LSTM's proj_size; sizes at least the hidden "
+                  "size are left out)"),
+    "dropout": ("0", "dropout between layers, comma list of numbers in [0, 1) (nn.LSTM's dropout)"),
+    "batch-first": ("false", "comma list of false, true (nn.LSTM's batch_first: the model feeds (B, T) inputs)"),
     "threads": (None, "torch's CPU threads (default: 1 on a CPU, torch's own on CUDA); on a shared machine 1 keeps "
                 "multi-threaded GEMMs from stalling when another process takes a core"),
 }
@@ -308,4 +386,9 @@ def parse_options(get) -> Options:
         vocab_size=vocab[0],
         shard=parse_shard(get("shard")),
         threads=parse_sizes(get("threads"), "--threads")[0] if get("threads") else DEFAULT_THREADS[device_type],
+        num_layers=parse_sizes(get("num-layers") or "1", "--num-layers"),
+        bidirectional=parse_bools(get("bidirectional") or "false", "--bidirectional"),
+        proj_sizes=parse_counts(get("proj-size") or "0", "--proj-size"),
+        dropouts=parse_fractions(get("dropout") or "0", "--dropout"),
+        batch_first=parse_bools(get("batch-first") or "false", "--batch-first"),
     )

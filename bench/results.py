@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .grid import CELL_KEY, COLUMNS, Cell
+from .grid import CELL_KEY, COLUMNS, KEY_DEFAULTS, Cell
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -145,7 +145,7 @@ def one_line(exc: BaseException) -> str:
 
 def row_key(row: dict) -> tuple:
     """A row's cell, as CELL_KEY values (strings, so a row read back from the CSV compares equal)."""
-    defaults = {"world_size": "1"}  # rows written before the column existed were single-process
+    defaults = {k: str(v) for k, v in KEY_DEFAULTS.items()}  # rows written before a column existed: its default
     return tuple(str(row[k]) if row.get(k) not in (None, "") else defaults.get(k, "") for k in CELL_KEY)
 
 
@@ -415,7 +415,9 @@ def load_run(path: str | Path) -> Run:
         raise RunError(f"{csv_path}: damaged ({str(exc).strip().splitlines()[0]})") from None
     for column in COLUMNS:
         if column not in df:
-            df[column] = pd.NA
+            df[column] = KEY_DEFAULTS.get(column, pd.NA)  # a key column from before it existed: its default
+        elif column in KEY_DEFAULTS:
+            df[column] = df[column].fillna(KEY_DEFAULTS[column])
     for column in set(COLUMNS) - set(TEXT_COLUMNS):
         try:
             df[column] = pd.to_numeric(df[column])

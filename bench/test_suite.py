@@ -62,9 +62,11 @@ def measure_subject(subject: Subject, benchmark, config: pytest.Config, full: bo
     probe, probe_s = make_probe(subject.device, cell.hidden_size), []
     rounds = timed_rounds(statistics.median(warmup_s[-3:]), float(config.getoption("benchmark_max_time")),
                           int(config.getoption("benchmark_min_rounds")))
+    clock = subject.timing_phases()  # the rounds' phases, from the same rounds: forward, backward, optimizer
     gc.collect()  # the rounds run with GC off (pytest-benchmark's disable_gc): start them with none pending
     # setup runs before each round, untimed by pytest-benchmark: the probe, timed by itself
     benchmark.pedantic(subject.step, setup=lambda: probe_s.append(probe()), rounds=rounds)
+    subject.clock = None
     stats = benchmark.stats.stats if benchmark.stats is not None else None  # None: --benchmark-disable
     if stats is not None:
         probe_s.append(probe())  # and after the last round: each round has a probe before and after it
@@ -76,6 +78,8 @@ def measure_subject(subject: Subject, benchmark, config: pytest.Config, full: bo
                 "step_ms_stddev": stats.stddev * 1e3, "rounds": stats.rounds,
                 "gc_in_rounds": not benchmark.stats.options["disable_gc"],
                 "tokens_per_s": cell.batch_size * cell.seq_len / stats.median}
+        row |= {f"{phase}_ms_median": statistics.median(times) * 1e3
+                for phase, times in clock.seconds.items() if times}
     steady_s = stats.median if stats is not None else statistics.median(warmup_s[-3:])
     row["startup_ms"] = startup_ms(first_ms, warmup_s, steady_s) if full else None
     diverged = subject.diverged()  # checked once the rounds are over: no sync inside them
@@ -88,7 +92,7 @@ def measure_subject(subject: Subject, benchmark, config: pytest.Config, full: bo
     memory = measure_memory(subject)
     row |= vars(memory) | vars(breakdown(subject, memory.peak_bytes, memory.library_bytes))
     row |= predicted_columns(cell)  # the memory model beside the measurement: every run checks it
-    flops = step_flops(cell.mode, cell.seq_len, cell.batch_size, cell.vocab_size, cell.hidden_size)
+    flops = step_flops(cell.mode, cell.seq_len, cell.batch_size, cell.vocab_size, cell.hidden_size, **cell.config)
     row |= {"flops_per_step": flops, "flops_counted": count_flops(subject.step),
             "achieved_gflops": flops / stats.median / 1e9 if stats is not None else None}
     return row
@@ -97,7 +101,7 @@ def measure_subject(subject: Subject, benchmark, config: pytest.Config, full: bo
 def test_cell(cell: Cell, benchmark, recorder: Recorder, run_info: dict, runtimes_started: None,
               full_worker: bool, pytestconfig: pytest.Config) -> None:
     row = cell.columns() | run_info
-    reason = lstm_impls.get(cell.impl).unsupported_reason(cell.device, cell.torch_dtype)
+    reason = lstm_impls.get(cell.impl).unsupported_reason(cell.device, cell.torch_dtype, **cell.config)
     if reason:
         recorder.write(row | {"status": "unsupported", "error": reason})
         pytest.skip(reason)

@@ -133,7 +133,8 @@ def combine(run_dir: Path, count: int) -> int:
 
 
 #: a worker's own figures that the run's row takes the median of
-PER_PROCESS = ("step_ms_median", "relative_step_median", "probe_ms_median")
+PER_PROCESS = ("step_ms_median", "relative_step_median", "probe_ms_median", "forward_ms_median",
+               "backward_ms_median", "optimizer_ms_median")
 
 
 def between(per_process: dict[str, list[float]], rounds_s: list[float], row: dict) -> dict:
@@ -152,6 +153,8 @@ def between(per_process: dict[str, list[float]], rounds_s: list[float], row: dic
                  "relative_step_processes": ";".join(repr(float(r)) for r in relative),
                  "relative_between_pct": stats.between_pct(relative),
                  "probe_ms_median": statistics.median(per_process["probe_ms_median"])}
+    cols |= {column: statistics.median(values) for column, values in per_process.items()
+             if column.endswith("ms_median") and column != "step_ms_median" and len(values) == len(medians)}
     if rounds_s:  # every round of every process: their spread within and between
         ms = sorted(1e3 * s for s in rounds_s)
         q1, _, q3 = statistics.quantiles(ms, n=4) if len(ms) > 1 else (ms[0], ms[0], ms[0])

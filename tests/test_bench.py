@@ -93,6 +93,38 @@ def test_analytic_flops_equal_the_counted_for_scratch(mode):
                                                    cell.hidden_size)
 
 
+@pytest.mark.parametrize("mode", ["train", "forward"])
+def test_analytic_flops_count_layers_directions_and_projections(mode):
+    cell = Cell("scratch", "cpu", "float32", mode, 3, 6, 4, 5, num_layers=2, bidirectional=True, proj_size=4)
+    subject = Subject(cell)
+    subject.step()
+    assert count_flops(subject.step) == step_flops(mode, cell.seq_len, cell.batch_size, cell.vocab_size,
+                                                   cell.hidden_size, **cell.config)
+
+
+def test_a_run_over_lstm_configurations(tmp_path):
+    """--num-layers and --bidirectional are grid axes: a row each, ids that say so, unsupported where an
+    implementation declares it, a report section per configuration with the fastest-implementation map."""
+    proc = run_cli(tmp_path, "--impls", "scratch,fused,cudnn", "--batch-sizes", "2,3", "--hidden-sizes", "6",
+                   "--seq-len", "3", "--device", "cpu", "--num-layers", "1,2", "--bidirectional", "false,true",
+                   "--proj-size", "0,4", "--processes", "1", "--benchmark-max-time=0.001", "--benchmark-min-rounds=3")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    df = pd.read_csv(tmp_path / "r" / "measurements.csv")
+    assert len(df) == 3 * 2 * 2 * 2 * 2  # impls x batches x layers x directions x projections
+    unsupported = df[df.status == "unsupported"]
+    assert set(unsupported.impl) == {"fused"} and (unsupported.proj_size == 4).all()
+    ok = df[df.status == "ok"]
+    assert set(zip(ok.num_layers, ok.bidirectional)) == {(1, False), (1, True), (2, False), (2, True)}
+    scratch = ok[ok.impl == "scratch"]
+    assert (scratch.flops_per_step == scratch.flops_counted).all()  # every layer, direction and projection
+    assert ok.predicted_peak_bytes.isna().sum() == len(ok[(ok.num_layers > 1) | ok.bidirectional | (ok.proj_size > 0)])
+    report = (tmp_path / "r" / "report.md").read_text()
+    assert "· 2 layers · bidirectional · proj 4" in report and "the fastest implementation per cell" in report
+    assert (tmp_path / "r" / "plot-fastest-cpu-float32-train-T3-V28-L2-bi-P4.png").is_file()
+    ids = {Cell.from_row(r).id for r in ok.to_dict("records")}
+    assert "cudnn-cpu-float32-train-B2-H6-T3-V28-L2-bi-P4" in ids and "cudnn-cpu-float32-train-B2-H6-T3-V28" in ids
+
+
 def test_fused_lstm_is_counted_not_zero():
     subject = Subject(d2l_cell("cudnn", mode="forward"))
     c = subject.cell
@@ -144,6 +176,10 @@ def test_run_writes_ok_oom_error_and_unsupported_rows_and_goes_on(tmp_path):
                    "flops_per_step", "flops_counted", "achieved_gflops"):
         assert ok[column].notna().all() and (ok[column] > 0).all(), column
     assert (ok.rounds >= 3 * 40).all() and (ok.processes == 3).all()  # --benchmark-min-rounds holds per process
+    # the phases of the same rounds, timed apart: together about the whole step
+    phases = ok.forward_ms_median + ok.backward_ms_median + ok.optimizer_ms_median
+    assert (ok[["forward_ms_median", "backward_ms_median", "optimizer_ms_median"]] > 0).all().all()
+    assert ((phases / ok.step_ms_median - 1).abs() < 0.25).all(), (phases / ok.step_ms_median).tolist()
     assert ok.peak_reserved_bytes.isna().all() and ok.process_used_bytes.isna().all()  # CUDA-only figures
     assert (ok.param_bytes + ok.grad_bytes + ok.optimizer_bytes + ok.activation_bytes + ok.workspace_bytes
             == ok.peak_bytes).all()

@@ -102,3 +102,29 @@ def test_bidirectional_model_reads_both_directions(tiny):
     logits, (h, _) = model(X)
     assert logits.shape == (tiny["seq_len"] * tiny["batch_size"], tiny["input_size"])
     assert h.shape == (2, tiny["batch_size"], tiny["hidden_size"])
+
+
+def test_a_steps_phases_are_marked_in_order_and_cover_the_step():
+    """train_step marks forward, backward and optimizer once each, in that order; forward_step marks forward."""
+    import time as _time
+
+    from bench.d2l.model import RNNModel, d2l_init_, forward_step, sgd, train_step
+
+    class Clock:
+        def __init__(self):
+            self.marks = []
+
+        def mark(self, phase):
+            self.marks.append((phase, _time.perf_counter()))
+
+    model = d2l_init_(RNNModel("scratch", 5, 8))
+    X = torch.randint(0, 5, (2, 3))
+    clock = Clock()
+    started = _time.perf_counter()
+    train_step(model, sgd(model, 1.0), X, X, clock=clock)
+    ended = _time.perf_counter()
+    assert [m[0] for m in clock.marks] == ["forward", "backward", "optimizer"]
+    assert started <= clock.marks[0][1] <= clock.marks[1][1] <= clock.marks[2][1] <= ended
+    clock.marks.clear()
+    forward_step(model, X, X, clock=clock)
+    assert [m[0] for m in clock.marks] == ["forward"]

@@ -22,28 +22,37 @@ class RNNModel(nn.Module):
     """
 
     def __init__(self, impl: str, vocab_size: int, hidden_size: int, *, num_layers: int = 1,
-                 bidirectional: bool = False, device="cpu", dtype=torch.float32, **impl_options):
+                 bidirectional: bool = False, proj_size: int = 0, batch_first: bool = False, dropout: float = 0.0,
+                 device="cpu", dtype=torch.float32, **impl_options):
         super().__init__()
         self.vocab_size = vocab_size
+        self.batch_first = batch_first
         self.rnn = lstm_impls.create(impl, vocab_size, hidden_size, num_layers=num_layers,
-                                     bidirectional=bidirectional, device=device, dtype=dtype, **impl_options)
+                                     bidirectional=bidirectional, proj_size=proj_size, batch_first=batch_first,
+                                     dropout=dropout, device=device, dtype=dtype, **impl_options)
         directions = 2 if bidirectional else 1
-        self.linear = nn.Linear(directions * hidden_size, vocab_size, device=device, dtype=dtype)
+        self.linear = nn.Linear(directions * (proj_size or hidden_size), vocab_size, device=device, dtype=dtype)
 
     def forward(self, inputs: Tensor, state: State | None = None) -> tuple[Tensor, State]:
-        X = F.one_hot(inputs.T.long(), self.vocab_size).to(self.linear.weight.dtype)
+        tokens = inputs if self.batch_first else inputs.T  # (B, T) or, as the chapter feeds it, (T, B)
+        X = F.one_hot(tokens.long(), self.vocab_size).to(self.linear.weight.dtype)
         Y, state = self.rnn(X, state)
+        if self.batch_first:  # the logits in the chapter's order: time-major, as the labels are
+            Y = Y.transpose(0, 1)
         return self.linear(Y.reshape(-1, Y.shape[-1])), state
 
 
 def lstm_layout_weights(input_size: int, hidden_size: int, *, generator: torch.Generator | None = None,
-                        sigma: float = 0.01) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """d2l's initialisation (normal * 0.01, zero biases) in nn.LSTM's layout, on the CPU in float32."""
+                        sigma: float = 0.01, proj_size: int = 0) -> tuple[Tensor, ...]:
+    """d2l's initialisation (normal * 0.01, zero biases) in nn.LSTM's layout, on the CPU in float32; with
+    proj_size, weight_hh reads the projected h and a fifth tensor, weight_hr (P, H), projects it."""
     def normal(*shape: int) -> Tensor:
         return torch.randn(*shape, generator=generator) * sigma
 
     zeros = torch.zeros(4 * hidden_size)
-    return normal(4 * hidden_size, input_size), normal(4 * hidden_size, hidden_size), zeros, zeros.clone()
+    weights = (normal(4 * hidden_size, input_size), normal(4 * hidden_size, proj_size or hidden_size), zeros,
+               zeros.clone())
+    return weights + ((normal(proj_size, hidden_size),) if proj_size else ())
 
 
 def d2l_init_(model: RNNModel, seed: int = 0) -> RNNModel:
@@ -54,7 +63,8 @@ def d2l_init_(model: RNNModel, seed: int = 0) -> RNNModel:
     g = torch.Generator().manual_seed(seed)
     rnn, linear = model.rnn, model.linear
     for layer, direction in rnn.layers_and_directions():
-        weights = lstm_layout_weights(rnn.layer_input_size(layer), rnn.hidden_size, generator=g)
+        weights = lstm_layout_weights(rnn.layer_input_size(layer), rnn.hidden_size, generator=g,
+                                      proj_size=rnn.proj_size)
         where = {"layer": layer, "direction": direction} if layer or direction else {}  # a plug-in may predate them
         rnn.load_lstm_weights(*(w.to(linear.weight) for w in weights), **where)
     with torch.no_grad():
@@ -69,23 +79,36 @@ def detach_state(state: State | None) -> State | None:
 
 
 def train_step(model: RNNModel, optimizer: torch.optim.Optimizer, X: Tensor, Y: Tensor,
-               state: State | None = None, theta: float = 1.0) -> tuple[Tensor, State]:
-    """One d2l training step on X, Y (B, T); returns the mean loss (a 0-d tensor) and the new state."""
+               state: State | None = None, theta: float = 1.0, clock=None) -> tuple[Tensor, State]:
+    """One d2l training step on X, Y (B, T); returns the mean loss (a 0-d tensor) and the new state.
+
+    `clock.mark(phase)`, when given, is called as each phase ends: forward (with the loss), backward,
+    optimizer (gradient clipping and the update)."""
     y_hat, state = model(X, detach_state(state))
     loss = F.cross_entropy(y_hat, Y.T.reshape(-1))
+    if clock is not None:
+        clock.mark("forward")
     optimizer.zero_grad()
     loss.backward()
+    if clock is not None:
+        clock.mark("backward")
     # d2l's grad_clipping: scale all gradients by theta / global norm when the norm exceeds theta.
     torch.nn.utils.clip_grad_norm_(model.parameters(), theta)
     optimizer.step()
+    if clock is not None:
+        clock.mark("optimizer")
     return loss.detach(), detach_state(state)
 
 
 @torch.no_grad()
-def forward_step(model: RNNModel, X: Tensor, Y: Tensor, state: State | None = None) -> tuple[Tensor, State]:
+def forward_step(model: RNNModel, X: Tensor, Y: Tensor, state: State | None = None,
+                 clock=None) -> tuple[Tensor, State]:
     """Inference: the same forward and loss, no gradients."""
     y_hat, state = model(X, state)
-    return F.cross_entropy(y_hat, Y.T.reshape(-1)), state
+    loss = F.cross_entropy(y_hat, Y.T.reshape(-1))
+    if clock is not None:
+        clock.mark("forward")
+    return loss, state
 
 
 def sgd(model: nn.Module, lr: float) -> torch.optim.SGD:

@@ -87,7 +87,8 @@ def measure_ddp(cell: Cell, world_size: int, rounds: int = DEFAULT_ROUNDS, threa
     first = ranks[0]
     peaks = [r["peak_bytes"] for r in ranks]  # alike, but for the minibatch each rank draws
     diverged = next((r["diverged"] for r in ranks if r["diverged"]), None)
-    flops = world_size * step_flops("train", cell.seq_len, cell.batch_size, cell.vocab_size, cell.hidden_size)
+    flops = world_size * step_flops("train", cell.seq_len, cell.batch_size, cell.vocab_size, cell.hidden_size,
+                                    **cell.config)
     memory = first["memory"]
     return cell.columns() | memory | first["breakdown"] | {
         "status": "nonfinite" if diverged else "ok", "error": diverged,

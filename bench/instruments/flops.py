@@ -21,20 +21,30 @@ def lstm_flops(seq_len: int, batch_size: int, input_size: int, hidden_size: int)
     return 2 * seq_len * batch_size * 4 * hidden_size * (input_size + hidden_size)
 
 
-def step_flops(mode: str, seq_len: int, batch_size: int, vocab_size: int, hidden_size: int) -> int:
+def step_flops(mode: str, seq_len: int, batch_size: int, vocab_size: int, hidden_size: int, *,
+               num_layers: int = 1, bidirectional: bool = False, proj_size: int = 0, **_layout) -> int:
     """Matmul FLOPs of one d2l step: LSTM plus the output Linear, and for "train" their backward.
 
     Backward computes each weight gradient (as much work as the forward) and the gradient flowing
-    into H (H @ W_h^T, for every step but the first, whose state is detached) and into the LSTM's
-    output (through the Linear); the one-hot input needs no gradient.
+    into H (H @ W_h^T, for every step but the first, whose state is detached), into each layer's input
+    but the one-hot input's (which needs none), and into the LSTM's output (through the Linear). Each
+    layer and direction is an LSTM reading the layer below's outputs (both directions'); with
+    proj_size, h = W_hr (o * tanh c) adds a (H, P) product per step and the recurrence reads P.
+    `**_layout` takes batch_first and dropout, which change no matmul.
     """
     T, B, V, H = seq_len, batch_size, vocab_size, hidden_size
-    forward = lstm_flops(T, B, V, H) + 2 * T * B * H * V
+    D, out = (2 if bidirectional else 1), (proj_size or hidden_size)
+    forward, input_grads = 2 * T * B * D * out * V, 2 * T * B * V * D * out  # the Linear, and its gradient
+    for layer in range(num_layers):
+        n_in = V if layer == 0 else D * out
+        per_direction = 2 * T * B * 4 * H * (n_in + out) + 2 * T * B * H * proj_size
+        forward += D * per_direction
+        input_grads += D * (2 * (T - 1) * B * 4 * H * out + 2 * T * B * H * proj_size)  # into h, through W_hr
+        if layer:
+            input_grads += D * 2 * T * B * 4 * H * n_in  # into the layer below's outputs
     if mode == "forward":
         return forward
-    weight_grads = forward
-    input_grads = 2 * (T - 1) * B * 4 * H * H + 2 * T * B * V * H
-    return forward + weight_grads + input_grads
+    return forward + forward + input_grads  # + the weight gradients, as much work as the forward
 
 
 def count_flops(step: Callable[[], object]) -> int:

@@ -32,6 +32,33 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+PHASES = ("forward", "backward", "optimizer")
+
+
+class PhaseClock:
+    """The seconds of each phase of a step (`mark(phase)` as it ends), the device synchronized at each mark so a
+    phase's time is its own work, not what the one before left queued."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.seconds: dict[str, list[float]] = {phase: [] for phase in PHASES}
+        self.last = 0.0
+
+    def start(self) -> None:
+        sync(self.device)
+        self.last = time.perf_counter()
+
+    def mark(self, phase: str) -> None:
+        sync(self.device)
+        now = time.perf_counter()
+        self.seconds[phase].append(now - self.last)
+        self.last = now
+
+    def reset(self) -> None:
+        for times in self.seconds.values():
+            times.clear()
+
+
 class Subject:
     """One cell's model, optimizer and fixed minibatch; `step()` runs one step and carries the state.
 
@@ -42,7 +69,7 @@ class Subject:
     def __init__(self, cell: Cell, seed: int = 0, lr: float = 1.0, optimizer: str = "sgd"):
         self.cell, self.device = cell, torch.device(cell.device)
         self.model = d2l_init_(RNNModel(cell.impl, cell.vocab_size, cell.hidden_size, device=self.device,
-                                        dtype=cell.torch_dtype), seed=seed)
+                                        dtype=cell.torch_dtype, **cell.config), seed=seed)
         self.optimizer = make_optimizer(optimizer, self.model, lr) if cell.mode != "forward" else None
         self.runner: torch.nn.Module = self.model  # what a step calls: the model, or a wrapper of it (DDP)
         g = torch.Generator().manual_seed(seed)
@@ -51,15 +78,24 @@ class Subject:
         self.Y = torch.randint(0, cell.vocab_size, shape, generator=g).to(self.device)
         self.state = None
         self.loss: Tensor | None = None  # the last step's
+        self.clock: PhaseClock | None = None  # timing_phases(): each step's phases into clock.seconds
 
     def step(self) -> Tensor:
         """One training (or inference) step; returns after the device has finished it."""
+        if self.clock is not None:
+            self.clock.start()
         if self.optimizer is not None:
-            self.loss, self.state = train_step(self.runner, self.optimizer, self.X, self.Y, self.state)
+            self.loss, self.state = train_step(self.runner, self.optimizer, self.X, self.Y, self.state,
+                                               clock=self.clock)
         else:
-            self.loss, self.state = forward_step(self.runner, self.X, self.Y, self.state)
+            self.loss, self.state = forward_step(self.runner, self.X, self.Y, self.state, clock=self.clock)
         sync(self.device)
         return self.loss
+
+    def timing_phases(self) -> PhaseClock:
+        """From now on each step also times its phases (forward, backward, optimizer) apart."""
+        self.clock = PhaseClock(self.device)
+        return self.clock
 
     def diverged(self) -> str | None:
         """Why the timings are of a broken model (its loss is inf or nan), or None."""

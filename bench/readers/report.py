@@ -22,13 +22,14 @@ from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter, NullLoca
 from scipy.stats import linregress
 
 from bench.grid import CELL_KEY, D2L, DDP_MODE, DTYPES, MODES, STATUSES
+from lstm_impls.base import CONFIG_DEFAULTS
 from bench.results import Run, RunError, load_run, writable_dir
 
 REPORT_NAME = "report.md"
 #: a cell: what must differ between rows of runs that are combined
 KEY = CELL_KEY
 #: rows that share these are plotted together (one set of plots, one set of tables per group)
-GROUP = ("device", "dtype", "mode", "seq_len", "input_size", "world_size")
+GROUP = ("device", "dtype", "mode", "seq_len", "input_size", "world_size", *CONFIG_DEFAULTS)
 #: the parts of peak_bytes, bottom to top (library_bytes: CUDA library workspaces, 0 on a CPU)
 PARTS = ("param_bytes", "grad_bytes", "optimizer_bytes", "activation_bytes", "workspace_bytes", "library_bytes")
 PART_LABELS = {"param_bytes": "parameters", "grad_bytes": "gradients", "optimizer_bytes": "optimizer state",
@@ -136,33 +137,52 @@ class Group:
     seq_len: int
     input_size: float  # NaN for runs written before the column
     world_size: int = 1  # ddp rows: processes training data-parallel
+    # nn.LSTM's configuration: each its own section (the chapter's one-layer LSTM unmarked)
+    num_layers: int = 1
+    bidirectional: bool = False
+    proj_size: int = 0
+    dropout: float = 0.0
+    batch_first: bool = False
+
+    def _config(self, sep: str) -> str:
+        marks = [(f"{self.num_layers} layers", f"L{self.num_layers}", self.num_layers != 1),
+                 ("bidirectional", "bi", self.bidirectional), (f"proj {self.proj_size}", f"P{self.proj_size}",
+                                                               self.proj_size),
+                 (f"dropout {self.dropout:g}", f"D{self.dropout:g}", self.dropout),
+                 ("batch-first", "bf", self.batch_first)]
+        return "".join(f"{sep}{words if sep == ' · ' else short}" for words, short, on in marks if on)
 
     @property
     def title(self) -> str:
         world = f" · {self.world_size} ranks" if self.world_size != 1 else ""
-        return f"{self.device} · {self.dtype} · {self.mode} · T{self.seq_len} · V{_int(self.input_size)}{world}"
+        return (f"{self.device} · {self.dtype} · {self.mode} · T{self.seq_len} · V{_int(self.input_size)}{world}"
+                f"{self._config(' · ')}")
 
     @property
     def slug(self) -> str:
         world = f"-W{self.world_size}" if self.world_size != 1 else ""
-        return f"{self.device}-{self.dtype}-{self.mode}-T{self.seq_len}-V{_int(self.input_size)}{world}".replace(
-            ":", "")
+        return (f"{self.device}-{self.dtype}-{self.mode}-T{self.seq_len}-V{_int(self.input_size)}{world}"
+                f"{self._config('-')}").replace(":", "")
 
     def select(self, rows: pd.DataFrame) -> pd.DataFrame:
         same = ((rows["device"] == self.device) & (rows["dtype"] == self.dtype) & (rows["mode"] == self.mode)
                 & (rows["seq_len"] == self.seq_len) & (rows["world_size"] == self.world_size))
+        for key in CONFIG_DEFAULTS:
+            same &= rows[key] == getattr(self, key)
         same &= rows["input_size"].isna() if pd.isna(self.input_size) else rows["input_size"] == self.input_size
         return rows[same]
 
 
 def groups(rows: pd.DataFrame) -> list[Group]:
     """The groups present, device first, then dtype and mode in the grid's order."""
-    found = {Group(r.device, r.dtype, r.mode, int(r.seq_len), r.input_size, int(r.world_size))
+    found = {Group(r.device, r.dtype, r.mode, int(r.seq_len), r.input_size, int(r.world_size), int(r.num_layers),
+                   bool(r.bidirectional), int(r.proj_size), float(r.dropout), bool(r.batch_first))
              for r in rows[list(GROUP)].drop_duplicates().itertuples(index=False)}
     dtype_order, mode_order = list(DTYPES), list(MODES)
     return sorted(found, key=lambda g: (g.device, dtype_order.index(g.dtype) if g.dtype in dtype_order else 99,
                                         mode_order.index(g.mode) if g.mode in mode_order else 99, g.seq_len,
-                                        -1 if pd.isna(g.input_size) else g.input_size, g.world_size))
+                                        -1 if pd.isna(g.input_size) else g.input_size, g.world_size,
+                                        tuple(getattr(g, key) for key in CONFIG_DEFAULTS)))
 
 
 # ----------------------------------------------------------------------------- the numbers
@@ -381,6 +401,45 @@ def plot_relative(ok: pd.DataFrame, group: Group, path: Path) -> Path | None:
     bar.set_ticks(ticks, labels=[f"{sig(t, 2)}×" for t in ticks])
     bar.ax.minorticks_off()
     fig.suptitle(f"{group.title}: step time relative to {REFERENCE_IMPL} (>1: slower)")
+    return _save(fig, path)
+
+
+def winners(ok: pd.DataFrame) -> pd.DataFrame:
+    """Per (batch, hidden): the fastest implementation, the second, and the margin (second's step ÷ first's)."""
+    rows = []
+    for (batch, hidden), cell in ok.dropna(subset=["step_ms_median"]).groupby(["batch_size", "hidden_size"]):
+        ranked = cell.sort_values("step_ms_median")
+        first = ranked.iloc[0]
+        second = ranked.iloc[1] if len(ranked) > 1 else None
+        rows.append({"batch_size": batch, "hidden_size": hidden, "fastest": first["impl"],
+                     "second": second["impl"] if second is not None else "",
+                     "margin": second["step_ms_median"] / first["step_ms_median"] if second is not None else np.nan})
+    return pd.DataFrame(rows, columns=["batch_size", "hidden_size", "fastest", "second", "margin"])
+
+
+def plot_winners(ok: pd.DataFrame, group: Group, path: Path) -> Path | None:
+    """A heat map over batch x hidden naming the fastest implementation in each cell, coloured by its margin over
+    the second (the second's step time over the winner's)."""
+    table = winners(ok)
+    if table.empty or table["margin"].isna().all():
+        return None
+    batches, hiddens = sorted(table["batch_size"].unique()), sorted(table["hidden_size"].unique(), reverse=True)
+    at = table.set_index(["batch_size", "hidden_size"])
+    margin = np.array([[at["margin"].get((b, h), np.nan) for b in batches] for h in hiddens], dtype=float)
+    fig = Figure(figsize=(2.0 + 1.3 * len(batches), 1.4 + 0.6 * len(hiddens)), layout="constrained")
+    ax = fig.subplots()
+    image = ax.imshow(margin, cmap="viridis", vmin=1.0, vmax=max(1.5, float(np.nanmax(margin))), aspect="auto")
+    for (r, c), value in np.ndenumerate(margin):
+        key = (batches[c], hiddens[r])
+        if key in at.index:
+            ax.text(c, r, f"{at.loc[key, 'fastest']}\n×{value:.2f}" if np.isfinite(value) else at.loc[key, "fastest"],
+                    ha="center", va="center", fontsize="small", color="white" if value < 1.3 else "black")
+    ax.set_xticks(range(len(batches)), [str(int(b)) for b in batches])
+    ax.set_yticks(range(len(hiddens)), [str(int(h)) for h in hiddens])
+    ax.set_xlabel("batch size")
+    ax.set_ylabel("hidden size")
+    fig.colorbar(image, ax=ax, label="margin: the second's step time ÷ the fastest's")
+    fig.suptitle(f"{group.title}: the fastest implementation")
     return _save(fig, path)
 
 
@@ -694,6 +753,24 @@ def _failures(rows: pd.DataFrame) -> str:
 LADDER = ("scratch", "scripted", "compiled", "fused", "fused_compiled", "triton", "cudnn")
 
 
+def _phases(at: pd.DataFrame) -> str | None:
+    """Per implementation at one cell: forward, backward and optimizer medians, their sum against the step's."""
+    timed = at[at["forward_ms_median"].notna()]
+    if timed.empty:
+        return None
+    parts = timed[["forward_ms_median", "backward_ms_median", "optimizer_ms_median"]].fillna(0.0)
+    total = parts.sum(axis=1)
+    return md_table(pd.DataFrame({
+        "impl": timed["impl"],
+        **{f"{p} (ms)": timed[f"{p}_ms_median"].map(lambda v: sig(v) if pd.notna(v) else "–")
+           for p in ("forward", "backward", "optimizer")},
+        "sum (ms)": total.map(sig), "step (ms)": timed["step_ms_median"].map(sig),
+        "sum ÷ step": (total / timed["step_ms_median"]).map(lambda v: f"{v:.3f}"),
+        "backward ÷ forward": (parts["backward_ms_median"] / parts["forward_ms_median"]).map(
+            lambda v: f"{v:.2f}" if v > 0 else "–"),
+    }))
+
+
 def _ladder(cell_rows: pd.DataFrame) -> str | None:
     """The ladder's rungs at one cell (every status): step time, tokens/s and time relative to cudnn's."""
     rungs = cell_rows[cell_rows["impl"].isin(LADDER)].copy()
@@ -762,6 +839,11 @@ def write_report(run_dirs: Sequence[str | Path], out_dir: str | Path | None = No
         md += ["", "Across the grid:", "", _across(part)]
         model = _memory_model(group, part, combined.runs)
         md += ["", "### The memory model", "", model] if model else []
+        phases = _phases(at)
+        if phases:
+            md += ["", f"### A step's phases at {where}", "", "Timed apart in the same rounds, the device "
+                   "synchronized between them: forward with the loss, backward, optimizer (gradient clipping and "
+                   "the update); medians, so their sum need not be the step's median exactly.", "", phases]
         every = group.select(rows)
         ladder = _ladder(every[(every["batch_size"] == batch) & (every["hidden_size"] == hidden)])
         if ladder:
@@ -779,6 +861,7 @@ def write_report(run_dirs: Sequence[str | Path], out_dir: str | Path | None = No
             plots.append(plot_against(part, group, "hidden_size", "batch_size", colors,
                                       out_dir / f"plot-vs-hidden-{group.slug}.png"))
         plots.append(plot_relative(part, group, out_dir / f"plot-relative-{group.slug}.png"))
+        plots.append(plot_winners(part, group, out_dir / f"plot-fastest-{group.slug}.png"))
         plots.append(plot_breakdown(at, group, where, out_dir / f"plot-breakdown-{group.slug}.png"))
         plots.append(plot_first_call(at, group, where, out_dir / f"plot-first-call-{group.slug}.png"))
         plots.append(plot_predicted(part, group, colors, out_dir / f"plot-predicted-{group.slug}.png"))
@@ -786,6 +869,14 @@ def write_report(run_dirs: Sequence[str | Path], out_dir: str | Path | None = No
         if REFERENCE_IMPL not in set(part["impl"]):
             md += ["", f"(No `{REFERENCE_IMPL}` cells in this group: no plot relative to it.)"]
         md += ["", "### Tables", ""]
+        best = winners(part)
+        if not best.empty:
+            best["cell"] = [f"{w} ×{m:.2f} over {s}" if s else w
+                            for w, m, s in zip(best["fastest"], best["margin"], best["second"])]
+            map_table = best.pivot(index="batch_size", columns="hidden_size", values="cell")
+            map_table.index.name, map_table.columns.name = "batch \\ hidden", None
+            md += ["**the fastest implementation per cell, and its margin over the second (step time)**", "",
+                   md_table(map_table.reset_index().astype(str)), ""]
         for stem, (title, values) in metrics(part).items():
             table = pivot(part, values)
             long_tables.setdefault(stem, []).append(table.reset_index().assign(
