@@ -135,7 +135,7 @@ SIZES = [HUGE, "-4", "0", "1.5", "x", ""]
 GRID_OPTIONS = [("--batch-sizes", SIZES[:-1]), ("--hidden-sizes", SIZES[:-1]), ("--vocab-size", [HUGE, "-1", "x"]),
                 ("--threads", [HUGE, "-1", "two"]), ("--impls", ["nope", "lstm_impls:Nothing", ","]),
                 ("--dtype", ["float8", "float32,float8"]), ("--device", ["tpu", "cuda:x"]),
-                ("--num-layers", ["0", "x"]), ("--bidirectional", ["yes", ""]), ("--proj-size", ["-1", "x"]),
+                ("--num-layers", ["0", "x"]), ("--bidirectional", ["yes", "maybe"]), ("--proj-size", ["-1", "x"]),
                 ("--dropout", ["1", "-0.1", "x"]), ("--batch-first", ["2"])]
 
 

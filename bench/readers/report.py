@@ -22,8 +22,8 @@ from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter, NullLoca
 from scipy.stats import linregress
 
 from bench.grid import CELL_KEY, D2L, DDP_MODE, DTYPES, MODES, STATUSES
-from lstm_impls.base import CONFIG_DEFAULTS
 from bench.results import Run, RunError, load_run, writable_dir
+from lstm_impls.base import CONFIG_DEFAULTS
 
 REPORT_NAME = "report.md"
 #: a cell: what must differ between rows of runs that are combined
