@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import lstm_impls
-from bench.grid import OPTIONS, OptionError, parse_options, parse_worker
+from bench.grid import MIN_ROUNDS, OPTIONS, OptionError, parse_options, parse_worker
 from bench.instruments.env import environment, pin_tf32
 from bench.instruments.measure import start_runtimes
 from bench.results import (
@@ -30,7 +30,6 @@ from bench.results import (
 )
 
 _STATE = pytest.StashKey[dict]()  # the run's options, id, directory and environment
-MIN_ROUNDS = 20  # timed rounds per cell at least, however long a step; --benchmark-min-rounds=N sets another
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

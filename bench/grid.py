@@ -20,6 +20,9 @@ DEFAULT_GRID = {
 #: threads when --threads is not given (None: torch's own choice). One thread on a CPU, as torch.utils.benchmark
 #: does: a second thread on a shared 2-core machine made the same cell's median move 1.65x between runs.
 DEFAULT_PROCESSES = {"cpu": 3, "cuda": 3}
+#: timed rounds per cell at least, however long a step (pytest-benchmark's 5 says little about a spread): in one
+#: process, or split between a run's processes; --benchmark-min-rounds=N sets another, per process
+MIN_ROUNDS = 20
 DEFAULT_THREADS = {"cpu": 1, "cuda": None}
 D2L = {"batch_size": 32, "seq_len": 35, "vocab_size": 28, "hidden_size": 256}  # the chapter's config
 DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16, "float16": torch.float16}

@@ -7,8 +7,8 @@ that randomized multiple interleaved trials are what make results repeat on shar
 
 So a run starts `processes` fresh `pytest bench/` sessions, one after another, never side by side.
 Each measures every cell of the grid (`--worker k/n`; worker 0 in the grid's order, each later one in
-a random order of its own), into
-RUN_DIR/processes/k/ (a run directory of its own, row by row: a killed run resumes where it stopped).
+a random order of its own) into RUN_DIR/processes/k/, a run directory of its own, row by row: a killed
+run resumes where it stopped.
 Worker 0 measures everything (first call with cold compile caches, what ran, memory, FLOPs);
 the others time only, with warm compile caches. The timed rounds are split between them: each gets
 1/n of the rounds and of the time a single process would. After each row a worker writes, the run's
@@ -27,7 +27,7 @@ import sys
 import time
 from pathlib import Path
 
-from .grid import Cell
+from .grid import MIN_ROUNDS, Cell
 from .readers import stats
 from .results import (
     CSV_NAME,
@@ -44,8 +44,7 @@ from .results import (
     write_rows,
 )
 
-#: timed rounds a cell gets in one run, split between its processes (a worker: at least MIN_WORKER_ROUNDS)
-RUN_MIN_ROUNDS = 20
+#: a worker's share of a run's MIN_ROUNDS is at least this many rounds
 MIN_WORKER_ROUNDS = 5
 #: pytest-benchmark's --benchmark-max-time default (seconds of rounds per cell), split the same way
 RUN_MAX_TIME_S = 1.0
@@ -60,7 +59,7 @@ def rounds_options(count: int, given: list[str]) -> list[str]:
     (then they hold per process)."""
     options = []
     if not any(a.startswith("--benchmark-min-rounds") for a in given):
-        options.append(f"--benchmark-min-rounds={max(MIN_WORKER_ROUNDS, math.ceil(RUN_MIN_ROUNDS / count))}")
+        options.append(f"--benchmark-min-rounds={max(MIN_WORKER_ROUNDS, math.ceil(MIN_ROUNDS / count))}")
     if not any(a.startswith("--benchmark-max-time") for a in given):
         options.append(f"--benchmark-max-time={RUN_MAX_TIME_S / count:g}")
     return options
