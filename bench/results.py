@@ -425,15 +425,15 @@ def load_run(path: str | Path) -> Run:
             raise RunError(f"{csv_path}: damaged (column {column} holds a value that is not a number)") from None
     df = df[list(COLUMNS)]
     environment = _read_json(path / ENV_NAME) or {}
-    rounds, probes = _read_rounds(path)
+    rounds, probes = read_rounds(path)
     if not rounds:  # a run in worker processes (bench/workers.py): every process's rounds, pooled
         for worker in sorted((path / PROCESSES_DIR).glob("*/")):
-            for cell_id, data in _read_rounds(worker)[0].items():
+            for cell_id, data in read_rounds(worker)[0].items():
                 rounds.setdefault(cell_id, []).extend(data)
     return Run(path=path, measurements=df, environment=environment, rounds_s=rounds, probe_s=probes)
 
 
-def _read_rounds(path: Path) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
+def read_rounds(path: Path) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
     """Cell id -> the timed rounds' seconds, and -> the probe's, from a directory's benchmark*.json."""
     rounds, probes = {}, {}
     for json_path in sorted(path.glob("benchmark*.json"), key=lambda p: (len(p.name), p.name)):  # resumes last

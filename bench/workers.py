@@ -35,9 +35,9 @@ from .results import (
     GRID_NAME,
     PROCESSES_DIR,
     cell_text,
-    load_run,
     read_json,
     read_records,
+    read_rounds,
     row_key,
     write_environment,
     write_json,
@@ -113,7 +113,7 @@ def combine(run_dir: Path, count: int) -> int:
         header, records, _ = read_records(d / CSV_NAME)  # rows as the CSV holds them: text, never re-typed
         rows = [dict(zip(header, r)) for r in records]
         worker_rows.append(rows)
-        rounds_s = load_run(d).rounds_s
+        rounds_s = read_rounds(d)[0]  # its benchmark.json; the CSV is read above, once
         for row in rows:
             if row.get("status") == "ok" and row.get("step_ms_median"):
                 key = row_key(row)

@@ -190,9 +190,7 @@ def _compare_cell(row: pd.Series, baseline: Run, new: Run, t: Thresholds, floors
                     "base_processes": len(base_m), "new_processes": len(new_m),
                     "base_rounds": len(base_s or ()), "new_rounds": len(new_s or ())}
             break
-    if rec["timing"]:  # judged between processes
-        pass
-    elif base_s and new_s:
+    if not rec["timing"] and base_s and new_s:  # one process a side: the test on the rounds
         rec |= {"base_ms": 1e3 * float(np.median(base_s)), "new_ms": 1e3 * float(np.median(new_s)),
                 "base_rounds": len(base_s), "new_rounds": len(new_s), "timing": "as measured"}
         if base_p and new_p:  # each round relative to the machine-speed probe timed around it
@@ -200,7 +198,7 @@ def _compare_cell(row: pd.Series, baseline: Run, new: Run, t: Thresholds, floors
             rec |= {"timing": "relative to the probe", "probe_ratio": float(np.median(new_p) / np.median(base_p))}
         ratio, p = time_test(base_s, new_s)
         rec |= {"time_ratio": ratio, "p_value": p, "base_iqr_pct": _iqr_pct(base_s), "new_iqr_pct": _iqr_pct(new_s)}
-    else:
+    elif not rec["timing"]:
         rec |= {"time_ratio": _ratio(rec["new_ms"], rec["base_ms"]),
                 "note": "no raw rounds in benchmark.json: time not tested"}
     rec["verdict"] = ""  # of time: _time_verdict
