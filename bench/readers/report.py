@@ -438,7 +438,7 @@ def plot_winners(ok: pd.DataFrame, group: Group, path: Path) -> Path | None:
     ax.set_yticks(range(len(hiddens)), [str(int(h)) for h in hiddens])
     ax.set_xlabel("batch size")
     ax.set_ylabel("hidden size")
-    fig.colorbar(image, ax=ax, label="margin: the second's step time ÷ the fastest's")
+    fig.colorbar(image, ax=ax, label="second ÷ fastest (step time)")
     fig.suptitle(f"{group.title}: the fastest implementation")
     return _save(fig, path)
 
