@@ -172,7 +172,8 @@ class _Counts:
     """The sizes every kernel's count uses."""
 
     def __init__(self, impl: str, sizes: Sizes, dtype: str, mode: str, optimizer: str, *, cuda: bool = False,
-                 flat_lstm: bool = False, cpu: CpuDispatch | None = None, onednn: OneDNNBuffers | None = None):
+                 flat_lstm: bool = False, cpu: CpuDispatch | None = None, onednn: OneDNNBuffers | None = None,
+                 config: dict | None = None):
         self.impl, self.dtype, self.mode, self.optimizer, self.cuda = impl, dtype, mode, optimizer, cuda
         self.cpu, self.onednn = cpu, onednn
         self.B, self.H, self.T, self.V = sizes.batch_size, sizes.hidden_size, sizes.seq_len, sizes.vocab_size
@@ -181,13 +182,27 @@ class _Counts:
         self.u = self.B * self.H * self.s
         B, H, T, V, s = self.B, self.H, self.T, self.V, self.s
         self.train = mode == "train"
-        if impl == "cudnn":  # nn.LSTM: weight_ih (4H, I), weight_hh (4H, H), bias_ih, bias_hh (4H,)
-            self.lstm_params: list[int] = [4 * H * self.I * s, 4 * H * H * s, 4 * H * s, 4 * H * s]
-        elif impl in FUSED_STEP_TEMPORARIES:  # fused: W_x (I, 4H), W_h (H, 4H), b (4H,)
-            self.lstm_params = [self.I * 4 * H * s, H * 4 * H * s, 4 * H * s]
-        else:  # d2l: W_x* (I, H), W_h* (H, H), b_* (H,) for 4 gates
-            self.lstm_params = [self.I * H * s, H * H * s, H * s] * 4
-        self.linear_params = [V * H * s, V * s]
+        # nn.LSTM's configuration: L layers of D directions, each h of H_out (the projection's P, else H)
+        self.config = CONFIG_DEFAULTS | (config or {})
+        self.L, self.D = int(self.config["num_layers"]), 2 if self.config["bidirectional"] else 1
+        self.proj = int(self.config["proj_size"])
+        self.H_out = self.proj or H
+        self.uo = B * self.H_out * s  # one (B, H_out) tensor: a step's h
+        self.Y_width = self.D * self.H_out  # the LSTM's output (T, B, D * H_out), the output layer's input
+        self.TBY = T * B * self.Y_width * s
+        self.stacked = self.L * self.D > 1  # nn.LSTM's 3-D state (L * D, B, size)
+        self.lstm_params: list[int] = []
+        for layer, _ in self.layers_and_directions():
+            n_in = self.layer_input_size(layer)
+            if impl == "cudnn":  # nn.LSTM: weight_ih (4H, I), weight_hh (4H, H_out), bias_ih, bias_hh (4H,), weight_hr
+                self.lstm_params += [4 * H * n_in * s, 4 * H * self.H_out * s, 4 * H * s, 4 * H * s]
+            elif impl in FUSED_STEP_TEMPORARIES:  # fused: W_x (I, 4H), W_h (H, 4H), b (4H,)
+                self.lstm_params += [n_in * 4 * H * s, self.H_out * 4 * H * s, 4 * H * s]
+            else:  # d2l: W_x* (I, H), W_h* (H_out, H), b_* (H,) for 4 gates, then W_hr (H, P)
+                self.lstm_params += [n_in * H * s, self.H_out * H * s, H * s] * 4
+            if self.proj:
+                self.lstm_params.append(H * self.proj * s)
+        self.linear_params = [V * self.Y_width * s, V * s]
         self.params = self.lstm_params + self.linear_params
         self.P_lstm, self.P_lin = sum(self.lstm_params), sum(self.linear_params)
 
@@ -203,6 +218,19 @@ class _Counts:
         elif self.train and optimizer == "adam":  # exp_avg, exp_avg_sq, and a float32 0-d step per parameter
             self.O = 2 * self.P + len(self.params) * block(4)
         self.TBH, self.TBV, self.TB = T * B * H * s, T * B * V * s, T * B
+
+    def layers_and_directions(self) -> list[tuple[int, int]]:
+        """(layer, direction) in the order they run, as LSTMImpl.layers_and_directions."""
+        return [(layer, d) for layer in range(self.L) for d in range(self.D)]
+
+    def layer_input_size(self, layer: int) -> int:
+        return self.I if layer == 0 else self.Y_width
+
+    def layer_params(self, layer: int, direction: int) -> int:
+        """Bytes of one layer's and direction's parameters (what its backward's gradients take)."""
+        each = len(self.lstm_params) // (self.L * self.D)
+        k = layer * self.D + direction
+        return sum(self.lstm_params[k * each:(k + 1) * each])
 
     def gemm_scratch(self, M: int, K: int, N: int) -> int:
         """Bytes oneDNN's scratchpad takes inside one (M, K) x (K, N) matmul of this cell's dtype, while its
@@ -222,14 +250,15 @@ class _Counts:
         and outputs; in training, where they have a scratchpad (bfloat16 on oneDNN), forward's logits =
         Y W^T + b just before log-softmax, backward's dY = dlogits W and dW = dlogits^T Y, derived from the
         moments a kernel counted, which are alive then."""
-        TB, H, V = self.TB, self.H, self.V
+        TB, H, V = self.TB, self.Y_width, self.V  # H: the output layer's input width
         scratch = self.gemm_scratch(TB, H, V)  # forward's logits
         dy_scratch, dw_scratch = self.gemm_scratch(TB, V, H), self.gemm_scratch(V, TB, H)
         extra = []
         if not self.train:  # inference: the LSTM's input and outputs are still alive beside the logits
             extra.append(_Moment("the output layer's GEMM (logits beside the LSTM's input and outputs)", self.model()
                                  | self.batch_and_state() | {
-                "one-hot input": (1, self.TBV), "outputs (T, B, H)": (1, self.TBH), "new state h, c": (2, self.u),
+                "one-hot input": (1, self.TBV), "outputs (T, B, H)": (1, self.TBY)} | {
+                f"new state {k}": v for k, v in self.state().items()} | {
                 "logits": (1, self.TBV), "oneDNN GEMM scratchpad": (1, scratch)}))
         for m in moments:
             gone = ("log-softmax", "target (int64)", "total weight", "loss")
@@ -257,8 +286,15 @@ class _Counts:
             live["optimizer state"] = (1, self.O)
         return live
 
+    def state(self) -> dict[str, Term]:
+        """A state h, c: (B, H) each, or nn.LSTM's (L * D, B, H_out) and (L * D, B, H)."""
+        k = self.L * self.D
+        if self.uo == self.u:
+            return {"h, c": (2, k * self.u)}
+        return {"h": (1, k * self.uo), "c": (1, k * self.u)}
+
     def batch_and_state(self) -> dict[str, Term]:
-        return {"batch X, Y (int64)": (2, 8 * self.TB), "carried state h, c": (2, self.u)}
+        return {"batch X, Y (int64)": (2, 8 * self.TB)} | {f"carried state {k}": v for k, v in self.state().items()}
 
     def ops_activations(self) -> dict[str, Term]:
         """What autograd saves for the chapter's cell run op by op (and for ATen's native LSTM)."""
@@ -269,8 +305,8 @@ class _Counts:
 
     def optimizer_step(self) -> _Moment:
         """After backward: model, batch, both states, logits, loss; Adam's foreach sqrt(exp_avg_sq) list."""
-        live = self.model() | self.batch_and_state() | {"new state h, c": (2, self.u), "logits": (1, self.TBV),
-                                                         "loss, clip_grad_norm_'s total norm": (2, self.s)}
+        live = self.model() | self.batch_and_state() | {f"new state {k}": v for k, v in self.state().items()} | {
+            "logits": (1, self.TBV), "loss, clip_grad_norm_'s total norm": (2, self.s)}
         if self.optimizer == "adam" and self.cuda:  # foreach (the default on CUDA): a sqrt list of every parameter
             live["Adam's sqrt(exp_avg_sq) list (foreach)"] = (1, self.P)
         elif self.optimizer == "adam":
@@ -298,7 +334,7 @@ class _Counts:
             _Moment("backward of the loss (log-softmax's gradient computed)", base | saved | {
                 "gradients of log-softmax and of the logits": (2, self.TBV)}),
             _Moment("backward of the output layer (dY computed)", base | del_logsm | {
-                "gradient of the logits": (1, self.TBV), "dY (T, B, H)": (1, self.TBH),
+                "gradient of the logits": (1, self.TBV), "dY (T, B, H)": (1, self.TBY),
                 "output layer's gradients": (1, self.P_lin)}),
         ]
 
@@ -347,6 +383,224 @@ def _autograd_ops(c: _Counts) -> tuple[dict[str, Term], list[_Moment]]:
             c.H, c.B, c.H))})
     return acts, [end_of_forward, *c.loss_backward(acts, {"new state h, c": (2, c.u)}), backward,
                   c.optimizer_step()]
+
+
+class _Step:
+    """A step's tensors as the code allocates and frees them, in order, with a snapshot at each moment that
+    can be the peak: for counts that follow a program (layers, directions) rather than a fixed list."""
+
+    def __init__(self, live: dict[str, Term]):
+        self.live = {k: v for k, v in live.items() if v[0] * v[1]}
+        self.moments: list[_Moment] = []
+
+    def alloc(self, name: str, count: int, each: int) -> None:
+        if count * each:
+            had, _ = self.live.get(name, (0, each))
+            self.live[name] = (had + count, each)
+
+    def free(self, name: str, count: int | None = None) -> None:
+        if name in self.live:
+            had, each = self.live[name]
+            left = 0 if count is None else had - count
+            self.live.update({name: (left, each)}) if left > 0 else self.live.pop(name)
+
+    def moment(self, name: str, transient: dict[str, Term] | None = None) -> None:
+        self.moments.append(_Moment(name, self.live | {k: v for k, v in (transient or {}).items() if v[0] * v[1]}))
+
+
+def _stacked_ops(c: _Counts) -> tuple[dict[str, Term], list[_Moment]]:
+    """scratch with layers, directions or a projection: LSTMImpl.forward_stacked around the chapter's loop, op
+    by op in eager autograd, followed allocation by allocation (_Step).
+
+    Per layer, direction and time step the chapter's cell keeps 7 (B, H) tensors for backward (I, F, O, C~,
+    c, tanh(c) and h = O * tanh(c)); with a projection h = (O * tanh(c)) W_hr is one (B, P) more. The reverse
+    direction reads a flipped copy of its layer's input and flips its outputs back; a bidirectional layer
+    concatenates both; dropout between layers keeps its (T, B, D * H_out) noise (input * noise). Backward
+    runs the layers top down and the reverse direction first (its nodes are the newer); a direction holds its
+    gradients from its last step on, and its input's per-step gradients until unbind's backward stacks them.
+    """
+    T, B, H, s, u, uo, Hout, L, D = c.T, c.B, c.H, c.s, c.u, c.uo, c.H_out, c.L, c.D
+    p_drop = float(c.config["dropout"])
+
+    def tb(width: int) -> int:  # one (T, B, width) tensor
+        return T * B * width * s
+
+    def name(layer: int, d: int, what: str) -> str:
+        return f"layer {layer}{' reverse' if d else ''}: {what}"
+
+    def saved(layer: int, d: int) -> list[tuple[str, int, int]]:  # a direction's per-step saved tensors
+        return [(name(layer, d, "per-step h, c, gates, tanh(c) (B, H)"), 7 * T, u),
+                (name(layer, d, "per-step projected h (B, P)"), T if c.proj else 0, uo)]
+
+    sim = _Step(c.model() | c.batch_and_state())
+    sim.alloc("one-hot int64", 1, 8 * c.TB * c.V)
+    sim.alloc("one-hot input", 1, c.TBV)
+    sim.moment("one-hot cast (int64 and float copies)")
+    sim.free("one-hot int64")
+    layer_input = "one-hot input"
+    inputs_of, noise_of = [], {}  # each layer's input, and the dropout noise on it
+    at_next_layer: list[str] = []  # held by a Python name (`inputs`, `outputs`) that the next layer rebinds
+    at_next_run: list[str] = []  # held by `Y`, rebound when the next run returns
+    for layer in range(L):
+        width = c.layer_input_size(layer)
+        inputs_of.append(layer_input)
+        for gone in at_next_layer:
+            sim.free(gone)
+        at_next_layer, outputs = [], []
+        for d in range(D):
+            if d:
+                sim.alloc(name(layer, d, "flipped input (T, B, I)"), 1, tb(width))
+                if not c.train:
+                    at_next_layer.append(name(layer, d, "flipped input (T, B, I)"))
+            last_step = f"layer {layer}{' reverse' if d else ''}: the last step"
+            gemm = {"its GEMM's oneDNN scratchpad": (1, c.gemm_scratch(B, width, H))}
+            if c.train:  # the last step's fullest: 3 gates and a gate's two GEMM results, then all 7 saved
+                for what, count, each in saved(layer, d):
+                    sim.alloc(what, count - count // T, each)
+                sim.moment(last_step + "'s GEMM", {"a step's gates and GEMM results (B, H)": (5, u)} | gemm)
+                for what, count, each in saved(layer, d):
+                    sim.alloc(what, count // T, each)
+            else:  # no grad: the outputs list and the last c; in the step its gates, c, tanh(c), products
+                sim.alloc(name(layer, d, "outputs list h_1..h_T"), T - 1, uo)
+                sim.alloc(name(layer, d, "last c"), 1, u)
+                sim.moment(last_step + "'s GEMM", {"a step's gates and GEMM results (B, H)": (5, u)} | gemm)
+                sim.moment(last_step + ": its new c and h", {"a step's gates, c, tanh(c), h (B, H)": (7, u),
+                                                             "its projected h (B, P)": (1 if c.proj else 0, uo)})
+                sim.alloc(name(layer, d, "outputs list h_1..h_T"), 1, uo)
+            stacked = name(layer, d, "stacked outputs (T, B, H_out)")
+            sim.alloc(stacked, 1, tb(Hout))
+            sim.moment(f"layer {layer}{' reverse' if d else ''}: torch.stack of the outputs")
+            for gone in at_next_run:
+                sim.free(gone)
+            at_next_run = []
+            if not c.train:  # the list is gone; h_T stays in forward_stacked's Hs
+                sim.free(name(layer, d, "outputs list h_1..h_T"), T - 1)
+            if d:
+                flipped = name(layer, d, "outputs flipped back (T, B, H_out)")
+                sim.alloc(flipped, 1, tb(Hout))
+                at_next_run.append(stacked)
+                outputs.append(flipped)
+            else:
+                outputs.append(stacked)
+        out = outputs[0]
+        if D == 2:
+            out = name(layer, 0, "both directions' outputs (T, B, 2 H_out)")
+            sim.alloc(out, 1, tb(2 * Hout))
+            sim.moment(f"layer {layer}: the directions' outputs concatenated")
+            at_next_layer += outputs
+        if not c.train and layer_input != "one-hot input":
+            at_next_layer.append(layer_input)  # nothing saves it: gone once `inputs` is rebound
+        if p_drop and layer < L - 1:  # F.dropout in training mode (the suite never calls eval): input * noise
+            sim.alloc(name(layer, 0, "dropout noise"), 1, tb(c.Y_width))
+            sim.alloc(name(layer, 0, "outputs after dropout"), 1, tb(c.Y_width))
+            sim.moment(f"layer {layer}: dropout")
+            noise_of[layer + 1] = name(layer, 0, "dropout noise")
+            if not c.train:
+                sim.free(name(layer, 0, "dropout noise"))
+            if D == 2:
+                sim.free(out)  # only layer_inputs held the concatenation
+            else:
+                at_next_run.append(out)  # `Y` holds it until the next layer's run returns
+            out = name(layer, 0, "outputs after dropout")
+        layer_input = out
+    state = {f"new state {k}": v for k, v in c.state().items()}
+    if c.stacked:
+        for k, v in state.items():
+            sim.alloc(k, *v)
+        sim.moment("forward_stacked's returned state stacked")
+    # forward_stacked returns: its lists go, and with them each direction's h_T and c_T (the state's
+    # own tensors where nothing is stacked); the last layer's outputs but the returned ones go
+    for gone in at_next_layer + at_next_run:
+        sim.free(gone)
+    for layer, d in c.layers_and_directions():
+        if c.train:
+            sim.free(name(layer, d, "per-step h, c, gates, tanh(c) (B, H)"), 1 if c.proj else 2)
+            sim.free(name(layer, d, "per-step projected h (B, P)"), 1)
+        else:
+            sim.free(name(layer, d, "outputs list h_1..h_T"))
+            sim.free(name(layer, d, "last c"))
+    if not c.stacked:
+        for k, v in state.items():
+            sim.alloc(k, *v)
+    if not c.train:  # the model has returned: its one-hot input and the LSTM's outputs are gone
+        sim.free(layer_input)
+        sim.free("one-hot input")
+        moments = c.forward_moments({}, at="the LSTM's outputs")  # the one-hot cast and the loss, as ever
+        sim.alloc("logits", 1, c.TBV)
+        sim.alloc("log-softmax", 1, c.TBV)
+        sim.alloc("target (int64)", 1, 8 * c.TB)
+        sim.moment("loss")
+        return {}, sim.moments + moments[:1]
+    top = layer_input  # saved by the output layer
+    sim.alloc("logits", 1, c.TBV)
+    sim.alloc("log-softmax", 1, c.TBV)
+    sim.alloc("target (int64)", 1, 8 * c.TB)
+    sim.alloc("total weight", 1, s)
+    sim.alloc("loss", 1, s)
+    sim.moment("end of forward (loss computed, before zero_grad)")
+    not_saved = set(c.model()) | {"batch X, Y (int64)", "logits", "loss"} | set(state)
+    acts = {k: v for k, v in sim.live.items() if k not in not_saved}
+    # backward: zero_grad freed the gradients; then the loss's backward and the output layer's
+    sim.free("gradients")
+    sim.alloc("loss's gradient", 1, s)
+    sim.free("target (int64)")  # nll_loss's backward is done with them
+    sim.free("total weight")
+    sim.alloc("gradients of log-softmax and of the logits", 2, c.TBV)
+    sim.moment("backward of the loss (log-softmax's gradient computed)")
+    sim.free("log-softmax")
+    sim.free("gradients of log-softmax and of the logits", 1)
+    grad_out = "dY (T, B, D H_out): the layer's output's gradient"
+    sim.alloc(grad_out, 1, c.TBY)
+    sim.alloc("output layer's gradients", 1, c.P_lin)
+    sim.moment("backward of the output layer (dY computed)")
+    sim.free("gradients of log-softmax and of the logits")
+    sim.free(top)
+    for layer in reversed(range(L)):
+        width = c.layer_input_size(layer)
+        grad_in = name(layer, 0, "its input's gradient (T, B, I)")
+        for d in reversed(range(D)):
+            if d:
+                sim.alloc(name(layer, d, "dY flipped (T, B, H_out)"), 1, tb(Hout))
+            sim.alloc(name(layer, d, "weight gradients"), 1, c.layer_params(layer, d))
+            per_step = saved(layer, d)
+            for what, count, _ in per_step:  # step T-1's backward is done: its 7 (+1) are freed
+                sim.free(what, count // T)
+            pieces = name(layer, d, "its input's per-step gradients (B, I)")
+            if layer:
+                sim.alloc(pieces, 1, B * width * s)
+            sim.moment(f"layer {layer}{' reverse' if d else ''} backward, step T-2: a weight gradient term", {
+                "(B, H) gradients in flight": (4, u),
+                "(B, I) input gradient in flight": (1 if layer else 0, B * width * s),
+                "W_h gradient term (H_out, H)": (1, Hout * H * s),
+                "its GEMM's oneDNN scratchpad": (1, c.gemm_scratch(Hout, B, H))})
+            for what, _, _ in per_step:
+                sim.free(what)
+            if d:
+                sim.free(name(layer, d, "dY flipped (T, B, H_out)"))
+            if layer:  # unbind's backward stacks the steps' input gradients
+                sim.alloc(pieces, T - 1, B * width * s)
+                stack = name(layer, d, "input gradient stacked (T, B, I)")
+                sim.alloc(stack, 1, tb(width))
+                sim.moment(f"layer {layer}{' reverse' if d else ''} backward: unbind's backward stacks its "
+                           "input's gradients")
+                sim.free(pieces)
+                if d or D == 1:  # the layer's input buffer: flip's backward (a copy), or the stack itself
+                    sim.alloc(grad_in, 1, tb(width))
+                if d:
+                    sim.moment(f"layer {layer} reverse backward: flip's backward")
+                sim.free(stack)  # direction 0 of two: added in place into the input buffer
+            if d:
+                sim.free(name(layer, d, "flipped input (T, B, I)"))
+        sim.free(grad_out)
+        sim.free(inputs_of[layer])  # saved by the layer's GEMMs
+        if layer in noise_of:  # dropout's backward: the gradient times the noise
+            sim.alloc(name(layer - 1, 0, "dropout's backward (T, B, D H_out)"), 1, tb(c.Y_width))
+            sim.moment(f"layer {layer - 1}: dropout's backward")
+            sim.free(grad_in)
+            sim.free(noise_of[layer])
+            grad_in = name(layer - 1, 0, "dropout's backward (T, B, D H_out)")
+        grad_out = grad_in
+    return acts, [*sim.moments, c.optimizer_step()]
 
 
 def _torchscript(c: _Counts) -> tuple[dict[str, Term], list[_Moment]]:
@@ -615,6 +869,10 @@ def _cudnn(c: _Counts) -> tuple[dict[str, Term], list[_Moment]]:
 # ---------------------------------------------------------------- the public functions
 
 
+#: kernel -> (its count with layers, directions or a projection, which implementation runs it)
+STACKED_COUNTERS = {"autograd ops": (_stacked_ops, "scratch")}
+
+
 class NotModelled(ValueError):
     """An implementation whose tensors the model does not count (yet)."""
 
@@ -690,9 +948,11 @@ def library_bytes_cuda(mode: str, capability: tuple[int, int]) -> int:
 
 def predict_sizes(impl: str, sizes: Sizes, *, device: str = "cpu", dtype: str = "float32", mode: str = "train",
                   optimizer: str = "sgd", cuda_capability: tuple[int, int] | None = None,
-                  cpu: CpuDispatch | None = None, onednn: OneDNNBuffers | None = None) -> Prediction:
+                  cpu: CpuDispatch | None = None, onednn: OneDNNBuffers | None = None,
+                  config: dict | None = None) -> Prediction:
     """The prediction for any sizes; CUDA predictions need no GPU (capability defaults to the GPU's, else sm_90).
-    A CPU prediction counts the paths `cpu` dispatches: this machine's unless given (a recorded CPU's)."""
+    A CPU prediction counts the paths `cpu` dispatches: this machine's unless given (a recorded CPU's).
+    `config`: nn.LSTM's keywords beyond the chapter's LSTM (CONFIG_DEFAULTS' keys: layers, directions, ...)."""
     if dtype not in DTYPES or mode not in MODES or optimizer not in OPTIMIZERS:
         raise ValueError(f"dtype {dtype!r}, mode {mode!r} or optimizer {optimizer!r} is not known")
     if min(sizes.batch_size, sizes.hidden_size, sizes.seq_len, sizes.vocab_size) <= 0:
@@ -702,11 +962,17 @@ def predict_sizes(impl: str, sizes: Sizes, *, device: str = "cpu", dtype: str = 
         cpu, onednn = cpu_dispatch(), onednn or Probe()
     kernel = kernel_of(impl, device, dtype, mode, cpu)
     c = _Counts(impl, sizes, dtype, mode, optimizer, cuda=cuda, flat_lstm=cuda and kernel == "cuDNN", cpu=cpu,
-                onednn=onednn)
+                onednn=onednn, config=config)
     fitted: list[str] = []
     notes: list[str] = []
     counter = {"autograd ops": _autograd_ops, "TorchScript": _torchscript, "Inductor": _inductor,
                "ATen native": _aten_native, "oneDNN": _onednn, "cuDNN": _cudnn}.get(kernel, _fused)
+    if c.stacked or c.proj:  # the chapter's one layer and direction is counted above; these follow the program
+        if kernel not in STACKED_COUNTERS:
+            counted = ", ".join(i for _, i in STACKED_COUNTERS.values())
+            raise NotModelled(f"the memory model counts {counted} with layers, directions or a projection; not "
+                              f"{kernel} ({impl}) yet")
+        counter = STACKED_COUNTERS[kernel][0]
     acts, moments = counter(c)
     moments = c.output_gemms(moments)
     if kernel == "oneDNN" and dtype == "float32":
@@ -754,14 +1020,12 @@ def predict_sizes(impl: str, sizes: Sizes, *, device: str = "cpu", dtype: str = 
 def predict(cell: Cell, optimizer: str = "sgd") -> Prediction:
     """The prediction for one grid cell (what the suite writes beside its measurement)."""
     return predict_sizes(cell.impl, Sizes(cell.batch_size, cell.hidden_size, cell.seq_len, cell.vocab_size),
-                         device=cell.device, dtype=cell.dtype, mode=cell.mode, optimizer=optimizer)
+                         device=cell.device, dtype=cell.dtype, mode=cell.mode, optimizer=optimizer, config=cell.config)
 
 
 def predicted_columns(cell: Cell, optimizer: str = "sgd") -> dict[str, int | None]:
     """The suite's prediction columns for a cell; empty (None) for an implementation or configuration the model does
-    not count (it counts the chapter's one-layer LSTM: layers, directions and projections are not counted yet)."""
-    if cell.config != CONFIG_DEFAULTS:
-        return {"predicted_peak_bytes": None, "predicted_activation_bytes": None}
+    not count."""
     try:
         p = predict(cell, optimizer)
     except NotModelled:  # fused, triton, a module:Class implementation: nothing to predict, nothing to check
