@@ -27,6 +27,7 @@ from bench.instruments.measure import running_peak
 from bench.instruments.memory_model import (
     FITTED,
     MIB,
+    NotModelled,
     Sizes,
     _Counts,
     _onednn_workspace_bytes,
@@ -79,6 +80,49 @@ def test_prediction_within_5_percent_of_measured_peak(impl, B, H, T, dtype, mode
     assert (p.param_bytes, p.grad_bytes, p.optimizer_bytes) == (
         got["param_bytes"], got["grad_bytes"], got["optimizer_bytes"])
     assert p.library_bytes == 0
+
+
+# scratch as people train it (lstm_impls' configuration keywords): layers, directions, a projection, dropout,
+# batch-first; the peak lands in forward, in the loss's backward and in a lower layer's backward across these.
+CONFIG_GRID = [
+    (5, 24, 10, "float32", "train", "sgd", {"num_layers": 2}),
+    (3, 160, 6, "float32", "train", "sgd", {"num_layers": 2}),  # H*H dominates: a lower layer's backward
+    (40, 8, 10, "float32", "train", "momentum", {"num_layers": 2, "dropout": 0.5}),  # the loss's backward
+    (4, 96, 9, "float32", "train", "sgd", {"num_layers": 2, "dropout": 0.5}),
+    (5, 24, 10, "float32", "train", "sgd", {"bidirectional": True}),
+    (4, 96, 9, "float32", "train", "adam", {"num_layers": 2, "bidirectional": True}),
+    (3, 160, 6, "float32", "train", "sgd", {"proj_size": 40}),
+    (4, 96, 9, "float32", "train", "sgd", {"num_layers": 3, "bidirectional": True, "proj_size": 40, "dropout": 0.3}),
+    (5, 24, 10, "float32", "train", "sgd", {"num_layers": 2, "batch_first": True}),
+    (3, 40, 9, "bfloat16", "train", "adam", {"num_layers": 2, "bidirectional": True, "proj_size": 8, "dropout": 0.5}),
+    (16, 64, 9, "bfloat16", "train", "sgd", {"proj_size": 8}),
+    (5, 24, 10, "float32", "forward", "sgd", {"num_layers": 2}),
+    (40, 8, 10, "float32", "forward", "sgd", {"bidirectional": True}),
+    (64, 32, 12, "float32", "forward", "sgd", {"num_layers": 2, "bidirectional": True, "proj_size": 4, "dropout": 0.5}),
+    (4, 96, 9, "float32", "forward", "sgd", {"proj_size": 6}),
+    (16, 64, 9, "bfloat16", "forward", "sgd", {"num_layers": 2, "bidirectional": True, "proj_size": 8}),
+]
+
+
+@pytest.mark.parametrize("B,H,T,dtype,mode,optimizer,config", CONFIG_GRID,
+                         ids=["-".join(map(str, c[:6])) + "-" + "-".join(f"{k}={v}" for k, v in c[6].items())
+                              for c in CONFIG_GRID])
+def test_prediction_within_5_percent_with_layers_directions_projections(B, H, T, dtype, mode, optimizer, config):
+    cell = Cell("scratch", "cpu", dtype, mode, B, H, T, 28, **config)
+    got = measure_cell(cell, optimizer)
+    p = predict(cell, optimizer)
+    peak = got["peak_bytes"]
+    assert abs(p.peak_bytes - peak) <= TOLERANCE * peak, (p.peak_bytes, peak, p.peak_at)
+    assert abs(p.activation_bytes - got["activation_bytes"]) <= TOLERANCE * peak, (p.activation_bytes, got)
+    assert (p.param_bytes, p.grad_bytes, p.optimizer_bytes) == (
+        got["param_bytes"], got["grad_bytes"], got["optimizer_bytes"])
+
+
+def test_configurations_the_model_does_not_count_say_so():
+    cell = Cell("fused", "cpu", "float32", "train", 5, 24, 10, 28, num_layers=2)
+    with pytest.raises(NotModelled, match="layers, directions or a projection"):
+        predict(cell)
+    assert set(predicted_columns(cell).values()) == {None}
 
 
 @pytest.mark.parametrize("T,B,H", [(9, 12, 100), (10, 7, 64), (3, 5, 128), (4, 3, 40)])
