@@ -10,17 +10,30 @@ import argparse
 import json
 import re
 
-from bench.grid import D2L, DTYPES, MODES, Cell, OptionError, parse_impls, parse_list, parse_sizes
+from bench.grid import (
+    D2L,
+    DTYPES,
+    MODES,
+    Cell,
+    OptionError,
+    parse_counts,
+    parse_fractions,
+    parse_impls,
+    parse_list,
+    parse_sizes,
+)
 from bench.instruments.memory_model import (
     FITTED,
     IMPLS,
     OPTIMIZERS,
+    NotModelled,
     Prediction,
     Sizes,
     largest_batch,
     per_sequence_bytes,
     predict_sizes,
 )
+from lstm_impls.base import CONFIG_DEFAULTS
 
 UNITS = {"B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30}
 
@@ -111,6 +124,17 @@ def fits_when_run(cell: Cell, optimizer: str, budget_bytes: int) -> tuple[bool, 
     return peak <= budget_bytes, peak
 
 
+def parse_config(args: argparse.Namespace, hidden_size: int) -> dict:
+    """nn.LSTM's keywords from the options, one value each (CONFIG_DEFAULTS' keys)."""
+    proj, dropout = parse_counts(args.proj_size, "--proj-size"), parse_fractions(args.dropout, "--dropout")
+    if len(proj) != 1 or len(dropout) != 1:
+        raise OptionError("--proj-size and --dropout take one value each")
+    if proj[0] >= hidden_size:
+        raise OptionError(f"--proj-size {proj[0]} must be below --hidden-size ({hidden_size}), as nn.LSTM requires")
+    return {"num_layers": one(args.num_layers, "--num-layers"), "bidirectional": args.bidirectional,
+            "proj_size": proj[0], "dropout": dropout[0], "batch_first": args.batch_first}
+
+
 def _memory(args: argparse.Namespace) -> int:
     """The handler of `lstm-bench memory`."""
     impls = parse_impls(args.impls)
@@ -127,7 +151,8 @@ def _memory(args: argparse.Namespace) -> int:
     if len(dtype) != 1 or len(mode) != 1 or len(optimizer) != 1:
         raise OptionError("--dtype, --mode and --optimizer take one value each")
     device = parse_memory_device(args.device)
-    options = {"device": device, "dtype": dtype[0], "mode": mode[0], "optimizer": optimizer[0]}
+    config = parse_config(args, sizes.hidden_size)
+    options = {"device": device, "dtype": dtype[0], "mode": mode[0], "optimizer": optimizer[0], "config": config}
     budget = parse_bytes(args.budget) if args.budget is not None else None
     if args.measure:
         from bench.grid import parse_device
@@ -135,8 +160,15 @@ def _memory(args: argparse.Namespace) -> int:
         parse_device(device)  # measuring on CUDA needs one
 
     rows: dict[str, dict] = {}
+    skipped: dict[str, str] = {}  # with --impls all: an implementation the model does not count here, and why
     for impl in impls:
-        p = predict_sizes(impl, sizes, **options)
+        try:
+            p = predict_sizes(impl, sizes, **options)
+        except NotModelled as exc:
+            if args.impls.strip() != "all":
+                raise OptionError(f"--impls {impl}: {exc}") from None
+            skipped[impl] = str(exc)
+            continue
         row: dict = {"prediction": p.as_dict(), "per_sequence_bytes": per_sequence_bytes(impl, sizes, **options)}
         if budget is not None:
             floor = p.model_bytes + p.library_bytes
@@ -145,10 +177,13 @@ def _memory(args: argparse.Namespace) -> int:
                                   f"({human(floor)}: parameters, gradients, optimizer state, libraries)")
             row["largest_batch"] = largest_batch(impl, budget, sizes, **options)
         rows[impl] = row
+    if not rows:
+        raise OptionError("the memory model counts none of these implementations here: "
+                          + "; ".join(sorted(set(skipped.values()))))
     if args.measure:
-        for impl in impls:
+        for impl in rows:
             cell = Cell(impl, device, options["dtype"], options["mode"], sizes.batch_size, sizes.hidden_size,
-                        sizes.seq_len, sizes.vocab_size)
+                        sizes.seq_len, sizes.vocab_size, **config)
             rows[impl]["measured"] = measure_cell(cell, options["optimizer"])
             if budget is not None:
                 checks = []
@@ -156,16 +191,18 @@ def _memory(args: argparse.Namespace) -> int:
                     if b == 0:
                         continue
                     fits, peak = fits_when_run(Cell(impl, device, options["dtype"], options["mode"], b,
-                                                    sizes.hidden_size, sizes.seq_len, sizes.vocab_size),
+                                                    sizes.hidden_size, sizes.seq_len, sizes.vocab_size, **config),
                                                options["optimizer"], budget)
                     checks.append({"batch_size": b, "fits": fits, "measured_peak_bytes": peak})
                 rows[impl]["budget_check"] = checks
     fitted = sorted({key for row in rows.values() for key in row["prediction"]["fitted"]})
     if args.json:
         print(json.dumps({"sizes": vars(sizes), **options, "budget_bytes": budget, "impls": rows,
-                          "fitted": {key: FITTED[key] for key in fitted}}, indent=2))
+                          "not_counted": skipped, "fitted": {key: FITTED[key] for key in fitted}}, indent=2))
         return 0
     print(render(sizes, options, budget, rows, fitted))
+    for impl, why in skipped.items():
+        print(f"{impl}: not counted: {why}")
     return 0
 
 
@@ -174,8 +211,9 @@ def render(sizes: Sizes, options: dict, budget: int | None, rows: dict[str, dict
     impls = list(rows)
     preds = {name: Prediction(**{k: v for k, v in row["prediction"].items()
                                  if k not in ("model_bytes", "batch_bytes")}) for name, row in rows.items()}
+    shown = "".join(f", {key} {value}" for key, value in options["config"].items() if value != CONFIG_DEFAULTS[key])
     lines = [f"memory of one {options['mode']} step, {options['dtype']} on {options['device']}, B={sizes.batch_size} "
-             f"H={sizes.hidden_size} T={sizes.seq_len} V={sizes.vocab_size}, optimizer {options['optimizer']} "
+             f"H={sizes.hidden_size} T={sizes.seq_len} V={sizes.vocab_size}{shown}, optimizer {options['optimizer']} "
              "(predicted by counting tensors)", ""]
 
     table: list[tuple[str, list[str]]] = []  # rows of the table, formatted once every cell is known
@@ -238,6 +276,11 @@ def add_parser(sub) -> None:
     memory.add_argument("--hidden-size", default=str(D2L["hidden_size"]))
     memory.add_argument("--seq-len", default=str(D2L["seq_len"]))
     memory.add_argument("--vocab-size", default=str(D2L["vocab_size"]))
+    memory.add_argument("--num-layers", default="1", help="stacked LSTM layers (nn.LSTM's num_layers)")
+    memory.add_argument("--bidirectional", action="store_true", help="both directions (nn.LSTM's bidirectional)")
+    memory.add_argument("--proj-size", default="0", help="LSTMP's projection of h, below --hidden-size; 0: none")
+    memory.add_argument("--dropout", default="0", help="dropout between layers, in [0, 1) (nn.LSTM's dropout)")
+    memory.add_argument("--batch-first", action="store_true", help="(B, T) inputs (nn.LSTM's batch_first)")
     memory.add_argument("--dtype", default="float32", help=", ".join(DTYPES))
     memory.add_argument("--mode", default="train", help=", ".join(MODES))
     memory.add_argument("--optimizer", default="sgd", help=", ".join(OPTIMIZERS))

@@ -254,7 +254,9 @@ CASES: dict[str, list[tuple[list[str], str]]] = {
     + [(["memory", "--budget", value], "--budget") for value in ("1", "-1GiB", "", "8 lightyears", "1B", "nanGiB")]
     + [(["memory", option, value], option) for option, value in [
         ("--impls", "nope"), ("--dtype", "float8"), ("--mode", "x"), ("--optimizer", "lion"), ("--device", "tpu"),
-        ("--dtype", "float32,float64")]],
+        ("--dtype", "float32,float64"), ("--num-layers", "0"), ("--num-layers", "1,2"), ("--proj-size", "-1"),
+        ("--proj-size", "256"), ("--dropout", "1"), ("--dropout", "0,0.5"), ("--dropout", "x")]]
+    + [(["memory", "--impls", "fused", "--num-layers", "2"], "not fused")],
 }
 
 
