@@ -104,11 +104,22 @@ CONFIG_GRID = [
 ]
 
 
-@pytest.mark.parametrize("B,H,T,dtype,mode,optimizer,config", CONFIG_GRID,
-                         ids=["-".join(map(str, c[:6])) + "-" + "-".join(f"{k}={v}" for k, v in c[6].items())
+CONFIG_GRID = [("scratch", *c) for c in CONFIG_GRID] + [  # cudnn: oneDNN, one mkldnn_rnn_layer per layer, direction
+    ("cudnn", 5, 24, 10, "float32", "train", "sgd", {"num_layers": 2}),
+    ("cudnn", 3, 160, 6, "float32", "train", "adam", {"num_layers": 2, "bidirectional": True}),
+    ("cudnn", 40, 8, 10, "float32", "train", "sgd", {"num_layers": 3, "bidirectional": True, "dropout": 0.3}),
+    ("cudnn", 17, 64, 9, "float32", "train", "momentum", {"num_layers": 2, "dropout": 0.5}),
+    ("cudnn", 5, 24, 10, "float32", "forward", "sgd", {"num_layers": 2, "bidirectional": True}),
+    ("cudnn", 17, 64, 9, "float32", "forward", "sgd", {"num_layers": 3, "bidirectional": True, "dropout": 0.3}),
+]
+
+
+@pytest.mark.parametrize("impl,B,H,T,dtype,mode,optimizer,config", CONFIG_GRID,
+                         ids=["-".join(map(str, c[:7])) + "-" + "-".join(f"{k}={v}" for k, v in c[7].items())
                               for c in CONFIG_GRID])
-def test_prediction_within_5_percent_with_layers_directions_projections(B, H, T, dtype, mode, optimizer, config):
-    cell = Cell("scratch", "cpu", dtype, mode, B, H, T, 28, **config)
+def test_prediction_within_5_percent_with_layers_directions_projections(impl, B, H, T, dtype, mode, optimizer,
+                                                                         config):
+    cell = Cell(impl, "cpu", dtype, mode, B, H, T, 28, **config)
     got = measure_cell(cell, optimizer)
     p = predict(cell, optimizer)
     peak = got["peak_bytes"]

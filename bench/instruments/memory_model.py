@@ -59,6 +59,7 @@ Where the peak happens (Prediction.peak_at, with what is alive then in Predictio
 
 from __future__ import annotations
 
+import copy
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -808,6 +809,158 @@ def _onednn(c: _Counts) -> tuple[dict[str, Term], list[_Moment]]:
                   *c.loss_backward(acts, {"returned state h, c": (2, c.u)}), c.optimizer_step()]
 
 
+def _onednn_stacked(c: _Counts) -> tuple[dict[str, Term], list[_Moment]]:
+    """nn.LSTM through oneDNN in float32 with layers or directions: one mkldnn_rnn_layer per layer and
+    direction (the reverse one reads its input backwards, no copy), each with the workspace, reordered weights
+    and scratchpad of a one-layer LSTM whose input is that layer's (_onednn's counts, _onednn_workspace_bytes);
+    a bidirectional layer concatenates both outputs, dropout between layers keeps its noise. Backward runs
+    the layers top down, reverse direction first, each in mkldnn_rnn_layer_backward as in one layer."""
+    if c.s != 4:
+        raise NotModelled(f"the memory model counts oneDNN with layers or directions in float32; not {c.dtype} yet")
+    T, B, H, s, u, L, D = c.T, c.B, c.H, c.s, c.u, c.L, c.D
+    f32 = 4
+    p_drop = float(c.config["dropout"])
+
+    def layer(n_in: int) -> _Counts:  # a one-layer count whose input is this layer's
+        one = copy.copy(c)
+        one.I = n_in
+        return one
+
+    def name(layer: int, d: int, what: str) -> str:
+        return f"layer {layer}{' reverse' if d else ''}: {what}"
+
+    def reorders(n_in: int) -> dict[str, Term]:  # the weights as mkldnn_rnn_layer reorders them for forward
+        return {"weights reordered (ldigo)": (1, (n_in + H) * good_ld(4 * H, s) * s)}
+
+    sim = _Step(c.model() | c.batch_and_state())
+    sim.alloc("one-hot int64", 1, 8 * c.TB * c.V)
+    sim.alloc("one-hot input", 1, c.TBV)
+    sim.moment("one-hot cast (int64 and float copies)")
+    sim.free("one-hot int64")
+    inputs_of, noise_of, outputs_of = [], {}, {}
+    layer_input = "one-hot input"
+    held: list[str] = []  # inference: a layer's raw output, alive until the next layer has run
+    held_before: list[str] = []
+    for lay in range(L):
+        n_in = c.layer_input_size(lay)
+        inputs_of.append(layer_input)
+        for d in range(D):
+            one = layer(n_in)
+            if c.train:
+                sim.alloc(name(lay, d, "outputs (T, B, H)"), 1, c.TBH)
+                sim.alloc(name(lay, d, "oneDNN workspace"), 1, _onednn_workspace_bytes(one))
+                sim.alloc(name(lay, d, "h_n, c_n (layer outputs)"), 2, u)
+                scratch = _page(T * B * good_ld(4 * H, f32) * f32) + 2 * _page(B * good_ld(H, f32) * f32) + 4664
+                sim.moment(f"inside mkldnn_rnn_layer (layer {lay}{' reverse' if d else ''}, training)",
+                           reorders(n_in) | {"oneDNN scratchpad": (1, scratch)})
+            else:  # inference, as _onednn's: brgemm kernels, weights reordered to ldgOi16o, states in the scratchpad
+                sim.alloc(name(lay, d, "outputs (T, B, H)"), 1, c.TBH)
+                sim.alloc(name(lay, d, "h_n, c_n (layer outputs)"), 2, u)
+                scratch = (_page(2 * (T + 1) * B * good_ld(max(n_in, H), s) * s) + _page(2 * (T + 1) * B * H * f32)
+                           + _page(B * good_ld(4 * H, f32) * f32) + _page(B * good_ld(H, s) * s) + 4952)
+                sim.moment(f"inside mkldnn_rnn_layer (layer {lay}{' reverse' if d else ''}, inference)", {
+                    "bias sum": (1, 4 * H * s), "oneDNN scratchpad": (1, scratch),
+                    "weights reordered (ldgOi16o)": (1, 4 * _round_up(H, 16) * (n_in + H) * s)})
+            outputs_of[lay, d] = name(lay, d, "outputs (T, B, H)")
+        out = outputs_of[lay, 0]
+        if D == 2:
+            out = name(lay, 0, "both directions' outputs (T, B, 2H)")
+            sim.alloc(out, 1, 2 * c.TBH)
+            sim.moment(f"layer {lay}: the directions' outputs concatenated")
+            if not c.train:  # the last direction's output stays until the next layer has run (measured)
+                sim.free(outputs_of[lay, 0])
+                held.append(outputs_of[lay, 1])
+        if p_drop and lay < L - 1:
+            sim.alloc(name(lay, 0, "dropout noise"), 1, T * B * c.Y_width * s)
+            sim.alloc(name(lay, 0, "outputs after dropout"), 1, T * B * c.Y_width * s)
+            sim.moment(f"layer {lay}: dropout")
+            noise_of[lay + 1] = name(lay, 0, "dropout noise")
+            if not c.train:
+                sim.free(noise_of[lay + 1])
+            if D == 2:
+                sim.free(out)
+            elif not c.train:
+                held.append(out)
+            out = name(lay, 0, "outputs after dropout")
+        if not c.train and layer_input != "one-hot input":
+            sim.free(layer_input)  # nothing saves it
+        for gone in held_before:
+            sim.free(gone)
+        held_before, held = held, []
+        layer_input = out
+    state = {f"new state {k}": v for k, v in c.state().items()}
+    for k, v in state.items():
+        sim.alloc(k, *v)
+    sim.moment("the returned state stacked")
+    top = layer_input
+    if not c.train:  # then the output layer (output_gemms) and the loss, as in one layer
+        for lay, d in c.layers_and_directions():
+            sim.free(name(lay, d, "h_n, c_n (layer outputs)"))
+        for gone in [top, "one-hot input", *held_before]:
+            sim.free(gone)
+        return {}, [*sim.moments, *c.forward_moments({}, at="the LSTM's outputs")]
+    for k, each in (("logits", c.TBV), ("log-softmax", c.TBV), ("target (int64)", 8 * c.TB), ("total weight", s),
+                    ("loss", s)):
+        sim.alloc(k, 1, each)
+    sim.moment("end of forward (loss computed, before zero_grad)")
+    not_saved = set(c.model()) | {"batch X, Y (int64)", "logits", "loss"} | set(state)
+    acts = {k: v for k, v in sim.live.items() if k not in not_saved}
+    sim.free("gradients")
+    sim.alloc("loss's gradient", 1, s)
+    sim.free("target (int64)")
+    sim.free("total weight")
+    sim.alloc("gradients of log-softmax and of the logits", 2, c.TBV)
+    sim.moment("backward of the loss (log-softmax's gradient computed)")
+    sim.free("log-softmax")
+    sim.free("gradients of log-softmax and of the logits", 1)
+    grad_out = "dY (T, B, D H): the layer's output's gradient"
+    sim.alloc(grad_out, 1, c.TBY)
+    sim.alloc("output layer's gradients", 1, c.P_lin)
+    sim.moment("backward of the output layer (dY computed)")
+    sim.free("gradients of log-softmax and of the logits")
+    if D == 2:
+        sim.free(top)
+    for lay in reversed(range(L)):
+        n_in = c.layer_input_size(lay)
+        grad_in = name(lay, 0, "its input's gradient (T, B, I)")
+        for d in reversed(range(D)):
+            one = layer(n_in)
+            scratch = _page(T * B * good_ld(4 * H, f32) * f32) + 2 * _page(B * good_ld(H, f32) * f32) + 4664
+            if D == 2:  # cat's backward gives a slice of dY; mkldnn_rnn_layer_backward makes it contiguous
+                sim.alloc(name(lay, d, "dY contiguous (T, B, H)"), 1, c.TBH)
+            sim.alloc(name(lay, d, "diff_x (T, B, I) float32"), 1, T * B * n_in * f32)
+            sim.alloc(name(lay, d, "weight gradients but bias_hh's"), 1, c.layer_params(lay, d) - 4 * H * s)
+            sim.moment(f"inside mkldnn_rnn_layer_backward (layer {lay}{' reverse' if d else ''}, its scratchpad)", {
+                "zero grad_hy, grad_cy": (2, u), "diff_hx, diff_cx float32": (2, B * H * f32),
+                "bias sum, and oneDNN's bias copy": (2, 4 * H * s),
+                "weights reordered for forward (ldigo)": (1, (n_in + H) * good_ld(4 * H, s) * s),
+                "weights reordered for backward (ldgoi)": (1, sum(good_ld(k, s) * 4 * H * s for k in (n_in, H)
+                                                                  if good_ld(k, s) != k)),
+                "oneDNN scratchpad": (1, scratch)})
+            sim.free(name(lay, d, "weight gradients but bias_hh's"))
+            sim.alloc(name(lay, d, "weight gradients"), 1, c.layer_params(lay, d))
+            sim.free(name(lay, d, "dY contiguous (T, B, H)"))
+            for what in ("outputs (T, B, H)", "oneDNN workspace", "h_n, c_n (layer outputs)"):
+                sim.free(name(lay, d, what))
+            diff_x = name(lay, d, "diff_x (T, B, I) float32")
+            if lay == 0:
+                sim.free(diff_x)  # the one-hot input needs no gradient
+            elif d == D - 1:
+                sim.free(diff_x)
+                sim.alloc(grad_in, 1, T * B * n_in * s)  # the layer input's gradient buffer
+            else:
+                sim.free(diff_x)  # added into it
+        sim.free(grad_out)
+        sim.free(inputs_of[lay])
+        if lay in noise_of:
+            sim.alloc(name(lay - 1, 0, "dropout's backward"), 1, T * B * c.Y_width * s)
+            sim.free(grad_in)
+            sim.free(noise_of[lay])
+            grad_in = name(lay - 1, 0, "dropout's backward")
+        grad_out = grad_in
+    return acts, [*sim.moments, c.optimizer_step()]
+
+
 def _onednn_bf16(c: _Counts) -> tuple[dict[str, Term], list[_Moment]]:
     """nn.LSTM through oneDNN in bfloat16 (or float16 inference): the tensors counted as in float32,
     oneDNN's own buffers (reordered weights, GEMM buffers, scratchpad) read off oneDNN
@@ -870,16 +1023,18 @@ def _cudnn(c: _Counts) -> tuple[dict[str, Term], list[_Moment]]:
 
 
 #: kernel -> (its count with layers, directions or a projection, which implementation runs it)
-STACKED_COUNTERS = {"autograd ops": (_stacked_ops, "scratch")}
+STACKED_COUNTERS = {"autograd ops": (_stacked_ops, "scratch"), "oneDNN": (_onednn_stacked, "cudnn")}
 
 
 class NotModelled(ValueError):
     """An implementation whose tensors the model does not count (yet)."""
 
 
-def kernel_of(impl: str, device: str, dtype: str, mode: str, cpu: CpuDispatch | None = None) -> str:
+def kernel_of(impl: str, device: str, dtype: str, mode: str, cpu: CpuDispatch | None = None,
+              proj_size: int = 0) -> str:
     """Which kernel runs the LSTM for this cell, as aten::lstm dispatches in torch 2.13 on `cpu` (this
-    machine's dispatch facts unless given: a recorded CPU's, to predict for it)."""
+    machine's dispatch facts unless given: a recorded CPU's, to predict for it). oneDNN's LSTM has no
+    projection: with proj_size nn.LSTM runs ATen's native kernels (measured: per-step addmm, no mkldnn_rnn_layer)."""
     device_type = torch.device(device).type
     if impl == "scratch":
         return "autograd ops"
@@ -895,7 +1050,7 @@ def kernel_of(impl: str, device: str, dtype: str, mode: str, cpu: CpuDispatch | 
     if device_type == "cuda":
         return "cuDNN"
     cpu = cpu or cpu_dispatch()
-    if cpu.onednn and torch.backends.mkldnn.enabled:
+    if cpu.onednn and torch.backends.mkldnn.enabled and not proj_size:
         if dtype == "float32":
             return "oneDNN"
         if dtype == "bfloat16" and cpu.onednn_bf16:
@@ -960,7 +1115,7 @@ def predict_sizes(impl: str, sizes: Sizes, *, device: str = "cpu", dtype: str = 
     cuda = torch.device(device).type == "cuda"
     if not cuda and cpu is None:  # this machine: its dispatch, and oneDNN's buffers read off its oneDNN
         cpu, onednn = cpu_dispatch(), onednn or Probe()
-    kernel = kernel_of(impl, device, dtype, mode, cpu)
+    kernel = kernel_of(impl, device, dtype, mode, cpu, proj_size=int((config or {}).get("proj_size", 0)))
     c = _Counts(impl, sizes, dtype, mode, optimizer, cuda=cuda, flat_lstm=cuda and kernel == "cuDNN", cpu=cpu,
                 onednn=onednn, config=config)
     fitted: list[str] = []
