@@ -111,6 +111,22 @@ CONFIG_GRID = [("scratch", *c) for c in CONFIG_GRID] + [  # cudnn: oneDNN, one m
     ("cudnn", 17, 64, 9, "float32", "train", "momentum", {"num_layers": 2, "dropout": 0.5}),
     ("cudnn", 5, 24, 10, "float32", "forward", "sgd", {"num_layers": 2, "bidirectional": True}),
     ("cudnn", 17, 64, 9, "float32", "forward", "sgd", {"num_layers": 3, "bidirectional": True, "dropout": 0.3}),
+    # scripted: TorchScript's 8-step bodies per layer and direction
+    ("scripted", 5, 24, 10, "float32", "train", "sgd", {"num_layers": 2}),
+    ("scripted", 4, 96, 9, "float32", "train", "sgd", {"num_layers": 3, "bidirectional": True}),
+    ("scripted", 4, 96, 9, "float32", "train", "sgd", {"proj_size": 8}),
+    ("scripted", 3, 40, 9, "bfloat16", "train", "adam", {"num_layers": 2, "bidirectional": True, "proj_size": 8}),
+    ("scripted", 5, 24, 10, "float32", "forward", "sgd", {"num_layers": 2, "bidirectional": True, "dropout": 0.5}),
+    # the fused sequence per layer and direction
+    ("fused", 5, 24, 10, "float32", "train", "sgd", {"num_layers": 2}),  # a layer's backward factors, in forward
+    ("fused", 3, 160, 6, "float32", "train", "sgd", {"num_layers": 2, "bidirectional": True, "dropout": 0.5}),
+    ("fused", 64, 32, 10, "float32", "train", "momentum", {"bidirectional": True}),
+    ("fused", 3, 40, 9, "bfloat16", "train", "adam", {"num_layers": 2, "bidirectional": True, "dropout": 0.5}),
+    ("fused", 5, 24, 10, "float32", "forward", "sgd", {"num_layers": 2, "bidirectional": True, "dropout": 0.5}),
+    # compiled once per shape: conftest's TINY and one more, each layer's input its own shape
+    ("fused_compiled", 3, 6, 5, "float32", "train", "sgd", {"num_layers": 2, "bidirectional": True, "dropout": 0.5}),
+    ("compiled", 3, 6, 5, "float32", "train", "sgd", {"num_layers": 2}),
+    ("compiled", 3, 160, 6, "float32", "train", "sgd", {"num_layers": 2, "bidirectional": True}),  # backward peak
 ]
 
 
@@ -130,10 +146,13 @@ def test_prediction_within_5_percent_with_layers_directions_projections(impl, B,
 
 
 def test_configurations_the_model_does_not_count_say_so():
-    cell = Cell("fused", "cpu", "float32", "train", 5, 24, 10, 28, num_layers=2)
-    with pytest.raises(NotModelled, match="layers, directions or a projection"):
-        predict(cell)
-    assert set(predicted_columns(cell).values()) == {None}
+    for cell, says in [(Cell("cudnn", "cpu", "float32", "train", 5, 24, 10, 28, proj_size=8), "ATen native"),
+                       (Cell("compiled", "cpu", "float32", "train", 5, 24, 10, 28, proj_size=8), "proj_size"),
+                       (Cell("cudnn", "cuda", "float32", "train", 5, 24, 10, 28, num_layers=2), "cuDNN"),
+                       (Cell("scripted", "cpu", "float32", "train", 5, 24, 6, 28), "T = 8")]:
+        with pytest.raises(NotModelled, match=says):
+            predict(cell)
+        assert set(predicted_columns(cell).values()) == {None}
 
 
 @pytest.mark.parametrize("T,B,H", [(9, 12, 100), (10, 7, 64), (3, 5, 128), (4, 3, 40)])

@@ -409,7 +409,23 @@ class _Step:
         self.moments.append(_Moment(name, self.live | {k: v for k, v in (transient or {}).items() if v[0] * v[1]}))
 
 
-def _stacked_ops(c: _Counts) -> tuple[dict[str, Term], list[_Moment]]:
+def _stacked_torchscript(c: _Counts) -> tuple[dict[str, Term], list[_Moment]]:
+    """scripted with layers, directions or a projection: forward_stacked (Python) around the scripted loop,
+    which keeps what the eager loop keeps; in backward each layer's and direction's last unrolled 8-step body
+    holds 8 steps' weight-gradient terms until it sums them (_torchscript)."""
+    return _stacked_ops(c, unrolled=True)
+
+
+def _stacked_inductor(c: _Counts) -> tuple[dict[str, Term], list[_Moment]]:
+    """compiled (cell scope) with layers or directions: forward_stacked around the chapter's loop of compiled
+    cells; each call saves what the partitioner saves (_inductor: h, c and the four gates; tanh(c) is
+    recomputed) and its backward returns the step's weight gradients at once."""
+    if c.proj:
+        raise NotModelled("the memory model counts compiled with layers and directions; not with proj_size yet")
+    return _stacked_ops(c, inductor=True)
+
+
+def _stacked_ops(c: _Counts, unrolled: bool = False, inductor: bool = False) -> tuple[dict[str, Term], list[_Moment]]:
     """scratch with layers, directions or a projection: LSTMImpl.forward_stacked around the chapter's loop, op
     by op in eager autograd, followed allocation by allocation (_Step).
 
@@ -430,7 +446,7 @@ def _stacked_ops(c: _Counts) -> tuple[dict[str, Term], list[_Moment]]:
         return f"layer {layer}{' reverse' if d else ''}: {what}"
 
     def saved(layer: int, d: int) -> list[tuple[str, int, int]]:  # a direction's per-step saved tensors
-        return [(name(layer, d, "per-step h, c, gates, tanh(c) (B, H)"), 7 * T, u),
+        return [(name(layer, d, "per-step h, c, gates, tanh(c) (B, H)"), (6 if inductor else 7) * T, u),
                 (name(layer, d, "per-step projected h (B, P)"), T if c.proj else 0, uo)]
 
     sim = _Step(c.model() | c.batch_and_state())
@@ -515,7 +531,7 @@ def _stacked_ops(c: _Counts) -> tuple[dict[str, Term], list[_Moment]]:
         sim.free(gone)
     for layer, d in c.layers_and_directions():
         if c.train:
-            sim.free(name(layer, d, "per-step h, c, gates, tanh(c) (B, H)"), 1 if c.proj else 2)
+            sim.free(name(layer, d, "per-step h, c, gates, tanh(c) (B, H)"), 1 if c.proj or inductor else 2)
             sim.free(name(layer, d, "per-step projected h (B, P)"), 1)
         else:
             sim.free(name(layer, d, "outputs list h_1..h_T"))
@@ -566,14 +582,36 @@ def _stacked_ops(c: _Counts) -> tuple[dict[str, Term], list[_Moment]]:
             per_step = saved(layer, d)
             for what, count, _ in per_step:  # step T-1's backward is done: its 7 (+1) are freed
                 sim.free(what, count // T)
+            if inductor:  # and 3 more at the next step's backward, its gradients in flight included (measured:
+                sim.free(per_step[0][0], 3)  # 6T - 10 (B, H) then, as _inductor's 6T - 8 with the new state)
             pieces = name(layer, d, "its input's per-step gradients (B, I)")
             if layer:
                 sim.alloc(pieces, 1, B * width * s)
             sim.moment(f"layer {layer}{' reverse' if d else ''} backward, step T-2: a weight gradient term", {
-                "(B, H) gradients in flight": (4, u),
+                "(B, H) gradients in flight": (0 if inductor else 4, u),
                 "(B, I) input gradient in flight": (1 if layer else 0, B * width * s),
-                "W_h gradient term (H_out, H)": (1, Hout * H * s),
+                "W_h gradient term (H_out, H)": (0 if inductor else 1, Hout * H * s),
+                "a step's weight gradients (compiled)": (1 if inductor else 0, c.layer_params(layer, d)),
                 "its GEMM's oneDNN scratchpad": (1, c.gemm_scratch(Hout, B, H))})
+            K = 8 * (T // 8)  # steps run in unrolled bodies; the T % 8 remainder ran last, its backward first
+            if unrolled and K:  # the remainder's saved tensors are gone, and the last body's h_K, c_K
+                for (what, count, each), left in zip(per_step, (7 * K - (1 if c.proj else 2), K - 1)):
+                    sim.free(what)
+                    sim.alloc(what, left if count else 0, each)
+                # TorchScript indexes the input step by step: select's backward adds each step's input gradient
+                # into a (T, B, I) buffer, and the body returns its 8 at once; W_hr's terms are summed as they come
+                w_hr = H * c.proj * s
+                sim.free(pieces)
+                sim.moment(f"layer {layer}{' reverse' if d else ''} backward of the last unrolled 8-step body, "
+                           "before it sums its weight gradients", {
+                               "(B, H) gradients in flight": (3 + 2 * (T - K >= 3), u),
+                               "8 steps' weight-gradient terms": (8, c.layer_params(layer, d) - w_hr),
+                               "W_hr's gradient term": (1, w_hr),
+                               "the input's gradient (T, B, I), select's backward": (1 if layer else 0, tb(width)),
+                               "the body's 8 input gradients (B, I)": (8 if layer else 0, B * width * s),
+                               "the last term's GEMM's oneDNN scratchpad": (1, c.gemm_scratch(Hout, B, H))})
+                if layer:
+                    sim.alloc(pieces, 1, B * width * s)
             for what, _, _ in per_step:
                 sim.free(what)
             if d:
@@ -753,6 +791,191 @@ def _fused(c: _Counts) -> tuple[dict[str, Term], list[_Moment]]:
             "LSTM weight gradients": (1, H4H + c.I * 4 * c.H * c.s + 4 * c.H * c.s)}),
         c.optimizer_step()]
     return acts, moments
+
+
+def _stacked_fused(c: _Counts) -> tuple[dict[str, Term], list[_Moment]]:
+    """fused, fused_compiled and triton with layers or directions: forward_stacked around the fused sequence,
+    each layer and direction counted as _fused counts one (the input projection, the buffers, backward's
+    factors; the gates' gradients and the weights' at the end of its backward), glued as _stacked_ops glues
+    the chapter's loop (flipped input and outputs, concatenation, dropout's noise, the stacked state). Its
+    backward also computes the input's gradient (T, B, I) in one GEMM, where the layer's input needs one, and
+    makes a slice of a bidirectional layer's output gradient contiguous."""
+    T, B, H, s, u, L, D = c.T, c.B, c.H, c.s, c.u, c.L, c.D
+    p_drop = float(c.config["dropout"])
+    G4, H4 = T * B * 4 * H * s, 4 * H
+    fwd_temps, bwd_temps = FUSED_STEP_TEMPORARIES[c.impl]
+    triton = c.impl == "triton"
+    scratch = c.gemm_scratch
+
+    def name(layer: int, d: int, what: str) -> str:
+        return f"layer {layer}{' reverse' if d else ''}: {what}"
+
+    def kept(layer: int, d: int) -> list[tuple[str, int, int]]:  # what the sequence saves beside x, h0
+        return [(name(layer, d, "outputs y (T, B, H)"), 1, c.TBH),
+                (name(layer, d, "activated gates, or backward's factors (T, B, 4H)"), 1, G4)] + (
+            [(name(layer, d, "every step's c (T, B, H)"), 1, c.TBH)] if triton else
+            [(name(layer, d, "F and KC (T, B, H)"), 2, c.TBH)])
+
+    sim = _Step(c.model() | c.batch_and_state())
+    sim.alloc("one-hot int64", 1, 8 * c.TB * c.V)
+    sim.alloc("one-hot input", 1, c.TBV)
+    sim.moment("one-hot cast (int64 and float copies)")
+    sim.free("one-hot int64")
+    layer_input, inputs_of, noise_of = "one-hot input", [], {}
+    at_next_layer: list[str] = []
+    for lay in range(L):
+        width = c.layer_input_size(lay)
+        inputs_of.append(layer_input)
+        for gone in at_next_layer:
+            sim.free(gone)
+        at_next_layer, outputs = [], []
+        for d in range(D):
+            if d:
+                sim.alloc(name(lay, d, "flipped input (T, B, I)"), 1, T * B * width * s)
+                if not c.train:
+                    at_next_layer.append(name(lay, d, "flipped input (T, B, I)"))
+            step_gemm = {"a step's GEMM's oneDNN scratchpad": (1, scratch(B, H, H4))}
+            sim.moment(f"layer {lay}{' reverse' if d else ''}: the input projection's GEMM", {
+                "input projection (T, B, 4H)": (1, G4), "oneDNN GEMM scratchpad": (1, scratch(c.TB, width, H4))})
+            y = name(lay, d, "outputs y (T, B, H)")
+            sim.alloc(y, 1, c.TBH)
+            sim.alloc(name(lay, d, "every step's c (T, B, H)"), 1, c.TBH)
+            gates = name(lay, d, "activated gates, or backward's factors (T, B, 4H)")
+            if c.train:
+                sim.alloc(gates, 1, G4)
+                sim.moment(f"layer {lay}{' reverse' if d else ''}: a time step", {
+                    "input projection (T, B, 4H)": (1, G4), "a step's temporaries": (fwd_temps, u)} | step_gemm)
+                if c.impl == "fused_compiled":
+                    sim.moment(f"layer {lay}{' reverse' if d else ''}: backward's factors (Inductor's graph)", {
+                        "returned c": (1, u), "the graph's buffers (T, B, 4H) and (T, B, H)": (1, 3 * G4 + 3 * c.TBH)})
+                if not triton:  # eager backward_factors at its fullest (K_I's product): tanh(c), C~ * I, 1 - I, K_I
+                    sim.alloc(name(lay, d, "F and KC (T, B, H)"), 2, c.TBH)
+                    if c.impl == "fused":
+                        sim.moment(f"layer {lay}{' reverse' if d else ''}: backward's factors (eager, in place)", {
+                            "tanh(c), C~ * I, 1 - I, K_I (T, B, H)": (4, c.TBH)})
+                    sim.free(name(lay, d, "every step's c (T, B, H)"))
+            else:
+                sim.moment(f"layer {lay}{' reverse' if d else ''}: a time step (no grad)", {
+                    "input projection (T, B, 4H)": (1, G4), "one step's gates buffer (B, 4H)": (4, u),
+                    "a step's temporaries": (fwd_temps, u)} | step_gemm)
+                sim.free(name(lay, d, "every step's c (T, B, H)"))
+            sim.alloc(name(lay, d, "h_n, c_n (clones)"), 2, u)
+            if d:
+                flipped = name(lay, d, "outputs flipped back (T, B, H)")
+                sim.alloc(flipped, 1, c.TBH)
+                outputs.append(flipped)
+                if not c.train:
+                    sim.free(y)  # `Y` held it; nothing saves it
+            else:
+                outputs.append(y)
+        out = outputs[0]
+        if D == 2:
+            out = name(lay, 0, "both directions' outputs (T, B, 2H)")
+            sim.alloc(out, 1, 2 * c.TBH)
+            sim.moment(f"layer {lay}: the directions' outputs concatenated")
+            at_next_layer += outputs[1:] if c.train else outputs  # a sequence saves its own y
+        if not c.train and layer_input != "one-hot input":
+            at_next_layer.append(layer_input)
+        if p_drop and lay < L - 1:
+            sim.alloc(name(lay, 0, "dropout noise"), 1, T * B * c.Y_width * s)
+            sim.alloc(name(lay, 0, "outputs after dropout"), 1, T * B * c.Y_width * s)
+            sim.moment(f"layer {lay}: dropout")
+            noise_of[lay + 1] = name(lay, 0, "dropout noise")
+            if not c.train:
+                sim.free(noise_of[lay + 1])
+            if D == 2:
+                sim.free(out)
+            elif not c.train:
+                at_next_layer.append(out)
+            out = name(lay, 0, "outputs after dropout")
+        layer_input = out
+    state = {f"new state {k}": v for k, v in c.state().items()}
+    if c.stacked:
+        for k, v in state.items():
+            sim.alloc(k, *v)
+        sim.moment("forward_stacked's returned state stacked")
+    for gone in at_next_layer:
+        sim.free(gone)
+    for lay, d in c.layers_and_directions():
+        sim.free(name(lay, d, "h_n, c_n (clones)"))
+    if not c.stacked:
+        for k, v in state.items():
+            sim.alloc(k, *v)
+    if not c.train:
+        for gone in (layer_input, "one-hot input"):
+            sim.free(gone)
+        return {}, [*sim.moments, *c.forward_moments({}, at="the LSTM's outputs")]
+    top = layer_input
+    for k, each in (("logits", c.TBV), ("log-softmax", c.TBV), ("target (int64)", 8 * c.TB), ("total weight", s),
+                    ("loss", s)):
+        sim.alloc(k, 1, each)
+    sim.moment("end of forward (loss computed, before zero_grad)")
+    not_saved = set(c.model()) | {"batch X, Y (int64)", "logits", "loss"} | set(state) | set(c.batch_and_state())
+    acts = {k: v for k, v in sim.live.items() if k not in not_saved}
+    acts["carried state h (each sequence saves its h0)"] = (1, c.L * c.D * c.uo)
+    sim.free("gradients")
+    sim.alloc("loss's gradient", 1, s)
+    sim.free("target (int64)")
+    sim.free("total weight")
+    sim.alloc("gradients of log-softmax and of the logits", 2, c.TBV)
+    sim.moment("backward of the loss (log-softmax's gradient computed)")
+    sim.free("log-softmax")
+    sim.free("gradients of log-softmax and of the logits", 1)
+    grad_out = "dY (T, B, D H): the layer's output's gradient"
+    sim.alloc(grad_out, 1, c.TBY)
+    sim.alloc("output layer's gradients", 1, c.P_lin)
+    sim.moment("backward of the output layer (dY computed)")
+    sim.free("gradients of log-softmax and of the logits")
+    if D == 2:
+        sim.free(top)  # the concatenation; a one-direction top layer's y stays saved by its sequence
+    H4H = H * H4 * s
+    for lay in reversed(range(L)):
+        width = c.layer_input_size(lay)
+        grad_in = name(lay, 0, "its input's gradient (T, B, I)")
+        for d in reversed(range(D)):
+            if D == 2:  # flip's backward (reverse), or dy.contiguous() of the concatenation's slice
+                sim.alloc(name(lay, d, "dY of this direction (T, B, H)"), 1, c.TBH)
+            sim.alloc(name(lay, d, "gates' gradients (T, B, 4H)"), 1, G4)
+            sim.alloc(name(lay, d, "dc, zero gradients of h_n, c_n"), 3, u)
+            sim.moment(f"layer {lay}{' reverse' if d else ''} backward, step T-1 (the first)", {
+                "a step's temporaries": (bwd_temps, u)})
+            sim.moment(f"layer {lay}{' reverse' if d else ''} backward, step T-2: dh's GEMM", {
+                "dh": (1, u), "oneDNN GEMM scratchpad": (1, scratch(B, H4, H))})
+            sim.moment(f"layer {lay}{' reverse' if d else ''} backward, W_h's gradient: h_0's term and the sum", {
+                "W_h gradient: h_0's term and the sum": (2, H4H),
+                "oneDNN GEMM scratchpad": (1, scratch(H, c.TB - B, H4))})
+            dx = name(lay, d, "the input's gradient dx (T, B, I)")
+            sim.alloc(name(lay, d, "W_h's gradient"), 1, H4H)
+            if lay:
+                sim.alloc(dx, 1, T * B * width * s)
+            sim.moment(f"layer {lay}{' reverse' if d else ''} backward, W_x's gradient", {
+                "W_x gradient": (1, width * H4 * s), "oneDNN GEMM scratchpad": (1, scratch(width, c.TB, H4))})
+            sim.free(name(lay, d, "W_h's gradient"))
+            sim.alloc(name(lay, d, "weight gradients"), 1, c.layer_params(lay, d))
+            sim.moment(f"layer {lay}{' reverse' if d else ''} backward: every weight gradient computed")
+            sim.free(name(lay, d, "gates' gradients (T, B, 4H)"))
+            sim.free(name(lay, d, "dc, zero gradients of h_n, c_n"))
+            sim.free(name(lay, d, "dY of this direction (T, B, H)"))
+            for what, _, _ in kept(lay, d):
+                sim.free(what)
+            if d:
+                sim.free(name(lay, d, "flipped input (T, B, I)"))
+            if lay and (d or D == 1):  # the layer input's gradient buffer: flip's backward (a copy), or dx itself
+                sim.alloc(grad_in, 1, T * B * width * s)
+                if d:
+                    sim.moment(f"layer {lay} reverse backward: flip's backward")
+            sim.free(dx)  # direction 0 of two: added in place into the buffer
+        sim.free(grad_out)
+        if not lay or inputs_of[lay] != name(lay - 1, 0, "outputs y (T, B, H)"):
+            sim.free(inputs_of[lay])  # a concatenation or dropout's output; a lower y stays saved by its sequence
+        if lay in noise_of:
+            sim.alloc(name(lay - 1, 0, "dropout's backward"), 1, T * B * c.Y_width * s)
+            sim.moment(f"layer {lay - 1}: dropout's backward")
+            sim.free(grad_in)
+            sim.free(noise_of[lay])
+            grad_in = name(lay - 1, 0, "dropout's backward")
+        grad_out = grad_in
+    return acts, [*sim.moments, c.optimizer_step()]
 
 
 def _onednn_workspace_bytes(c: _Counts) -> int:
@@ -1023,7 +1246,11 @@ def _cudnn(c: _Counts) -> tuple[dict[str, Term], list[_Moment]]:
 
 
 #: kernel -> (its count with layers, directions or a projection, which implementation runs it)
-STACKED_COUNTERS = {"autograd ops": (_stacked_ops, "scratch"), "oneDNN": (_onednn_stacked, "cudnn")}
+STACKED_COUNTERS = {"autograd ops": (_stacked_ops, "scratch"), "TorchScript": (_stacked_torchscript, "scripted"),
+                    "Inductor": (_stacked_inductor, "compiled"),
+                    "oneDNN": (_onednn_stacked, "cudnn"), "fused, eager steps": (_stacked_fused, "fused"),
+                    "fused, Inductor steps": (_stacked_fused, "fused_compiled"),
+                    "fused, Triton steps": (_stacked_fused, "triton")}
 
 
 class NotModelled(ValueError):
@@ -1122,6 +1349,9 @@ def predict_sizes(impl: str, sizes: Sizes, *, device: str = "cpu", dtype: str = 
     notes: list[str] = []
     counter = {"autograd ops": _autograd_ops, "TorchScript": _torchscript, "Inductor": _inductor,
                "ATen native": _aten_native, "oneDNN": _onednn, "cuDNN": _cudnn}.get(kernel, _fused)
+    if kernel == "TorchScript" and mode == "train" and sizes.seq_len < 8:
+        raise NotModelled("the memory model counts scripted from T = 8 (TorchScript's unrolled 8-step bodies); below, "
+                          "its remainder loop holds weight-gradient terms not counted yet")
     if c.stacked or c.proj:  # the chapter's one layer and direction is counted above; these follow the program
         if kernel not in STACKED_COUNTERS:
             counted = ", ".join(i for _, i in STACKED_COUNTERS.values())
