@@ -409,6 +409,64 @@ class _Step:
         self.moments.append(_Moment(name, self.live | {k: v for k, v in (transient or {}).items() if v[0] * v[1]}))
 
 
+#: the stacked counts' name for the gradient a layer's output receives (the top layer's: the output layer's dY)
+GRAD_OUT = "dY (T, B, D H_out): the layer's output's gradient"
+
+
+def _step_start(c: _Counts) -> _Step:
+    """A step's tensors up to the one-hot input: the model, the batch, the carried state, the one-hot cast."""
+    sim = _Step(c.model() | c.batch_and_state())
+    sim.alloc("one-hot int64", 1, 8 * c.TB * c.V)
+    sim.alloc("one-hot input", 1, c.TBV)
+    sim.moment("one-hot cast (int64 and float copies)")
+    sim.free("one-hot int64")
+    return sim
+
+
+def _loss_and_output_layer(sim: _Step, c: _Counts, not_saved: set[str]) -> dict[str, Term]:
+    """From the LSTM's outputs to its output's gradient (GRAD_OUT): the output layer and the loss (the end of
+    forward), zero_grad, the loss's backward and the output layer's. Returns what autograd saved: what is
+    alive at the end of forward but the model, the batch, the logits, the loss and `not_saved`."""
+    for k, each in (("logits", c.TBV), ("log-softmax", c.TBV), ("target (int64)", 8 * c.TB),
+                    ("total weight", c.s), ("loss", c.s)):
+        sim.alloc(k, 1, each)
+    sim.moment("end of forward (loss computed, before zero_grad)")
+    not_saved = not_saved | set(c.model()) | {"batch X, Y (int64)", "logits", "loss"}
+    acts = {k: v for k, v in sim.live.items() if k not in not_saved}
+    sim.free("gradients")
+    sim.alloc("loss's gradient", 1, c.s)
+    sim.free("target (int64)")  # nll_loss's backward is done with them
+    sim.free("total weight")
+    sim.alloc("gradients of log-softmax and of the logits", 2, c.TBV)
+    sim.moment("backward of the loss (log-softmax's gradient computed)")
+    sim.free("log-softmax")
+    sim.free("gradients of log-softmax and of the logits", 1)
+    sim.alloc(GRAD_OUT, 1, c.TBY)
+    sim.alloc("output layer's gradients", 1, c.P_lin)
+    sim.moment("backward of the output layer (dY computed)")
+    sim.free("gradients of log-softmax and of the logits")
+    return acts
+
+
+def _dropout(sim: _Step, c: _Counts, layer: int, out: str, noise_of: dict[int, str], hold: list[str] | None) -> str:
+    """F.dropout on a layer's output `out` (training mode: the suite never calls eval), input * noise: the noise
+    is kept for backward (noise_of[layer + 1]) unless no grad; a concatenation goes at once, a one-direction
+    output when `hold` is let go (None: it stays, saved). Returns the dropped output's name."""
+    size = c.T * c.B * c.Y_width * c.s
+    noise, dropped = f"layer {layer}: dropout noise", f"layer {layer}: outputs after dropout"
+    sim.alloc(noise, 1, size)
+    sim.alloc(dropped, 1, size)
+    sim.moment(f"layer {layer}: dropout")
+    noise_of[layer + 1] = noise
+    if not c.train:
+        sim.free(noise)
+    if c.D == 2:
+        sim.free(out)
+    elif hold is not None:
+        hold.append(out)
+    return dropped
+
+
 def _stacked_torchscript(c: _Counts) -> tuple[dict[str, Term], list[_Moment]]:
     """scripted with layers, directions or a projection: forward_stacked (Python) around the scripted loop,
     which keeps what the eager loop keeps; in backward each layer's and direction's last unrolled 8-step body
@@ -449,11 +507,7 @@ def _stacked_ops(c: _Counts, unrolled: bool = False, inductor: bool = False) -> 
         return [(name(layer, d, "per-step h, c, gates, tanh(c) (B, H)"), (6 if inductor else 7) * T, u),
                 (name(layer, d, "per-step projected h (B, P)"), T if c.proj else 0, uo)]
 
-    sim = _Step(c.model() | c.batch_and_state())
-    sim.alloc("one-hot int64", 1, 8 * c.TB * c.V)
-    sim.alloc("one-hot input", 1, c.TBV)
-    sim.moment("one-hot cast (int64 and float copies)")
-    sim.free("one-hot int64")
+    sim = _step_start(c)
     layer_input = "one-hot input"
     inputs_of, noise_of = [], {}  # each layer's input, and the dropout noise on it
     at_next_layer: list[str] = []  # held by a Python name (`inputs`, `outputs`) that the next layer rebinds
@@ -507,18 +561,8 @@ def _stacked_ops(c: _Counts, unrolled: bool = False, inductor: bool = False) -> 
             at_next_layer += outputs
         if not c.train and layer_input != "one-hot input":
             at_next_layer.append(layer_input)  # nothing saves it: gone once `inputs` is rebound
-        if p_drop and layer < L - 1:  # F.dropout in training mode (the suite never calls eval): input * noise
-            sim.alloc(name(layer, 0, "dropout noise"), 1, tb(c.Y_width))
-            sim.alloc(name(layer, 0, "outputs after dropout"), 1, tb(c.Y_width))
-            sim.moment(f"layer {layer}: dropout")
-            noise_of[layer + 1] = name(layer, 0, "dropout noise")
-            if not c.train:
-                sim.free(name(layer, 0, "dropout noise"))
-            if D == 2:
-                sim.free(out)  # only layer_inputs held the concatenation
-            else:
-                at_next_run.append(out)  # `Y` holds it until the next layer's run returns
-            out = name(layer, 0, "outputs after dropout")
+        if p_drop and layer < L - 1:  # `Y` holds a one-direction output until the next layer's run returns
+            out = _dropout(sim, c, layer, out, noise_of, at_next_run)
         layer_input = out
     state = {f"new state {k}": v for k, v in c.state().items()}
     if c.stacked:
@@ -549,28 +593,8 @@ def _stacked_ops(c: _Counts, unrolled: bool = False, inductor: bool = False) -> 
         sim.moment("loss")
         return {}, sim.moments + moments[:1]
     top = layer_input  # saved by the output layer
-    sim.alloc("logits", 1, c.TBV)
-    sim.alloc("log-softmax", 1, c.TBV)
-    sim.alloc("target (int64)", 1, 8 * c.TB)
-    sim.alloc("total weight", 1, s)
-    sim.alloc("loss", 1, s)
-    sim.moment("end of forward (loss computed, before zero_grad)")
-    not_saved = set(c.model()) | {"batch X, Y (int64)", "logits", "loss"} | set(state)
-    acts = {k: v for k, v in sim.live.items() if k not in not_saved}
-    # backward: zero_grad freed the gradients; then the loss's backward and the output layer's
-    sim.free("gradients")
-    sim.alloc("loss's gradient", 1, s)
-    sim.free("target (int64)")  # nll_loss's backward is done with them
-    sim.free("total weight")
-    sim.alloc("gradients of log-softmax and of the logits", 2, c.TBV)
-    sim.moment("backward of the loss (log-softmax's gradient computed)")
-    sim.free("log-softmax")
-    sim.free("gradients of log-softmax and of the logits", 1)
-    grad_out = "dY (T, B, D H_out): the layer's output's gradient"
-    sim.alloc(grad_out, 1, c.TBY)
-    sim.alloc("output layer's gradients", 1, c.P_lin)
-    sim.moment("backward of the output layer (dY computed)")
-    sim.free("gradients of log-softmax and of the logits")
+    acts = _loss_and_output_layer(sim, c, set(state))
+    grad_out = GRAD_OUT
     sim.free(top)
     for layer in reversed(range(L)):
         width = c.layer_input_size(layer)
@@ -816,11 +840,7 @@ def _stacked_fused(c: _Counts) -> tuple[dict[str, Term], list[_Moment]]:
             [(name(layer, d, "every step's c (T, B, H)"), 1, c.TBH)] if triton else
             [(name(layer, d, "F and KC (T, B, H)"), 2, c.TBH)])
 
-    sim = _Step(c.model() | c.batch_and_state())
-    sim.alloc("one-hot int64", 1, 8 * c.TB * c.V)
-    sim.alloc("one-hot input", 1, c.TBV)
-    sim.moment("one-hot cast (int64 and float copies)")
-    sim.free("one-hot int64")
+    sim = _step_start(c)
     layer_input, inputs_of, noise_of = "one-hot input", [], {}
     at_next_layer: list[str] = []
     for lay in range(L):
@@ -877,17 +897,7 @@ def _stacked_fused(c: _Counts) -> tuple[dict[str, Term], list[_Moment]]:
         if not c.train and layer_input != "one-hot input":
             at_next_layer.append(layer_input)
         if p_drop and lay < L - 1:
-            sim.alloc(name(lay, 0, "dropout noise"), 1, T * B * c.Y_width * s)
-            sim.alloc(name(lay, 0, "outputs after dropout"), 1, T * B * c.Y_width * s)
-            sim.moment(f"layer {lay}: dropout")
-            noise_of[lay + 1] = name(lay, 0, "dropout noise")
-            if not c.train:
-                sim.free(noise_of[lay + 1])
-            if D == 2:
-                sim.free(out)
-            elif not c.train:
-                at_next_layer.append(out)
-            out = name(lay, 0, "outputs after dropout")
+            out = _dropout(sim, c, lay, out, noise_of, at_next_layer if not c.train else None)
         layer_input = out
     state = {f"new state {k}": v for k, v in c.state().items()}
     if c.stacked:
@@ -906,26 +916,9 @@ def _stacked_fused(c: _Counts) -> tuple[dict[str, Term], list[_Moment]]:
             sim.free(gone)
         return {}, [*sim.moments, *c.forward_moments({}, at="the LSTM's outputs")]
     top = layer_input
-    for k, each in (("logits", c.TBV), ("log-softmax", c.TBV), ("target (int64)", 8 * c.TB), ("total weight", s),
-                    ("loss", s)):
-        sim.alloc(k, 1, each)
-    sim.moment("end of forward (loss computed, before zero_grad)")
-    not_saved = set(c.model()) | {"batch X, Y (int64)", "logits", "loss"} | set(state) | set(c.batch_and_state())
-    acts = {k: v for k, v in sim.live.items() if k not in not_saved}
+    acts = _loss_and_output_layer(sim, c, set(state) | set(c.batch_and_state()))
     acts["carried state h (each sequence saves its h0)"] = (1, c.L * c.D * c.uo)
-    sim.free("gradients")
-    sim.alloc("loss's gradient", 1, s)
-    sim.free("target (int64)")
-    sim.free("total weight")
-    sim.alloc("gradients of log-softmax and of the logits", 2, c.TBV)
-    sim.moment("backward of the loss (log-softmax's gradient computed)")
-    sim.free("log-softmax")
-    sim.free("gradients of log-softmax and of the logits", 1)
-    grad_out = "dY (T, B, D H): the layer's output's gradient"
-    sim.alloc(grad_out, 1, c.TBY)
-    sim.alloc("output layer's gradients", 1, c.P_lin)
-    sim.moment("backward of the output layer (dY computed)")
-    sim.free("gradients of log-softmax and of the logits")
+    grad_out = GRAD_OUT
     if D == 2:
         sim.free(top)  # the concatenation; a one-direction top layer's y stays saved by its sequence
     H4H = H * H4 * s
@@ -1055,11 +1048,7 @@ def _onednn_stacked(c: _Counts) -> tuple[dict[str, Term], list[_Moment]]:
     def reorders(n_in: int) -> dict[str, Term]:  # the weights as mkldnn_rnn_layer reorders them for forward
         return {"weights reordered (ldigo)": (1, (n_in + H) * good_ld(4 * H, s) * s)}
 
-    sim = _Step(c.model() | c.batch_and_state())
-    sim.alloc("one-hot int64", 1, 8 * c.TB * c.V)
-    sim.alloc("one-hot input", 1, c.TBV)
-    sim.moment("one-hot cast (int64 and float copies)")
-    sim.free("one-hot int64")
+    sim = _step_start(c)
     inputs_of, noise_of, outputs_of = [], {}, {}
     layer_input = "one-hot input"
     held: list[str] = []  # inference: a layer's raw output, alive until the next layer has run
@@ -1094,17 +1083,7 @@ def _onednn_stacked(c: _Counts) -> tuple[dict[str, Term], list[_Moment]]:
                 sim.free(outputs_of[lay, 0])
                 held.append(outputs_of[lay, 1])
         if p_drop and lay < L - 1:
-            sim.alloc(name(lay, 0, "dropout noise"), 1, T * B * c.Y_width * s)
-            sim.alloc(name(lay, 0, "outputs after dropout"), 1, T * B * c.Y_width * s)
-            sim.moment(f"layer {lay}: dropout")
-            noise_of[lay + 1] = name(lay, 0, "dropout noise")
-            if not c.train:
-                sim.free(noise_of[lay + 1])
-            if D == 2:
-                sim.free(out)
-            elif not c.train:
-                held.append(out)
-            out = name(lay, 0, "outputs after dropout")
+            out = _dropout(sim, c, lay, out, noise_of, held if not c.train else None)
         if not c.train and layer_input != "one-hot input":
             sim.free(layer_input)  # nothing saves it
         for gone in held_before:
@@ -1122,25 +1101,8 @@ def _onednn_stacked(c: _Counts) -> tuple[dict[str, Term], list[_Moment]]:
         for gone in [top, "one-hot input", *held_before]:
             sim.free(gone)
         return {}, [*sim.moments, *c.forward_moments({}, at="the LSTM's outputs")]
-    for k, each in (("logits", c.TBV), ("log-softmax", c.TBV), ("target (int64)", 8 * c.TB), ("total weight", s),
-                    ("loss", s)):
-        sim.alloc(k, 1, each)
-    sim.moment("end of forward (loss computed, before zero_grad)")
-    not_saved = set(c.model()) | {"batch X, Y (int64)", "logits", "loss"} | set(state)
-    acts = {k: v for k, v in sim.live.items() if k not in not_saved}
-    sim.free("gradients")
-    sim.alloc("loss's gradient", 1, s)
-    sim.free("target (int64)")
-    sim.free("total weight")
-    sim.alloc("gradients of log-softmax and of the logits", 2, c.TBV)
-    sim.moment("backward of the loss (log-softmax's gradient computed)")
-    sim.free("log-softmax")
-    sim.free("gradients of log-softmax and of the logits", 1)
-    grad_out = "dY (T, B, D H): the layer's output's gradient"
-    sim.alloc(grad_out, 1, c.TBY)
-    sim.alloc("output layer's gradients", 1, c.P_lin)
-    sim.moment("backward of the output layer (dY computed)")
-    sim.free("gradients of log-softmax and of the logits")
+    acts = _loss_and_output_layer(sim, c, set(state))
+    grad_out = GRAD_OUT
     if D == 2:
         sim.free(top)
     for lay in reversed(range(L)):
