@@ -1026,15 +1026,17 @@ def _onednn(c: _Counts) -> tuple[dict[str, Term], list[_Moment]]:
 
 
 def _onednn_stacked(c: _Counts) -> tuple[dict[str, Term], list[_Moment]]:
-    """nn.LSTM through oneDNN in float32 with layers or directions: one mkldnn_rnn_layer per layer and
+    """nn.LSTM through oneDNN with layers or directions: one mkldnn_rnn_layer per layer and
     direction (the reverse one reads its input backwards, no copy), each with the workspace, reordered weights
     and scratchpad of a one-layer LSTM whose input is that layer's (_onednn's counts, _onednn_workspace_bytes);
     a bidirectional layer concatenates both outputs, dropout between layers keeps its noise. Backward runs
     the layers top down, reverse direction first, each in mkldnn_rnn_layer_backward as in one layer."""
-    if c.s != 4:
-        raise NotModelled(f"the memory model counts oneDNN with layers or directions in float32; not {c.dtype} yet")
     T, B, H, s, u, L, D = c.T, c.B, c.H, c.s, c.u, c.L, c.D
     f32 = 4
+    low = s != f32  # bfloat16: oneDNN's own buffers read off oneDNN per layer's shape, as _onednn_bf16 reads them
+    if low and not c.onednn:
+        raise NotModelled(f"oneDNN's own {c.dtype} buffers are not read off oneDNN for this CPU")
+    own = "oneDNN's own buffers (reordered weights, GEMM buffers, scratchpad)"
     p_drop = float(c.config["dropout"])
 
     def layer(n_in: int) -> _Counts:  # a one-layer count whose input is this layer's
@@ -1063,16 +1065,18 @@ def _onednn_stacked(c: _Counts) -> tuple[dict[str, Term], list[_Moment]]:
                 sim.alloc(name(lay, d, "oneDNN workspace"), 1, _onednn_workspace_bytes(one))
                 sim.alloc(name(lay, d, "h_n, c_n (layer outputs)"), 2, u)
                 scratch = _page(T * B * good_ld(4 * H, f32) * f32) + 2 * _page(B * good_ld(H, f32) * f32) + 4664
-                sim.moment(f"inside mkldnn_rnn_layer (layer {lay}{' reverse' if d else ''}, training)",
-                           reorders(n_in) | {"oneDNN scratchpad": (1, scratch)})
+                sim.moment(f"inside mkldnn_rnn_layer (layer {lay}{' reverse' if d else ''}, training)", {
+                    "bias sum": (1, 4 * H * s), own: (1, c.onednn.rnn_bytes("forward", T, B, H, n_in, c.dtype))}
+                    if low else reorders(n_in) | {"oneDNN scratchpad": (1, scratch)})
             else:  # inference, as _onednn's: brgemm kernels, weights reordered to ldgOi16o, states in the scratchpad
                 sim.alloc(name(lay, d, "outputs (T, B, H)"), 1, c.TBH)
                 sim.alloc(name(lay, d, "h_n, c_n (layer outputs)"), 2, u)
                 scratch = (_page(2 * (T + 1) * B * good_ld(max(n_in, H), s) * s) + _page(2 * (T + 1) * B * H * f32)
                            + _page(B * good_ld(4 * H, f32) * f32) + _page(B * good_ld(H, s) * s) + 4952)
                 sim.moment(f"inside mkldnn_rnn_layer (layer {lay}{' reverse' if d else ''}, inference)", {
-                    "bias sum": (1, 4 * H * s), "oneDNN scratchpad": (1, scratch),
-                    "weights reordered (ldgOi16o)": (1, 4 * _round_up(H, 16) * (n_in + H) * s)})
+                    "bias sum": (1, 4 * H * s), own: (1, c.onednn.rnn_bytes("inference", T, B, H, n_in, c.dtype))}
+                    if low else {"bias sum": (1, 4 * H * s), "oneDNN scratchpad": (1, scratch),
+                                 "weights reordered (ldgOi16o)": (1, 4 * _round_up(H, 16) * (n_in + H) * s)})
             outputs_of[lay, d] = name(lay, d, "outputs (T, B, H)")
         out = outputs_of[lay, 0]
         if D == 2:
@@ -1114,14 +1118,22 @@ def _onednn_stacked(c: _Counts) -> tuple[dict[str, Term], list[_Moment]]:
             if D == 2:  # cat's backward gives a slice of dY; mkldnn_rnn_layer_backward makes it contiguous
                 sim.alloc(name(lay, d, "dY contiguous (T, B, H)"), 1, c.TBH)
             sim.alloc(name(lay, d, "diff_x (T, B, I) float32"), 1, T * B * n_in * f32)
-            sim.alloc(name(lay, d, "weight gradients but bias_hh's"), 1, c.layer_params(lay, d) - 4 * H * s)
-            sim.moment(f"inside mkldnn_rnn_layer_backward (layer {lay}{' reverse' if d else ''}, its scratchpad)", {
-                "zero grad_hy, grad_cy": (2, u), "diff_hx, diff_cx float32": (2, B * H * f32),
-                "bias sum, and oneDNN's bias copy": (2, 4 * H * s),
-                "weights reordered for forward (ldigo)": (1, (n_in + H) * good_ld(4 * H, s) * s),
-                "weights reordered for backward (ldgoi)": (1, sum(good_ld(k, s) * 4 * H * s for k in (n_in, H)
-                                                                  if good_ld(k, s) != k)),
-                "oneDNN scratchpad": (1, scratch)})
+            if low:  # backward computes in float32, its weight gradients converted at its end
+                sim.moment(f"inside mkldnn_rnn_layer_backward (layer {lay}{' reverse' if d else ''}, {c.dtype})", {
+                    "zero grad_hy, grad_cy": (2, u), "bias sum": (1, 4 * H * s),
+                    "diff_hx, diff_cx float32": (2, B * H * f32),
+                    "weight gradients float32 (diff_w1, diff_w2, diff_b)": (1, (n_in + H + 1) * 4 * H * f32),
+                    "dY, grad_hy, grad_cy in float32": (1, (T + 2) * B * H * f32),
+                    own: (1, c.onednn.rnn_bytes("backward", T, B, H, n_in, c.dtype))})
+            else:
+                sim.alloc(name(lay, d, "weight gradients but bias_hh's"), 1, c.layer_params(lay, d) - 4 * H * s)
+                sim.moment(f"inside mkldnn_rnn_layer_backward (layer {lay}{' reverse' if d else ''}, its scratchpad)", {
+                    "zero grad_hy, grad_cy": (2, u), "diff_hx, diff_cx float32": (2, B * H * f32),
+                    "bias sum, and oneDNN's bias copy": (2, 4 * H * s),
+                    "weights reordered for forward (ldigo)": (1, (n_in + H) * good_ld(4 * H, s) * s),
+                    "weights reordered for backward (ldgoi)": (1, sum(good_ld(k, s) * 4 * H * s for k in (n_in, H)
+                                                                      if good_ld(k, s) != k)),
+                    "oneDNN scratchpad": (1, scratch)})
             sim.free(name(lay, d, "weight gradients but bias_hh's"))
             sim.alloc(name(lay, d, "weight gradients"), 1, c.layer_params(lay, d))
             sim.free(name(lay, d, "dY contiguous (T, B, H)"))
