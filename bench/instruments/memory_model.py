@@ -55,6 +55,10 @@ Where the peak happens (Prediction.peak_at, with what is alive then in Predictio
   backward's factors, which copies the buffer it mutates;
 - Adam on a CPU with small batches: the optimizer step (sqrt and quotient of the largest parameter);
 - inference: torch.stack of the outputs (the list and the stacked copy), or inside mkldnn_rnn_layer.
+
+With layers, directions, a projection or dropout (nn.LSTM's keywords, Cell.config) the count follows the
+program allocation by allocation (_Step): LSTMImpl.forward_stacked around each implementation's one-layer
+sequence, each layer and direction counted as one layer is (STACKED_COUNTERS), the peak the fullest moment.
 """
 
 from __future__ import annotations
@@ -403,7 +407,10 @@ class _Step:
         if name in self.live:
             had, each = self.live[name]
             left = 0 if count is None else had - count
-            self.live.update({name: (left, each)}) if left > 0 else self.live.pop(name)
+            if left > 0:
+                self.live[name] = (left, each)
+            else:
+                del self.live[name]
 
     def moment(self, name: str, transient: dict[str, Term] | None = None) -> None:
         self.moments.append(_Moment(name, self.live | {k: v for k, v in (transient or {}).items() if v[0] * v[1]}))
