@@ -156,10 +156,18 @@ def test_cudnn_bfloat16_with_layers_where_onednn_runs_it(mode, config):
             predict(cell)
 
 
+def test_cudnn_on_cuda_with_layers_is_counted_and_marked_fitted():
+    one = predict(Cell("cudnn", "cuda", "float32", "train", 32, 256, 35, 28))
+    two = predict(Cell("cudnn", "cuda", "float32", "train", 32, 256, 35, 28, num_layers=2, bidirectional=True))
+    assert "cudnn_reserve" in two.fitted and any("unmeasured" in note for note in two.notes)
+    assert two.peak_bytes == two.model_bytes + two.batch_bytes + two.library_bytes
+    assert two.peak_live["cuDNN reserve"] == 2 * 11 * 35 * 32 * 256 * 4  # (6L - 1) per direction, L = 2
+    assert two.peak_bytes > one.peak_bytes
+
+
 def test_configurations_the_model_does_not_count_say_so():
     for cell, says in [(Cell("cudnn", "cpu", "float32", "train", 5, 24, 10, 28, proj_size=8), "ATen native"),
                        (Cell("compiled", "cpu", "float32", "train", 5, 24, 10, 28, proj_size=8), "proj_size"),
-                       (Cell("cudnn", "cuda", "float32", "train", 5, 24, 10, 28, num_layers=2), "cuDNN"),
                        (Cell("scripted", "cpu", "float32", "train", 5, 24, 6, 28), "T = 8")]:
         with pytest.raises(NotModelled, match=says):
             predict(cell)

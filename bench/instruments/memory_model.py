@@ -1223,6 +1223,36 @@ def _cudnn(c: _Counts) -> tuple[dict[str, Term], list[_Moment]]:
     return acts, [forward, _Moment("inside _cudnn_rnn_backward (weights)", live), c.optimizer_step()]
 
 
+def _cudnn_stacked(c: _Counts) -> tuple[dict[str, Term], list[_Moment]]:
+    """nn.LSTM on cuDNN with layers, directions, a projection or dropout: one _cudnn_rnn call for the whole stack
+    (flat weights, one reserve, the output (T, B, D * H_out), the state (L * D, B, ...)), counted as _cudnn counts
+    one layer. The reserve is FITTED's cudnn_reserve for L layers, (6L - 1) elements per (t, b, h), taken per
+    direction; with dropout cuDNN's masks are assumed inside it, and its dropout states (cudnnDropoutGetStatesSize)
+    are not counted. Unmeasured: counted for a GPU this project has not had."""
+    T, B, H, I, s, L, D = c.T, c.B, c.H, c.I, c.s, c.L, c.D
+    reserve = D * (6 * L - 1) * T * B * H * s  # fitted: cudnn_reserve, per direction (assumed)
+    workspace = D * T * B * 4 * H * s  # fitted: cudnn_workspace, one layer's input projections per direction
+    weight_copy = {"weight copy (bfloat16 is not flattened)": (1, c.P_lstm)} if c.dtype == "bfloat16" else {}
+    state = {f"new state {k}": v for k, v in c.state().items()}
+    base = c.model() | c.batch_and_state()
+    outputs = {"one-hot input": (1, c.TBV), "outputs (T, B, D H_out)": (1, c.TBY)} | state
+    if not c.train:
+        return {}, [_Moment("inside _cudnn_rnn (inference)", base | outputs | {"cuDNN workspace": (1, workspace)}
+                            | weight_copy)]
+    acts = {"one-hot input": (1, c.TBV), "outputs (T, B, D H_out)": (1, c.TBY), "cuDNN reserve": (1, reserve),
+            "log-softmax": (1, c.TBV), "target (int64)": (1, 8 * c.TB), "total weight": (1, s)} | {
+        f"carried state {k}": v for k, v in c.state().items()} | weight_copy
+    forward = _Moment("inside _cudnn_rnn (training forward)", base | outputs | {
+        "cuDNN reserve": (1, reserve), "cuDNN workspace": (1, workspace)} | weight_copy)
+    live = {k: v for k, v in base.items() if k != "gradients"} | state | {
+        "gradients of the output layer": (1, c.P_lin), "one-hot input and logits": (2, c.TBV),
+        "outputs and dY (T, B, D H_out)": (2, c.TBY), "cuDNN reserve": (1, reserve), "loss and its gradient": (2, s),
+        "dx (T, B, I)": (1, T * B * I * s), "flat dw": (1, c.P_lstm), "cuDNN workspace": (1, workspace)} | {
+        f"zero grad of the returned {k}": v for k, v in c.state().items()} | {
+        f"dhx, dcx: {k}": v for k, v in c.state().items()} | weight_copy
+    return acts, [forward, _Moment("inside _cudnn_rnn_backward (weights)", live), c.optimizer_step()]
+
+
 # ---------------------------------------------------------------- the public functions
 
 
@@ -1231,7 +1261,7 @@ STACKED_COUNTERS = {"autograd ops": (_stacked_ops, "scratch"), "TorchScript": (_
                     "Inductor": (_stacked_inductor, "compiled"),
                     "oneDNN": (_onednn_stacked, "cudnn"), "fused, eager steps": (_stacked_fused, "fused"),
                     "fused, Inductor steps": (_stacked_fused, "fused_compiled"),
-                    "fused, Triton steps": (_stacked_fused, "triton")}
+                    "fused, Triton steps": (_stacked_fused, "triton"), "cuDNN": (_cudnn_stacked, "cudnn")}
 
 
 class NotModelled(ValueError):
@@ -1360,6 +1390,9 @@ def predict_sizes(impl: str, sizes: Sizes, *, device: str = "cpu", dtype: str = 
     if kernel == "cuDNN":
         fitted.append("cudnn_workspace")
         notes.append(cudnn_algorithm(sizes.hidden_size, dtype))
+        if c.stacked or c.proj:
+            notes.append("cuDNN with layers, directions, a projection or dropout: the reserve taken as cudnn_reserve's "
+                         "(6L - 1) per direction, dropout's masks inside it and its states not counted; unmeasured")
     library = 0
     if cuda:
         if cuda_capability is None:
