@@ -116,6 +116,11 @@ CONFIG_GRID = [("scratch", *c) for c in CONFIG_GRID] + [  # cudnn: oneDNN, one m
     ("cudnn", 17, 64, 9, "float32", "train", "momentum", {"num_layers": 2, "dropout": 0.5}),
     ("cudnn", 5, 24, 10, "float32", "forward", "sgd", {"num_layers": 2, "bidirectional": True}),
     ("cudnn", 17, 64, 9, "float32", "forward", "sgd", {"num_layers": 3, "bidirectional": True, "dropout": 0.3}),
+    # cudnn with a projection: nn.LSTM on ATen's native kernels
+    ("cudnn", 5, 24, 10, "float32", "train", "sgd", {"proj_size": 8}),
+    ("cudnn", 2, 256, 4, "float32", "train", "sgd", {"num_layers": 2, "bidirectional": True, "proj_size": 64}),
+    ("cudnn", 8, 128, 9, "float32", "train", "adam", {"num_layers": 3, "proj_size": 32, "dropout": 0.3}),
+    ("cudnn", 5, 24, 10, "float32", "forward", "sgd", {"num_layers": 2, "bidirectional": True, "proj_size": 8}),
     # scripted: TorchScript's 8-step bodies per layer and direction
     ("scripted", 5, 24, 10, "float32", "train", "sgd", {"num_layers": 2}),
     ("scripted", 4, 96, 9, "float32", "train", "sgd", {"num_layers": 3, "bidirectional": True}),
@@ -145,15 +150,12 @@ def test_prediction_within_5_percent_with_layers_directions_projections(impl, B,
 
 @pytest.mark.parametrize("mode,config", [("train", {"num_layers": 2}), ("train", {"bidirectional": True}),
                                          ("forward", {"num_layers": 2, "bidirectional": True, "dropout": 0.5})])
-def test_cudnn_bfloat16_with_layers_where_onednn_runs_it(mode, config):
-    """Where oneDNN runs bfloat16 (AVX512 and newer) its buffers are read off it per layer's shape and the count
-    holds; where ATen's native kernels run it (AVX2) the model says it does not count that path yet."""
+def test_cudnn_bfloat16_with_layers_on_either_path(mode, config):
+    """Where oneDNN runs bfloat16 (AVX512 and newer) its buffers are read off it per layer's shape; where ATen's
+    native kernels run it (AVX2) the native layer stack is counted: the count holds on either CPU."""
     cell = Cell("cudnn", "cpu", "bfloat16", mode, 5, 24, 10, 28, **config)
-    if kernel_of("cudnn", "cpu", "bfloat16", mode) == "oneDNN":
-        _within_5_percent(cell, "sgd")
-    else:
-        with pytest.raises(NotModelled, match="ATen native"):
-            predict(cell)
+    assert predict(cell).kernel == kernel_of("cudnn", "cpu", "bfloat16", mode)
+    _within_5_percent(cell, "sgd")
 
 
 def test_cudnn_on_cuda_with_layers_is_counted_and_marked_fitted():
@@ -166,8 +168,7 @@ def test_cudnn_on_cuda_with_layers_is_counted_and_marked_fitted():
 
 
 def test_configurations_the_model_does_not_count_say_so():
-    for cell, says in [(Cell("cudnn", "cpu", "float32", "train", 5, 24, 10, 28, proj_size=8), "ATen native"),
-                       (Cell("compiled", "cpu", "float32", "train", 5, 24, 10, 28, proj_size=8), "proj_size"),
+    for cell, says in [(Cell("compiled", "cpu", "float32", "train", 5, 24, 10, 28, proj_size=8), "proj_size"),
                        (Cell("scripted", "cpu", "float32", "train", 5, 24, 6, 28), "T = 8")]:
         with pytest.raises(NotModelled, match=says):
             predict(cell)
