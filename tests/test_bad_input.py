@@ -256,7 +256,7 @@ CASES: dict[str, list[tuple[list[str], str]]] = {
         ("--impls", "nope"), ("--dtype", "float8"), ("--mode", "x"), ("--optimizer", "lion"), ("--device", "tpu"),
         ("--dtype", "float32,float64"), ("--num-layers", "0"), ("--num-layers", "1,2"), ("--proj-size", "-1"),
         ("--proj-size", "256"), ("--dropout", "1"), ("--dropout", "0,0.5"), ("--dropout", "x")]]
-    + [(["memory", "--impls", "compiled", "--proj-size", "8"], "proj_size")],
+    + [(["memory", "--impls", "scripted", "--seq-len", "5", "--num-layers", "2"], "T = 8")],
 }
 
 

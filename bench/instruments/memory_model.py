@@ -482,11 +482,10 @@ def _stacked_torchscript(c: _Counts) -> tuple[dict[str, Term], list[_Moment]]:
 
 
 def _stacked_inductor(c: _Counts) -> tuple[dict[str, Term], list[_Moment]]:
-    """compiled (cell scope) with layers or directions: forward_stacked around the chapter's loop of compiled
-    cells; each call saves what the partitioner saves (_inductor: h, c and the four gates; tanh(c) is
-    recomputed) and its backward returns the step's weight gradients at once."""
-    if c.proj:
-        raise NotModelled("the memory model counts compiled with layers and directions; not with proj_size yet")
+    """compiled (cell scope) with layers, directions or a projection: forward_stacked around the chapter's loop
+    of compiled cells; each call saves what the partitioner saves (_inductor: h, c and the four gates; tanh(c)
+    is recomputed; with proj_size the projected h too) and its backward returns the step's weight gradients
+    at once."""
     return _stacked_ops(c, inductor=True)
 
 
