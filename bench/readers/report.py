@@ -9,6 +9,7 @@ RunError (one line) before anything is written.
 from __future__ import annotations
 
 import math
+import textwrap
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -426,7 +427,8 @@ def plot_winners(ok: pd.DataFrame, group: Group, path: Path) -> Path | None:
     batches, hiddens = sorted(table["batch_size"].unique()), sorted(table["hidden_size"].unique(), reverse=True)
     at = table.set_index(["batch_size", "hidden_size"])
     margin = np.array([[at["margin"].get((b, h), np.nan) for b in batches] for h in hiddens], dtype=float)
-    fig = Figure(figsize=(2.0 + 1.3 * len(batches), 1.4 + 0.6 * len(hiddens)), layout="constrained")
+    width = 2.0 + 1.3 * len(batches)
+    fig = Figure(figsize=(width, 1.6 + 0.6 * len(hiddens)), layout="constrained")
     ax = fig.subplots()
     image = ax.imshow(margin, cmap="viridis", vmin=1.0, vmax=max(1.5, float(np.nanmax(margin))), aspect="auto")
     for (r, c), value in np.ndenumerate(margin):
@@ -439,7 +441,8 @@ def plot_winners(ok: pd.DataFrame, group: Group, path: Path) -> Path | None:
     ax.set_xlabel("batch size")
     ax.set_ylabel("hidden size")
     fig.colorbar(image, ax=ax, label="second ÷ fastest (step time)")
-    fig.suptitle(f"{group.title}: the fastest implementation")
+    # wrapped to the figure's width: with one or two batch sizes a configuration's title is wider than the map
+    fig.suptitle(textwrap.fill(f"{group.title}: the fastest implementation", width=max(24, int(9 * width))))
     return _save(fig, path)
 
 
