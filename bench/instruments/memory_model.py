@@ -455,12 +455,28 @@ def _loss_and_output_layer(sim: _Step, c: _Counts, not_saved: set[str]) -> dict[
     return acts
 
 
+def _layer_name(layer: int, d: int, what: str) -> str:
+    """A stacked count's name for one layer's and direction's tensor."""
+    return f"layer {layer}{' reverse' if d else ''}: {what}"
+
+
+def _dropout_backward(sim: _Step, c: _Counts, layer: int, grad_in: str, noise_of: dict[int, str]) -> str:
+    """Dropout's backward on the gradient of `layer`'s input (the gradient times the noise, which goes); returns
+    the name of the gradient the layer below receives."""
+    grad = _layer_name(layer - 1, 0, "dropout's backward (T, B, D H_out)")
+    sim.alloc(grad, 1, c.T * c.B * c.Y_width * c.s)
+    sim.moment(f"layer {layer - 1}: dropout's backward")
+    sim.free(grad_in)
+    sim.free(noise_of[layer])
+    return grad
+
+
 def _dropout(sim: _Step, c: _Counts, layer: int, out: str, noise_of: dict[int, str], hold: list[str] | None) -> str:
     """F.dropout on a layer's output `out` (training mode: the suite never calls eval), input * noise: the noise
     is kept for backward (noise_of[layer + 1]) unless no grad; a concatenation goes at once, a one-direction
     output when `hold` is let go (None: it stays, saved). Returns the dropped output's name."""
     size = c.T * c.B * c.Y_width * c.s
-    noise, dropped = f"layer {layer}: dropout noise", f"layer {layer}: outputs after dropout"
+    noise, dropped = _layer_name(layer, 0, "dropout noise"), _layer_name(layer, 0, "outputs after dropout")
     sim.alloc(noise, 1, size)
     sim.alloc(dropped, 1, size)
     sim.moment(f"layer {layer}: dropout")
@@ -506,8 +522,7 @@ def _stacked_ops(c: _Counts, unrolled: bool = False, inductor: bool = False) -> 
     def tb(width: int) -> int:  # one (T, B, width) tensor
         return T * B * width * s
 
-    def name(layer: int, d: int, what: str) -> str:
-        return f"layer {layer}{' reverse' if d else ''}: {what}"
+    name = _layer_name
 
     def saved(layer: int, d: int) -> list[tuple[str, int, int]]:  # a direction's per-step saved tensors
         return [(name(layer, d, "per-step h, c, gates, tanh(c) (B, H)"), (6 if inductor else 7) * T, u),
@@ -662,12 +677,8 @@ def _stacked_ops(c: _Counts, unrolled: bool = False, inductor: bool = False) -> 
                 sim.free(name(layer, d, "flipped input (T, B, I)"))
         sim.free(grad_out)
         sim.free(inputs_of[layer])  # saved by the layer's GEMMs
-        if layer in noise_of:  # dropout's backward: the gradient times the noise
-            sim.alloc(name(layer - 1, 0, "dropout's backward (T, B, D H_out)"), 1, tb(c.Y_width))
-            sim.moment(f"layer {layer - 1}: dropout's backward")
-            sim.free(grad_in)
-            sim.free(noise_of[layer])
-            grad_in = name(layer - 1, 0, "dropout's backward (T, B, D H_out)")
+        if layer in noise_of:
+            grad_in = _dropout_backward(sim, c, layer, grad_in, noise_of)
         grad_out = grad_in
     return acts, [*sim.moments, c.optimizer_step()]
 
@@ -755,8 +766,7 @@ def _aten_native_stacked(c: _Counts) -> tuple[dict[str, Term], list[_Moment]]:
     B4H, H4 = B * 4 * H * s, 4 * H
     p_drop = float(c.config["dropout"])
 
-    def name(layer: int, d: int, what: str) -> str:
-        return f"layer {layer}{' reverse' if d else ''}: {what}"
+    name = _layer_name
 
     def saved(layer: int, d: int) -> list[tuple[str, int, int]]:
         return [(name(layer, d, "per-step gates (B, 4H)"), T, B4H), (name(layer, d, "per-step c, tanh(c), h (B, H)"),
@@ -853,11 +863,7 @@ def _aten_native_stacked(c: _Counts) -> tuple[dict[str, Term], list[_Moment]]:
         sim.free(grad_out)
         sim.free(inputs_of[lay])
         if lay in noise_of:
-            sim.alloc(name(lay - 1, 0, "dropout's backward"), 1, T * B * c.Y_width * s)
-            sim.moment(f"layer {lay - 1}: dropout's backward")
-            sim.free(grad_in)
-            sim.free(noise_of[lay])
-            grad_in = name(lay - 1, 0, "dropout's backward")
+            grad_in = _dropout_backward(sim, c, lay, grad_in, noise_of)
         grad_out = grad_in
     return acts, [*sim.moments, c.optimizer_step()]
 
@@ -955,8 +961,7 @@ def _stacked_fused(c: _Counts) -> tuple[dict[str, Term], list[_Moment]]:
     triton = c.impl == "triton"
     scratch = c.gemm_scratch
 
-    def name(layer: int, d: int, what: str) -> str:
-        return f"layer {layer}{' reverse' if d else ''}: {what}"
+    name = _layer_name
 
     def kept(layer: int, d: int) -> list[tuple[str, int, int]]:  # what the sequence saves beside x, h0
         return [(name(layer, d, "outputs y (T, B, H)"), 1, c.TBH),
@@ -1086,11 +1091,7 @@ def _stacked_fused(c: _Counts) -> tuple[dict[str, Term], list[_Moment]]:
         if not lay or inputs_of[lay] != name(lay - 1, 0, "outputs y (T, B, H)"):
             sim.free(inputs_of[lay])  # a concatenation or dropout's output; a lower y stays saved by its sequence
         if lay in noise_of:
-            sim.alloc(name(lay - 1, 0, "dropout's backward"), 1, T * B * c.Y_width * s)
-            sim.moment(f"layer {lay - 1}: dropout's backward")
-            sim.free(grad_in)
-            sim.free(noise_of[lay])
-            grad_in = name(lay - 1, 0, "dropout's backward")
+            grad_in = _dropout_backward(sim, c, lay, grad_in, noise_of)
         grad_out = grad_in
     return acts, [*sim.moments, c.optimizer_step()]
 
@@ -1168,8 +1169,7 @@ def _onednn_stacked(c: _Counts) -> tuple[dict[str, Term], list[_Moment]]:
         one.I = n_in
         return one
 
-    def name(layer: int, d: int, what: str) -> str:
-        return f"layer {layer}{' reverse' if d else ''}: {what}"
+    name = _layer_name
 
     def reorders(n_in: int) -> dict[str, Term]:  # the weights as mkldnn_rnn_layer reorders them for forward
         return {"weights reordered (ldigo)": (1, (n_in + H) * good_ld(4 * H, s) * s)}
@@ -1274,10 +1274,7 @@ def _onednn_stacked(c: _Counts) -> tuple[dict[str, Term], list[_Moment]]:
         sim.free(grad_out)
         sim.free(inputs_of[lay])
         if lay in noise_of:
-            sim.alloc(name(lay - 1, 0, "dropout's backward"), 1, T * B * c.Y_width * s)
-            sim.free(grad_in)
-            sim.free(noise_of[lay])
-            grad_in = name(lay - 1, 0, "dropout's backward")
+            grad_in = _dropout_backward(sim, c, lay, grad_in, noise_of)
         grad_out = grad_in
     return acts, [*sim.moments, c.optimizer_step()]
 
