@@ -12,15 +12,20 @@ from pathlib import Path
 
 from bench.d2l.data import DEFAULT_MAX_TOKENS, DataError
 from bench.grid import (
+    ACCURACY_SEQ_LENS,
     D2L,
     DEFAULT_PROCESSES,
+    FULL_LENGTHS,
     MAX_SIZE,
     OPTIONS,
+    PRECISIONS,
+    Cell,
     OptionError,
     check_path,
     parse_device,
     parse_impl,
     parse_impls,
+    parse_lengths,
     parse_options,
     parse_sizes,
 )
@@ -205,16 +210,24 @@ def _check(args: argparse.Namespace) -> int:
 
     impls = parse_impls(args.impls)
     device = torch.device(parse_device(args.device))
+    if args.accuracy:
+        return _accuracy(args, impls, str(device))
     T, B, I, H = args.seq_len, args.batch_size, args.input_size, args.hidden_size
+    fraction = parse_lengths(args.lengths)
     if args.proj_size >= H:
         raise OptionError(f"--proj-size {args.proj_size} must be below --hidden-size ({H}), as nn.LSTM requires")
     config = {"num_layers": args.num_layers, "bidirectional": args.bidirectional, "proj_size": args.proj_size,
               "batch_first": args.batch_first}
     # only what differs from the defaults: a plug-in written before these keywords still answers
     config = {key: value for key, value in config.items() if value != lstm_impls.CONFIG_DEFAULTS[key]}
+    lengths = None
+    if args.lengths != FULL_LENGTHS:  # drawn as the suite draws them: uniformly from ceil(F * T) to T, seeded
+        cell = Cell("scratch", "cpu", "float32", "train", B, H, T, I, lengths=args.lengths)
+        lengths = cell.draw_lengths(torch.Generator().manual_seed(0)).tolist()
     shown = " ".join(f"{key}={value}" for key, value in config.items())
+    packed = f", packed at lengths {lengths} (uniform:{fraction:g})" if lengths else ""
     print(f"max abs error against nn.LSTM in float64; T={T} B={B} I={I} H={H}{' ' + shown if shown else ''}, "
-          f"float32 on {device}")
+          f"float32 on {device}{packed}")
     width = max(14, *(len(name) + 1 for name in impls))  # a long module:Class name keeps the columns apart
     print(f"{'impl':<{width}} {'outputs/state':>14} {'gradients':>10}  worst")
     for name in impls:
@@ -222,10 +235,49 @@ def _check(args: argparse.Namespace) -> int:
         if reason:  # e.g. triton on a CPU, fused with proj_size
             print(f"{name:<{width}} unsupported: {reason}")
             continue
-        errors = max_abs_errors(name, T, B, I, H, device=device, **config)
+        errors = max_abs_errors(name, T, B, I, H, device=device, lengths=lengths, **config)
         forward = max(errors[k] for k in ("y", "h", "c"))
         backward = max(v for k, v in errors.items() if k.endswith(".grad"))
         print(f"{name:<{width}} {forward:>14.3g} {backward:>10.3g}  {max(errors, key=errors.get)}")
+    return 0
+
+
+def _accuracy(args: argparse.Namespace, impls: tuple[str, ...], device: str) -> int:
+    """`check --accuracy`: accuracy.csv (each row written as it is measured), accuracy.png and accuracy.md in
+    --out; `lstm-bench report` of a run directory holding them shows them."""
+    import csv
+
+    from bench.grid import ACCURACY_COLUMNS, ACCURACY_CSV, PRECISIONS, parse_list
+    from bench.instruments.accuracy import accuracy_row
+    from bench.readers.accuracy import accuracy_tables, plot_accuracy, read_accuracy
+
+    precisions = parse_list(args.precisions, PRECISIONS, "--precisions")
+    seq_lens = parse_sizes(args.seq_lens, "--seq-lens")
+    out = writable_dir(args.out, "--out")
+    B, I, H = args.batch_size, args.input_size, args.hidden_size
+    print(f"lstm-bench check --accuracy: {len(impls)} implementations x {len(precisions)} precisions x T "
+          f"{','.join(map(str, seq_lens))} (B={B} I={I} H={H} on {device}) against nn.LSTM in float64, into {out}")
+    print(f"{'impl':<16} {'precision':<18} {'T':>5}  {'outputs max':>11} {'mean':>8}  {'grads max':>9} {'mean':>8}")
+    with open(out / ACCURACY_CSV, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=ACCURACY_COLUMNS)
+        writer.writeheader()
+        for name in impls:
+            for precision in precisions:
+                for T in seq_lens:
+                    row = accuracy_row(name, precision, T, B, I, H, device=device)
+                    writer.writerow(row)
+                    f.flush()
+                    if row["status"] != "ok":
+                        print(f"{name:<16} {precision:<18} {T:>5}  {row['status']}: {row['error']}")
+                        break  # the same at every length
+                    print(f"{name:<16} {precision:<18} {T:>5}  {row['outputs_max_rel']:>11.2e} "
+                          f"{row['outputs_mean_rel']:>8.1e}  {row['grads_max_rel']:>9.2e} "
+                          f"{row['grads_mean_rel']:>8.1e}")
+    df = read_accuracy(out / ACCURACY_CSV)
+    plot_accuracy(df, out / "accuracy.png")
+    (out / "accuracy.md").write_text("# Error along the sequence\n\n![accuracy](accuracy.png)\n\n"
+                                     + accuracy_tables(df) + "\n")
+    print(f"wrote {out / ACCURACY_CSV}, {out / 'accuracy.png'} and {out / 'accuracy.md'}")
     return 0
 
 
@@ -356,6 +408,17 @@ def build_parser() -> argparse.ArgumentParser:
                        help="LSTMP's projection of h (nn.LSTM's proj_size; below --hidden-size); 0: none")
     check.add_argument("--batch-first", action="store_true", help="inputs and outputs (B, T, ...)")
     check.add_argument("--device", default="cpu", help="auto, cpu, cuda, cuda:N")
+    check.add_argument("--lengths", default=FULL_LENGTHS, help="full, or uniform:F: the batch packed at lengths "
+                       "drawn from F*T to T, as `run --lengths` draws them (default: full)")
+    check.add_argument("--accuracy", action="store_true", help="instead: how the error (normwise relative, max and "
+                       "mean) grows along the sequence, per precision; writes accuracy.csv, .png and .md into --out")
+    check.add_argument("--seq-lens", default=",".join(map(str, ACCURACY_SEQ_LENS)),
+                       help="with --accuracy: the sequence lengths (default: %(default)s)")
+    check.add_argument("--precisions", default="all", help=f"with --accuracy: comma list of {', '.join(PRECISIONS)} "
+                       "('autocast-X': float32 weights under torch.autocast in X; default: all)")
+    check.add_argument("--out", type=path_arg, default=Path("results") / "accuracy",
+                       help="with --accuracy: the directory for its files (default: results/accuracy); a run "
+                       "directory, and its report shows them")
     check.set_defaults(func=_check)
 
     ab = sub.add_parser("ab", help="is new faster than base? two git revisions or two implementations measured "

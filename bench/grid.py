@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import math
 import re
 from dataclasses import asdict, dataclass
 
@@ -27,6 +28,13 @@ DEFAULT_THREADS = {"cpu": 1, "cuda": None}
 D2L = {"batch_size": 32, "seq_len": 35, "vocab_size": 28, "hidden_size": 256}  # the chapter's config
 DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16, "float16": torch.float16}
 MODES = ("train", "forward")
+#: --amp: torch.autocast's compute dtype around the forward and loss, float32 parameters ("none": no autocast)
+AMPS = ("none", "bfloat16", "float16")
+#: `lstm-bench check --accuracy`'s precisions: a native dtype, or float32 weights under autocast in one
+PRECISIONS = ("float32", "bfloat16", "float16", "autocast-bfloat16", "autocast-float16")
+#: its sequence lengths by default
+ACCURACY_SEQ_LENS = (10, 100, 1000)
+FULL_LENGTHS = "full"  # --lengths: every sequence T steps long; "uniform:F" draws each one's length (Cell.lengths)
 DDP_MODE = "ddp"  # rows of `lstm-bench ddp`: a training step under DistributedDataParallel, per world size
 STATUSES = ("ok", "oom", "error", "unsupported", "nonfinite")  # nonfinite: the loss became inf or nan
 
@@ -34,11 +42,13 @@ STATUSES = ("ok", "oom", "error", "unsupported", "nonfinite")  # nonfinite: the 
 COLUMNS = (
     # the cell
     "impl", "device", "dtype", "mode", "batch_size", "hidden_size", "input_size", "seq_len", "world_size",
-    "num_layers", "bidirectional", "proj_size", "dropout", "batch_first",
+    "num_layers", "bidirectional", "proj_size", "dropout", "batch_first", "lengths", "amp",
     "status", "error", "description",
     # time (pytest-benchmark's statistics over the timed rounds, after warm-up; GC off in the rounds)
     "step_ms_median", "step_ms_iqr", "step_ms_min", "step_ms_mean", "step_ms_stddev", "rounds", "gc_in_rounds",
     "warmup_steps", "tokens_per_s", "first_step_ms", "startup_ms",
+    # the tokens of a step's batch: real ones (tokens_per_s counts these), and with the padding B * T
+    "real_tokens", "padded_tokens",
     # the step's phases, timed apart in the same rounds (the device synchronized between them): forward with the
     # loss, backward, optimizer (gradient clipping and the update); their medians
     "forward_ms_median", "backward_ms_median", "optimizer_ms_median",
@@ -62,11 +72,19 @@ COLUMNS = (
 )  # fmt: skip
 
 
+# One row per (implementation, precision, T) of accuracy.csv (bench/instruments/accuracy.py): normwise relative
+# errors against nn.LSTM in float64, the outputs' the worst of y, h, c, the gradients' the worst of all of them.
+ACCURACY_COLUMNS = (
+    "impl", "precision", "device", "seq_len", "batch_size", "input_size", "hidden_size", "status", "error",
+    "outputs_max_rel", "outputs_mean_rel", "grads_max_rel", "grads_mean_rel", "worst",
+)  # fmt: skip
+ACCURACY_CSV = "accuracy.csv"
+
 #: the columns that name a cell: two rows with equal values here measure the same thing.
 CELL_KEY = ("impl", "device", "dtype", "mode", "batch_size", "hidden_size", "input_size", "seq_len", "world_size",
-            *CONFIG_DEFAULTS)
+            *CONFIG_DEFAULTS, "lengths", "amp")
 #: a row written before a key column existed reads as that column's default
-KEY_DEFAULTS = {"world_size": 1, **CONFIG_DEFAULTS}
+KEY_DEFAULTS = {"world_size": 1, **CONFIG_DEFAULTS, "lengths": FULL_LENGTHS, "amp": "none"}
 
 
 class OptionError(ValueError):
@@ -92,6 +110,10 @@ class Cell:
     proj_size: int = 0
     dropout: float = 0.0
     batch_first: bool = False
+    #: each sequence's length: "full" (all T), or "uniform:F", drawn (seeded) uniformly from ceil(F * T) to T and
+    #: fed packed (pack_padded_sequence), the loss over the real tokens only
+    lengths: str = FULL_LENGTHS
+    amp: str = "none"  # AMPS: autocast's dtype, the parameters in dtype (float32)
 
     @property
     def config(self) -> dict:
@@ -107,11 +129,28 @@ class Cell:
         return DTYPES[self.dtype]
 
     @property
+    def amp_dtype(self) -> torch.dtype | None:
+        """autocast's dtype, or None without autocast."""
+        return None if self.amp == "none" else DTYPES[self.amp]
+
+    @property
+    def packed(self) -> bool:
+        return self.lengths != FULL_LENGTHS
+
+    def draw_lengths(self, generator: torch.Generator) -> torch.Tensor | None:
+        """The batch's sequence lengths (B,) on the CPU (as pack_padded_sequence takes them), or None for full ones."""
+        if not self.packed:
+            return None
+        low = max(1, math.ceil(parse_lengths(self.lengths) * self.seq_len))
+        return torch.randint(low, self.seq_len + 1, (self.batch_size,), generator=generator)
+
+    @property
     def id(self) -> str:
         world = f"-W{self.world_size}" if self.world_size != 1 else ""
         config = "".join(mark for mark, on in (
             (f"-L{self.num_layers}", self.num_layers != 1), ("-bi", self.bidirectional),
-            (f"-P{self.proj_size}", self.proj_size), (f"-D{self.dropout:g}", self.dropout), ("-bf", self.batch_first))
+            (f"-P{self.proj_size}", self.proj_size), (f"-D{self.dropout:g}", self.dropout), ("-bf", self.batch_first),
+            (f"-len{self.lengths.removeprefix('uniform:')}", self.packed), (f"-amp-{self.amp}", self.amp != "none"))
             if on)  # the chapter's one-layer LSTM keeps the ids it always had
         return (f"{self.impl}-{self.device}-{self.dtype}-{self.mode}"
                 f"-B{self.batch_size}-H{self.hidden_size}-T{self.seq_len}-V{self.vocab_size}{world}{config}")
@@ -137,6 +176,8 @@ class Cell:
                 return default
             if isinstance(default, bool):
                 return str(value).strip().lower() in ("true", "1", "1.0")
+            if isinstance(default, str):
+                return str(value)
             return type(default)(float(value))
 
         return cls(impl or row["impl"], row["device"], row["dtype"], row["mode"], int(row["batch_size"]),
@@ -272,6 +313,29 @@ def parse_fractions(text: str, what: str) -> tuple[float, ...]:
     return values
 
 
+def parse_lengths(text: str) -> float:
+    """A --lengths value -> the shortest length's fraction of T: "full" is 1, "uniform:F" F (0 < F <= 1)."""
+    if text == FULL_LENGTHS:
+        return 1.0
+    kind, _, fraction = text.partition(":")
+    try:
+        value = float(fraction)
+    except ValueError:
+        value = math.nan
+    if kind != "uniform" or not 0 < value <= 1:
+        raise OptionError(f"--lengths {text!r} is not valid; give full or uniform:F with 0 < F <= 1 (e.g. "
+                          "uniform:0.5: each sequence's length drawn from T/2 to T), comma-separated")
+    return value
+
+
+def parse_length_specs(text: str) -> tuple[str, ...]:
+    """A comma list of --lengths values, each checked."""
+    items = tuple(dict.fromkeys(s.strip() for s in text.split(",") if s.strip()))
+    for item in items or ("",):
+        parse_lengths(item)
+    return items
+
+
 def parse_impl(name: str, what: str = "--impl") -> str:
     """A registered name or a module:Class string naming an LSTMImpl."""
     try:
@@ -325,15 +389,19 @@ class Options:
     proj_sizes: tuple[int, ...] = (0,)
     dropouts: tuple[float, ...] = (0.0,)
     batch_first: tuple[bool, ...] = (False,)
+    lengths: tuple[str, ...] = (FULL_LENGTHS,)
+    amps: tuple[str, ...] = ("none",)
 
     def grid(self) -> list[Cell]:
-        """Every combination, in a stable order; the implementations of one shape run one after another."""
+        """Every combination, in a stable order; the implementations of one shape run one after another.
+        Autocast keeps float32 parameters: its cells are the float32 ones."""
         configs = [c for c in itertools.product(self.num_layers, self.bidirectional, self.proj_sizes, self.dropouts,
                                                 self.batch_first)]
-        return [Cell(impl, self.device, dtype, mode, b, h, t, self.vocab_size, 1, *config)
-                for config, dtype, mode, t, h, b, impl in itertools.product(
-                    configs, self.dtypes, self.modes, self.seq_lens, self.hidden_sizes, self.batch_sizes, self.impls)
-                if config[2] < h]
+        return [Cell(impl, self.device, dtype, mode, b, h, t, self.vocab_size, 1, *config, lengths=lengths, amp=amp)
+                for config, lengths, amp, dtype, mode, t, h, b, impl in itertools.product(
+                    configs, self.lengths, self.amps, self.dtypes, self.modes, self.seq_lens, self.hidden_sizes,
+                    self.batch_sizes, self.impls)
+                if config[2] < h and (amp == "none" or dtype == "float32")]
 
     def cells(self) -> list[Cell]:
         """This process's part of the grid (all of it unless sharded)."""
@@ -362,6 +430,10 @@ OPTIONS = {
                   "size are left out)"),
     "dropout": ("0", "dropout between layers, comma list of numbers in [0, 1) (nn.LSTM's dropout)"),
     "batch-first": ("false", "comma list of false, true (nn.LSTM's batch_first: the model feeds (B, T) inputs)"),
+    "lengths": (FULL_LENGTHS, "comma list of full (every sequence T long) and uniform:F (each sequence's length "
+                "drawn from F*T to T, the batch packed as pack_padded_sequence packs it; tokens/s counts real tokens)"),
+    "amp": ("none", "comma list of none, bfloat16, float16: torch.autocast around the forward and loss, float32 "
+            "parameters (a GradScaler with float16); applies to the float32 cells"),
     "threads": (None, "torch's CPU threads (default: 1 on a CPU, torch's own on CUDA); on a shared machine 1 keeps "
                 "multi-threaded GEMMs from stalling when another process takes a core"),
 }
@@ -394,4 +466,6 @@ def parse_options(get) -> Options:
         proj_sizes=parse_counts(get("proj-size") or "0", "--proj-size"),
         dropouts=parse_fractions(get("dropout") or "0", "--dropout"),
         batch_first=parse_bools(get("batch-first") or "false", "--batch-first"),
+        lengths=parse_length_specs(get("lengths") or FULL_LENGTHS),
+        amps=parse_list(get("amp") or "none", AMPS, "--amp"),
     )

@@ -28,8 +28,8 @@ PROCESSES_DIR = "processes"  # the worker processes' own run directories (bench/
 GRID_NAME = "grid.json"  # the ids of the cells this run was asked to measure: what a merge expects
 #: columns a file needs to be read as measurements; the others may be missing (older schema) and read as empty.
 REQUIRED = ("impl", "device", "dtype", "mode", "batch_size", "hidden_size", "seq_len", "status")
-TEXT_COLUMNS = ("impl", "device", "dtype", "mode", "status", "error", "description", "step_ms_processes",
-                "relative_step_processes", "run_id", "notes")
+TEXT_COLUMNS = ("impl", "device", "dtype", "mode", "lengths", "amp", "status", "error", "description",
+                "step_ms_processes", "relative_step_processes", "run_id", "notes")
 
 
 def new_run_id() -> str:

@@ -53,7 +53,8 @@ def measure_subject(subject: Subject, benchmark, config: pytest.Config, full: bo
     """Time the rounds, each after the machine-speed probe; then (when `full`) what ran, memory and FLOPs."""
     cell = subject.cell
     first_ms = time_first_step(subject.step)
-    row = {"first_step_ms": first_ms if full else None}
+    row = {"first_step_ms": first_ms if full else None, "real_tokens": subject.real_tokens,
+           "padded_tokens": cell.batch_size * cell.seq_len}
     warmup_s = warm_up(subject.step)
     row["warmup_steps"] = len(warmup_s)
     if full:
@@ -77,7 +78,7 @@ def measure_subject(subject: Subject, benchmark, config: pytest.Config, full: bo
                 "step_ms_min": stats.min * 1e3, "step_ms_mean": stats.mean * 1e3,
                 "step_ms_stddev": stats.stddev * 1e3, "rounds": stats.rounds,
                 "gc_in_rounds": not benchmark.stats.options["disable_gc"],
-                "tokens_per_s": cell.batch_size * cell.seq_len / stats.median}
+                "tokens_per_s": subject.real_tokens / stats.median}
         row |= {f"{phase}_ms_median": statistics.median(times) * 1e3
                 for phase, times in clock.seconds.items() if times}
     steady_s = stats.median if stats is not None else statistics.median(warmup_s[-3:])
@@ -92,7 +93,9 @@ def measure_subject(subject: Subject, benchmark, config: pytest.Config, full: bo
     memory = measure_memory(subject)
     row |= vars(memory) | vars(breakdown(subject, memory.peak_bytes, memory.library_bytes))
     row |= predicted_columns(cell)  # the memory model beside the measurement: every run checks it
-    flops = step_flops(cell.mode, cell.seq_len, cell.batch_size, cell.vocab_size, cell.hidden_size, **cell.config)
+    # every GEMM of the step scales with the tokens it reads: a packed batch computes its real ones only
+    flops = round(step_flops(cell.mode, cell.seq_len, cell.batch_size, cell.vocab_size, cell.hidden_size,
+                             **cell.config) * row["real_tokens"] / row["padded_tokens"])
     row |= {"flops_per_step": flops, "flops_counted": count_flops(subject.step),
             "achieved_gflops": flops / stats.median / 1e9 if stats is not None else None}
     return row

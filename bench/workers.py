@@ -131,6 +131,12 @@ def combine(run_dir: Path, count: int) -> int:
     return len(combined)
 
 
+def real_tokens(row: dict) -> int:
+    """A row's real tokens per step (B * T in a row from before the column)."""
+    value = row.get("real_tokens")
+    return int(float(value)) if value not in (None, "") else int(row["batch_size"]) * int(row["seq_len"])
+
+
 #: a worker's own figures that the run's row takes the median of
 PER_PROCESS = ("step_ms_median", "relative_step_median", "probe_ms_median", "forward_ms_median",
                "backward_ms_median", "optimizer_ms_median")
@@ -145,7 +151,7 @@ def between(per_process: dict[str, list[float]], rounds_s: list[float], row: dic
     cols = {"step_ms_median": median, "processes": len(medians),
             "step_ms_processes": ";".join(repr(float(m)) for m in medians),
             "step_ms_between_pct": stats.between_pct(medians), "step_ms_ci_low": low, "step_ms_ci_high": high,
-            "tokens_per_s": int(row["batch_size"]) * int(row["seq_len"]) / (median / 1e3)}
+            "tokens_per_s": real_tokens(row) / (median / 1e3)}
     relative = per_process.get("relative_step_median", [])
     if len(relative) == len(medians):
         cols |= {"relative_step_median": statistics.median(relative),

@@ -7,6 +7,7 @@ from typing import ClassVar
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.utils.rnn import PackedSequence
 
 State = tuple[Tensor, Tensor]
 
@@ -149,7 +150,10 @@ class LSTMImpl(nn.Module):
             return state[0].dim() == 3
         return self.num_layers * self.num_directions > 1
 
-    def forward(self, x: Tensor, state: State | None = None) -> tuple[Tensor, State]:
+    def forward(self, x: Tensor | PackedSequence, state: State | None = None
+                ) -> tuple[Tensor | PackedSequence, State]:
+        if isinstance(x, PackedSequence):
+            return self.forward_packed(x, state)
         if self.batch_first:
             x = x.transpose(0, 1)
         if self.num_layers == 1 and not self.bidirectional and not self.stacked_state(state):
@@ -166,31 +170,109 @@ class LSTMImpl(nn.Module):
         direction runs over the reversed sequence and its outputs are reversed back. Dropout (in
         training only) on every layer's outputs but the last's, as nn.LSTM does it.
         """
-        T, B = x.shape[:2]
+        H0, C0 = self.initial_state(x.shape[1], x, state)
+
+        def run(inputs: Tensor, H: Tensor, C: Tensor, layer: int, direction: int) -> tuple[Tensor, Tensor, Tensor]:
+            if direction == 0:
+                return self.run(inputs, H, C, layer, direction)
+            Y, H, C = self.run(inputs.flip(0), H, C, layer, direction)
+            return Y.flip(0), H, C
+
+        return self.stack(x, H0, C0, run)
+
+    def initial_state(self, batch_size: int, like: Tensor, state: State | None) -> tuple[Tensor, Tensor]:
+        """nn.LSTM's 3-D state (num_layers * D, B, size): zeros when none is given; ValueError for a wrong shape."""
         k = self.num_layers * self.num_directions
-        want_h, want_c = (k, B, self.output_size), (k, B, self.hidden_size)
+        want_h, want_c = (k, batch_size, self.output_size), (k, batch_size, self.hidden_size)
         if state is None:
-            H0 = x.new_zeros(want_h)
-            C0 = x.new_zeros(want_c)
-        else:
-            H0, C0 = state
-            if tuple(H0.shape) != want_h or tuple(C0.shape) != want_c:
-                raise ValueError(f"state must be h {want_h} and c {want_c} (num_layers * directions, B, size), "
-                                 f"got {tuple(H0.shape)} and {tuple(C0.shape)}")
+            return like.new_zeros(want_h), like.new_zeros(want_c)
+        H0, C0 = state
+        if tuple(H0.shape) != want_h or tuple(C0.shape) != want_c:
+            raise ValueError(f"state must be h {want_h} and c {want_c} (num_layers * directions, B, size), "
+                             f"got {tuple(H0.shape)} and {tuple(C0.shape)}")
+        return H0, C0
+
+    def stack(self, x: Tensor, H0: Tensor, C0: Tensor, run) -> tuple[Tensor, State]:
+        """The layers and directions over x, each by `run(inputs, H, C, layer, direction) -> outputs, H, C`
+        (outputs in x's order, the reverse direction included): each layer reads the layer below's
+        outputs, both directions' concatenated on the last dimension, with dropout (in training only) on
+        every layer's outputs but the last's, as nn.LSTM does it."""
         layer_inputs, Hs, Cs = x, [], []
         for layer in range(self.num_layers):
             outputs = []
             for direction in range(self.num_directions):
                 i = layer * self.num_directions + direction
-                inputs = layer_inputs if direction == 0 else layer_inputs.flip(0)
-                Y, H, C = self.run(inputs, H0[i], C0[i], layer, direction)
-                outputs.append(Y if direction == 0 else Y.flip(0))
+                Y, H, C = run(layer_inputs, H0[i], C0[i], layer, direction)
+                outputs.append(Y)
                 Hs.append(H)
                 Cs.append(C)
             layer_inputs = outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=-1)
             if self.dropout and self.training and layer < self.num_layers - 1:
                 layer_inputs = F.dropout(layer_inputs, self.dropout, training=True)
         return layer_inputs, (torch.stack(Hs), torch.stack(Cs))
+
+    # -- variable-length batches
+
+    def forward_packed(self, x: PackedSequence, state: State | None = None) -> tuple[PackedSequence, State]:
+        """nn.LSTM on a PackedSequence: outputs packed as x is, each sequence's final state at its own length.
+
+        The state, given and returned, is in the batch's own order (as nn.LSTM's); a 2-D state for the
+        chapter's one-layer LSTM as in `forward`. The recurrence itself is `run_packed`'s.
+        """
+        data, batch_sizes, sorted_indices, unsorted_indices = x
+        two_d = not self.stacked_state(state)
+        if two_d and state is not None:
+            state = (state[0].unsqueeze(0), state[1].unsqueeze(0))
+        H0, C0 = self.initial_state(int(batch_sizes[0]), data, state)
+        if sorted_indices is not None:  # the recurrence runs longest sequence first
+            H0, C0 = H0.index_select(1, sorted_indices), C0.index_select(1, sorted_indices)
+
+        def run(inputs: Tensor, H: Tensor, C: Tensor, layer: int, direction: int) -> tuple[Tensor, Tensor, Tensor]:
+            return self.run_packed(inputs, batch_sizes, H, C, layer, direction)
+
+        y, (H, C) = self.stack(data, H0, C0, run)
+        if unsorted_indices is not None:
+            H, C = H.index_select(1, unsorted_indices), C.index_select(1, unsorted_indices)
+        return PackedSequence(y, batch_sizes, sorted_indices, unsorted_indices), ((H[0], C[0]) if two_d else (H, C))
+
+    def run_packed(self, data: Tensor, batch_sizes: Tensor, H: Tensor, C: Tensor, layer: int = 0,
+                   direction: int = 0) -> tuple[Tensor, Tensor, Tensor]:
+        """One layer and direction over packed data (sum(batch_sizes), layer_input_size), the sequences sorted
+        longest first, from H, C (B, size) in that order -> packed outputs, each sequence's final H, C.
+
+        fastrnns' variable-length runners shrink the batch at every step; here the steps are cut into spans
+        over which the batch stays the same, and each span is one `run` over its (steps, batch) block of the
+        packed data, which is contiguous. Forward, the sequences that end leave the batch after a span, their
+        state final; the reverse direction walks the spans from the last, each sequence joining the batch
+        with its initial state at its own last step.
+        """
+        sizes, spans, offset, t = batch_sizes.tolist(), [], 0, 0
+        while t < len(sizes):  # (offset into data, steps, batch)
+            steps = 1
+            while t + steps < len(sizes) and sizes[t + steps] == sizes[t]:
+                steps += 1
+            spans.append((offset, steps, sizes[t]))
+            offset, t = offset + steps * sizes[t], t + steps
+        outputs: list[Tensor] = [data] * len(spans)
+        if direction == 0:
+            done_H, done_C = [], []  # the final states of the sequences that have ended, shortest last
+            for k, (start, steps, b) in enumerate(spans):
+                if H.shape[0] > b:
+                    done_H.append(H[b:])
+                    done_C.append(C[b:])
+                    H, C = H[:b], C[:b]
+                Y, H, C = self.run(data[start:start + steps * b].view(steps, b, -1), H, C, layer, direction)
+                outputs[k] = Y.reshape(steps * b, -1)
+            return torch.cat(outputs), torch.cat([H, *done_H[::-1]]), torch.cat([C, *done_C[::-1]])
+        H0, C0 = H, C
+        H, C = H0[:0], C0[:0]
+        for k in reversed(range(len(spans))):
+            start, steps, b = spans[k]
+            if H.shape[0] < b:  # the sequences whose last step this span holds start here
+                H, C = torch.cat([H, H0[H.shape[0]:b]]), torch.cat([C, C0[C.shape[0]:b]])
+            Y, H, C = self.run(data[start:start + steps * b].view(steps, b, -1).flip(0), H, C, layer, direction)
+            outputs[k] = Y.flip(0).reshape(steps * b, -1)
+        return torch.cat(outputs), H, C
 
     # -- weights in nn.LSTM's layout
 

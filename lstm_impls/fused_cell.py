@@ -187,7 +187,15 @@ class LSTMFunction(torch.autograd.Function):
 def lstm(inputs: Tensor, H: Tensor, C: Tensor, params: list[Tensor], steps: Steps) -> tuple[Tensor, Tensor, Tensor]:
     """The fused LSTM over inputs (T, B, I), each step run by steps; -> outputs, H, C.
 
-    Without autograd (inference, or nothing that needs a gradient) the loop runs alone and keeps no gates."""
+    Without autograd (inference, or nothing that needs a gradient) the loop runs alone and keeps no gates.
+    Under torch.autocast the whole sequence runs in autocast's dtype, as autocast runs a GEMM: the inputs,
+    state and weights cast on entry (autograd takes the weights' gradients back to their own dtype), autocast
+    itself off inside, where the steps write into buffers of one dtype."""
+    device_type = inputs.device.type
+    if torch.is_autocast_enabled(device_type):
+        dtype = torch.get_autocast_dtype(device_type)
+        with torch.autocast(device_type, enabled=False):
+            return lstm(*(t.to(dtype) for t in (inputs, H, C)), [p.to(dtype) for p in params], steps)
     if torch.is_grad_enabled() and any(t.requires_grad for t in (inputs, H, C, *params)):
         return LSTMFunction.apply(inputs, H, C, *params, steps)
     y, cs, _ = run_steps(inputs, H.contiguous(), C.contiguous(), *params, steps, keep_gates=False)

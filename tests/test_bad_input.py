@@ -136,7 +136,9 @@ GRID_OPTIONS = [("--batch-sizes", SIZES[:-1]), ("--hidden-sizes", SIZES[:-1]), (
                 ("--threads", [HUGE, "-1", "two"]), ("--impls", ["nope", "lstm_impls:Nothing", ","]),
                 ("--dtype", ["float8", "float32,float8"]), ("--device", ["tpu", "cuda:x"]),
                 ("--num-layers", ["0", "x"]), ("--bidirectional", ["yes", "maybe"]), ("--proj-size", ["-1", "x"]),
-                ("--dropout", ["1", "-0.1", "x"]), ("--batch-first", ["2"])]
+                ("--dropout", ["1", "-0.1", "x"]), ("--batch-first", ["2"]),
+                ("--lengths", ["uniform:0", "uniform:1.5", "uniform:", "normal:0.5", "full,x", ""]),
+                ("--amp", ["float8", "float32", "bfloat16,x"])]
 
 
 def at(place: str) -> str:
@@ -209,7 +211,11 @@ CASES: dict[str, list[tuple[list[str], str]]] = {
     + [(["check", *TINY_CHECK, "--num-layers", value], "--num-layers") for value in (HUGE, "-1", "0", "x")]
     + [(["check", *TINY_CHECK, "--proj-size", value], "--proj-size") for value in (HUGE, "-1", "x", "1", "2")]
     + [(["check", *TINY_CHECK, "--bidirectional", "yes"], "unrecognized arguments: yes"),
-       (["check", *TINY_CHECK, "--batch-first=1"], "--batch-first")],
+       (["check", *TINY_CHECK, "--batch-first=1"], "--batch-first")]
+    + [(["check", *TINY_CHECK, "--lengths", value], "--lengths") for value in ("uniform:0", "uniform:nan", "half")]
+    + [(["check", *TINY_CHECK, "--accuracy", "--out", "{runs}/acc", option, value], option)
+       for option, values in (("--precisions", ("float8", "")), ("--seq-lens", ("0", "x", HUGE))) for value in values]
+    + [(["check", *TINY_CHECK, "--accuracy", "--out", value], what) for value, what in UNWRITABLE],
     "compare": [(["compare", "{good}", at(place)], READER_REFUSAL) for place in READER_DAMAGE]
     + [(["compare", at(place), "{good}"], READER_REFUSAL) for place in ("torn row", "binary garbage")]
     + [(["compare", "{good}", "{other}", "--out", value], what) for value, what in UNWRITABLE]

@@ -127,6 +127,36 @@ def test_a_run_over_lstm_configurations(tmp_path):
     assert "cudnn-cpu-float32-train-B2-H6-T3-V28-L2-bi-P4" in ids and "cudnn-cpu-float32-train-B2-H6-T3-V28" in ids
 
 
+def test_a_run_over_packed_lengths_and_autocast(tmp_path):
+    """--lengths and --amp are grid axes: packed rows count their real tokens (tokens/s from them, FLOPs scaled
+    to them), autocast rows keep float32 parameters; the ids, the report's sections and a resume say so."""
+    proc = run_cli(tmp_path, "--impls", "scratch,cudnn", "--batch-sizes", "4", "--hidden-sizes", "6", "--seq-len",
+                   "5", "--device", "cpu", "--lengths", "full,uniform:0.4", "--amp", "none,bfloat16", "--dtype",
+                   "float32,bfloat16", "--processes", "1", "--benchmark-max-time=0.001", "--benchmark-min-rounds=3")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    df = pd.read_csv(tmp_path / "r" / "measurements.csv")
+    assert len(df) == 2 * 2 * 3  # impls x lengths x (float32, float32 under autocast, bfloat16): no autocast of bf16
+    assert set(zip(df.dtype, df.amp)) == {("float32", "none"), ("float32", "bfloat16"), ("bfloat16", "none")}
+    assert (df.status == "ok").all(), df[["impl", "lengths", "amp", "error"]]
+    full, packed = df[df.lengths == "full"], df[df.lengths == "uniform:0.4"]
+    assert (full.real_tokens == 20).all() and (df.padded_tokens == 20).all()
+    assert ((packed.real_tokens >= 4 * 2) & (packed.real_tokens < 20)).all()  # ceil(0.4 * 5) = 2 steps at least
+    assert np.allclose(df.tokens_per_s, df.real_tokens / (df.step_ms_median / 1e3))
+    scratch = df[df.impl == "scratch"].set_index(["lengths", "dtype", "amp"])
+    ratio = scratch.flops_per_step / scratch.loc["full"].flops_per_step.reindex(scratch.index.droplevel(0)).values
+    assert np.allclose(ratio, scratch.real_tokens / 20, rtol=1e-3)
+    assert packed.predicted_peak_bytes.isna().all()  # the memory model does not count packed batches
+    ids = {Cell.from_row(r).id for r in df.to_dict("records")}
+    assert {"scratch-cpu-float32-train-B4-H6-T5-V28-len0.4", "cudnn-cpu-float32-train-B4-H6-T5-V28-amp-bfloat16",
+            "scratch-cpu-float32-train-B4-H6-T5-V28-len0.4-amp-bfloat16"} <= ids
+    report = (tmp_path / "r" / "report.md").read_text()
+    assert "· lengths uniform:0.4" in report and "· autocast bfloat16" in report
+    again = run_cli(tmp_path, "--impls", "scratch,cudnn", "--batch-sizes", "4", "--hidden-sizes", "6", "--seq-len",
+                    "5", "--device", "cpu", "--lengths", "full,uniform:0.4", "--amp", "none,bfloat16", "--dtype",
+                    "float32,bfloat16", "--processes", "1")
+    assert "12 recorded ok before: skipped" in again.stdout, again.stdout[-2000:]
+
+
 def test_fused_lstm_is_counted_not_zero():
     subject = Subject(d2l_cell("cudnn", mode="forward"))
     c = subject.cell

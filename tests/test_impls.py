@@ -319,3 +319,91 @@ def test_check_command_takes_the_configuration_and_names_what_is_unsupported(cap
     for name in ("scratch", "cudnn"):
         forward, backward, _worst = rows[name].split()
         assert float(forward) <= ATOL and float(backward) <= ATOL, rows[name]
+
+
+# ----------------------------------------------------------------------------- packed variable-length batches
+
+#: (T, B, I, H) and each sequence's length, unsorted, with ties and a sequence of one step
+PACKED_SHAPE, PACKED_LENGTHS = (7, 6, 6, 5), [5, 2, 7, 7, 1, 4]
+PACKED_CONFIGS = {"1-layer": {}, "2-layer-bidirectional": {"num_layers": 2, "bidirectional": True},
+                  "2-layer-bidirectional-proj": {"num_layers": 2, "bidirectional": True, "proj_size": 3}}
+#: the compiled ones recompile for each span's shape: one configuration each
+PACKED_COMPILED = {"compiled": "2-layer-bidirectional-proj", "fused_compiled": "2-layer-bidirectional"}
+PACKED_CASES = [pytest.param(name, config, id=f"{name}-{config}") for name in lstm_impls.names()
+                for config in PACKED_CONFIGS if PACKED_COMPILED.get(name, config) == config]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("name, config", PACKED_CASES)
+def test_packed_sequences_match_nn_lstm(name, config, device, tf32_off):
+    """A PackedSequence in, as nn.LSTM takes it: the outputs at the valid positions, each sequence's final
+    state at its own length, and every gradient, against a float64 nn.LSTM on the same packed batch."""
+    kwargs = PACKED_CONFIGS[config]
+    reason = lstm_impls.get(name).unsupported_reason(device, torch.float32, **kwargs)
+    if reason:
+        pytest.skip(reason)
+    errors = max_abs_errors(name, *PACKED_SHAPE, device=device, lengths=PACKED_LENGTHS, **kwargs)
+    assert {"y", "h", "c", "x.grad", "h0.grad", "c0.grad"} <= set(errors)
+    worse = {key: err for key, err in errors.items() if not err <= ATOL}
+    assert not worse, f"{name} {config} on packed input differs from nn.LSTM by more than {ATOL}: {worse}"
+
+
+def test_packed_output_keeps_the_packing_and_ignores_the_padding():
+    """The padding's values change nothing; the output is packed as the input was."""
+    from torch.nn.utils.rnn import pack_padded_sequence
+
+    lstm = lstm_impls.create("scratch", 3, 4)
+    x = torch.randn(5, 3, 3)
+    lengths = torch.tensor([2, 5, 3])
+    noisy = x.clone()
+    for b, n in enumerate(lengths.tolist()):
+        noisy[n:, b] = 1e3
+    packed = pack_padded_sequence(x, lengths, enforce_sorted=False)
+    (y, (h, c)), (y2, (h2, c2)) = lstm(packed), lstm(pack_padded_sequence(noisy, lengths, enforce_sorted=False))
+    assert torch.equal(y.batch_sizes, packed.batch_sizes) and torch.equal(y.unsorted_indices, packed.unsorted_indices)
+    assert torch.equal(y.data, y2.data) and torch.equal(h, h2) and torch.equal(c, c2)
+    assert h.shape == (3, 4)  # the chapter's one-layer LSTM keeps its 2-D state
+    alone, (h_alone, _) = lstm(x[:2, :1])  # sequence 0 by itself, its own 2 steps
+    assert torch.allclose(h[0], h_alone[0], atol=1e-6)
+
+
+def test_accuracy_check_writes_the_error_growth_and_the_report_shows_it(tmp_path, capsys):
+    """check --accuracy: a row per (implementation, precision, T) written into --out with its plot; float32
+    agrees with float64 to float32's rounding, bfloat16 (native or under autocast) to bfloat16's; the report
+    of a run directory holding the files has the section."""
+    import pandas as pd
+
+    from bench.cli import main
+    from bench.grid import ACCURACY_COLUMNS
+    from bench.readers.report import write_report
+
+    run = tmp_path / "run"
+    assert main(["run", "--impls", "scratch", "--batch-sizes", "2", "--hidden-sizes", "4", "--seq-len", "3",
+                 "--device", "cpu", "--results-dir", str(tmp_path), "--run-id", "run", "--processes", "1"]) == 0
+    assert main(["check", "--accuracy", "--impls", "scratch,cudnn", "--precisions",
+                 "float32,bfloat16,autocast-bfloat16", "--seq-lens", "3,30", "--batch-size", "2",
+                 "--input-size", "5", "--hidden-size", "8", "--out", str(run)]) == 0
+    df = pd.read_csv(run / "accuracy.csv")
+    assert list(df.columns) == list(ACCURACY_COLUMNS) and len(df) == 2 * 3 * 2 and (df.status == "ok").all()
+    by = df.set_index(["impl", "precision", "seq_len"])
+    for impl in ("scratch", "cudnn"):
+        for column in ("outputs_max_rel", "grads_max_rel"):
+            assert by.loc[(impl, "float32", 30), column] < 1e-5
+            for precision in ("bfloat16", "autocast-bfloat16"):
+                assert 1e-4 < by.loc[(impl, precision, 30), column] < 0.1, (impl, precision, column)
+        assert (by.loc[impl, "outputs_mean_rel"] <= by.loc[impl, "outputs_max_rel"] * 1.0001).all()
+    assert (run / "accuracy.png").stat().st_size > 0 and "| scratch | bfloat16 |" in (run / "accuracy.md").read_text()
+    report = write_report([run]).read_text()
+    assert "## Error along the sequence, per precision" in report and "| cudnn | autocast-bfloat16 |" in report
+
+
+def test_check_on_packed_lengths_prints_each_implementations_error(capsys):
+    from bench.cli import main
+
+    assert main(["check", "--impls", "scratch,fused", "--lengths", "uniform:0.3", "--seq-len", "6",
+                 "--batch-size", "5", "--input-size", "4", "--hidden-size", "6"]) == 0
+    out = capsys.readouterr().out
+    assert "packed at lengths [" in out
+    rows = [line.split() for line in out.splitlines()[2:]]
+    assert [r[0] for r in rows] == ["scratch", "fused"]
+    assert all(float(r[1]) <= ATOL and float(r[2]) <= ATOL for r in rows), rows

@@ -128,3 +128,38 @@ def test_a_steps_phases_are_marked_in_order_and_cover_the_step():
     clock.marks.clear()
     forward_step(model, X, X, clock=clock)
     assert [m[0] for m in clock.marks] == ["forward"]
+
+
+@pytest.mark.parametrize("name", ["scratch", "cudnn"])
+def test_a_packed_batch_loss_is_the_mean_over_its_real_tokens(name):
+    """The packed step's loss is each sequence run alone at its own length, every real token weighed once."""
+    import torch.nn.functional as F
+
+    model = d2l_init_(RNNModel(name, 5, 8))
+    model.rnn.load_lstm_weights(*(w * 30 for w in model.rnn.lstm_weights()))
+    g = torch.Generator().manual_seed(1)
+    X, Y = torch.randint(0, 5, (4, 6), generator=g), torch.randint(0, 5, (4, 6), generator=g)
+    lengths = torch.tensor([3, 6, 1, 4])
+    loss, _ = forward_step(model, X, Y, lengths=lengths)
+    token_losses = []
+    for b, n in enumerate(lengths.tolist()):
+        logits, _ = model(X[b:b + 1, :n])
+        token_losses.append(F.cross_entropy(logits, Y[b, :n], reduction="none"))
+    torch.testing.assert_close(loss, torch.cat(token_losses).mean(), atol=1e-6, rtol=0)
+    padded_loss, _ = forward_step(model, X, Y)
+    assert abs(padded_loss.item() - loss.item()) > 1e-4  # the padding's tokens would have counted
+
+
+@pytest.mark.parametrize("amp", [torch.bfloat16, torch.float16])
+def test_autocast_steps_keep_float32_weights_and_train(amp, tiny):
+    """Under autocast the parameters and their gradients stay float32; float16 scales the loss."""
+    model = d2l_init_(RNNModel("scratch", tiny["input_size"], tiny["hidden_size"]))
+    model.rnn.load_lstm_weights(*(w * 30 for w in model.rnn.lstm_weights()))
+    optimizer = sgd(model, lr=1.0)
+    scaler = torch.amp.GradScaler("cpu") if amp == torch.float16 else None
+    X, Y = batch(tiny)
+    losses = [train_step(model, optimizer, X, Y, None, amp=amp, scaler=scaler)[0].item() for _ in range(30)]
+    assert all(p.dtype == torch.float32 and p.grad.dtype == torch.float32 for p in model.parameters())
+    assert losses[-1] < 0.9 * losses[0], losses
+    if scaler is not None:
+        assert scaler.get_scale() > 1  # the loss was scaled: its gradients unscaled before clipping

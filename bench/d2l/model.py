@@ -1,7 +1,10 @@
 """The d2l character model (one-hot -> LSTM -> Linear) and its training and inference steps.
 
 The steps follow d2l's `train_epoch_ch8`: mean cross-entropy over all T*B predictions, backward,
-global-norm gradient clipping at theta, plain SGD, with the state carried over detached.
+global-norm gradient clipping at theta, plain SGD, with the state carried over detached. Beyond the
+chapter, as people train LSTMs: a batch of sequences of their own lengths, packed (the loss over
+the real tokens only), and mixed precision (torch.autocast around the forward and loss; a GradScaler
+for float16).
 """
 
 from __future__ import annotations
@@ -9,6 +12,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.utils.rnn import pack_padded_sequence
 
 import lstm_impls
 from lstm_impls import State
@@ -33,13 +37,27 @@ class RNNModel(nn.Module):
         directions = 2 if bidirectional else 1
         self.linear = nn.Linear(directions * (proj_size or hidden_size), vocab_size, device=device, dtype=dtype)
 
-    def forward(self, inputs: Tensor, state: State | None = None) -> tuple[Tensor, State]:
+    def forward(self, inputs: Tensor, state: State | None = None, lengths: Tensor | None = None
+                ) -> tuple[Tensor, State]:
+        """With lengths (B,), each sequence's own, the LSTM takes the batch packed and the logits are the real
+        tokens' only, in the packed order (`targets` puts the labels in it)."""
         tokens = inputs if self.batch_first else inputs.T  # (B, T) or, as the chapter feeds it, (T, B)
         X = F.one_hot(tokens.long(), self.vocab_size).to(self.linear.weight.dtype)
+        if lengths is not None:
+            packed, state = self.rnn(pack_padded_sequence(X, lengths, batch_first=self.batch_first,
+                                                          enforce_sorted=False), state)
+            return self.linear(packed.data), state
         Y, state = self.rnn(X, state)
         if self.batch_first:  # the logits in the chapter's order: time-major, as the labels are
             Y = Y.transpose(0, 1)
         return self.linear(Y.reshape(-1, Y.shape[-1])), state
+
+
+def targets(Y: Tensor, lengths: Tensor | None = None) -> Tensor:
+    """The labels Y (B, T) in the order of the model's logits: time-major, or packed at lengths (padding left out)."""
+    if lengths is None:
+        return Y.T.reshape(-1)
+    return pack_padded_sequence(Y.T, lengths, enforce_sorted=False).data
 
 
 def lstm_layout_weights(input_size: int, hidden_size: int, *, generator: torch.Generator | None = None,
@@ -78,23 +96,39 @@ def detach_state(state: State | None) -> State | None:
     return None if state is None else (state[0].detach(), state[1].detach())
 
 
+def _forward_and_loss(model: RNNModel, X: Tensor, Y: Tensor, state: State | None, lengths: Tensor | None,
+                      amp: torch.dtype | None) -> tuple[Tensor, State]:
+    """The mean cross-entropy over the real tokens, under autocast in amp when given."""
+    with torch.autocast(X.device.type, dtype=amp, enabled=amp is not None):
+        y_hat, state = model(X, state) if lengths is None else model(X, state, lengths)
+        return F.cross_entropy(y_hat, targets(Y, lengths)), state
+
+
 def train_step(model: RNNModel, optimizer: torch.optim.Optimizer, X: Tensor, Y: Tensor,
-               state: State | None = None, theta: float = 1.0, clock=None) -> tuple[Tensor, State]:
+               state: State | None = None, theta: float = 1.0, clock=None, *, lengths: Tensor | None = None,
+               amp: torch.dtype | None = None, scaler: torch.amp.GradScaler | None = None) -> tuple[Tensor, State]:
     """One d2l training step on X, Y (B, T); returns the mean loss (a 0-d tensor) and the new state.
 
+    lengths: each sequence's own (B,), the batch packed; amp: autocast's dtype around the forward and loss;
+    scaler: float16's loss scaling (the gradients unscaled before clipping, the step skipped on inf).
     `clock.mark(phase)`, when given, is called as each phase ends: forward (with the loss), backward,
     optimizer (gradient clipping and the update)."""
-    y_hat, state = model(X, detach_state(state))
-    loss = F.cross_entropy(y_hat, Y.T.reshape(-1))
+    loss, state = _forward_and_loss(model, X, Y, detach_state(state), lengths, amp)
     if clock is not None:
         clock.mark("forward")
     optimizer.zero_grad()
-    loss.backward()
+    (loss if scaler is None else scaler.scale(loss)).backward()
     if clock is not None:
         clock.mark("backward")
+    if scaler is not None:
+        scaler.unscale_(optimizer)
     # d2l's grad_clipping: scale all gradients by theta / global norm when the norm exceeds theta.
     torch.nn.utils.clip_grad_norm_(model.parameters(), theta)
-    optimizer.step()
+    if scaler is None:
+        optimizer.step()
+    else:
+        scaler.step(optimizer)
+        scaler.update()
     if clock is not None:
         clock.mark("optimizer")
     return loss.detach(), detach_state(state)
@@ -102,10 +136,9 @@ def train_step(model: RNNModel, optimizer: torch.optim.Optimizer, X: Tensor, Y: 
 
 @torch.no_grad()
 def forward_step(model: RNNModel, X: Tensor, Y: Tensor, state: State | None = None,
-                 clock=None) -> tuple[Tensor, State]:
+                 clock=None, *, lengths: Tensor | None = None, amp: torch.dtype | None = None) -> tuple[Tensor, State]:
     """Inference: the same forward and loss, no gradients."""
-    y_hat, state = model(X, state)
-    loss = F.cross_entropy(y_hat, Y.T.reshape(-1))
+    loss, state = _forward_and_loss(model, X, Y, state, lengths, amp)
     if clock is not None:
         clock.mark("forward")
     return loss, state

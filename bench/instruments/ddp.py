@@ -60,7 +60,7 @@ def _rank_main(rank: int, cell: Cell, world_size: int, rounds: int, store: str, 
         memory = measure_memory(subject)
         parts = breakdown(subject, memory.peak_bytes, memory.library_bytes)
         mine = {"rank": rank, "peak_bytes": memory.peak_bytes, "memory": vars(memory), "breakdown": vars(parts),
-                "diverged": subject.diverged(), "threads": torch.get_num_threads(),
+                "diverged": subject.diverged(), "threads": torch.get_num_threads(), "real_tokens": subject.real_tokens,
                 "description": subject.model.rnn.describe()}
         gathered: list[dict] = [{}] * world_size
         dist.all_gather_object(gathered, mine)
@@ -92,8 +92,10 @@ def measure_ddp(cell: Cell, world_size: int, rounds: int = DEFAULT_ROUNDS, threa
     first = ranks[0]
     peaks = [r["peak_bytes"] for r in ranks]  # alike, but for the minibatch each rank draws
     diverged = next((r["diverged"] for r in ranks if r["diverged"]), None)
-    flops = world_size * step_flops("train", cell.seq_len, cell.batch_size, cell.vocab_size, cell.hidden_size,
-                                    **cell.config)
+    real = sum(r["real_tokens"] for r in ranks)  # each rank draws its own lengths when packed
+    padded = world_size * cell.batch_size * cell.seq_len
+    flops = round(world_size * step_flops("train", cell.seq_len, cell.batch_size, cell.vocab_size, cell.hidden_size,
+                                          **cell.config) * real / padded)
     memory = first["memory"]
     return cell.columns() | memory | first["breakdown"] | {
         "status": "nonfinite" if diverged else "ok", "error": diverged,
@@ -101,7 +103,7 @@ def measure_ddp(cell: Cell, world_size: int, rounds: int = DEFAULT_ROUNDS, threa
         "step_ms_median": stats.median * 1e3, "step_ms_iqr": stats.iqr * 1e3, "step_ms_min": stats.min * 1e3,
         "step_ms_mean": stats.mean * 1e3, "step_ms_stddev": stats.stddev * 1e3, "rounds": stats.rounds,
         "gc_in_rounds": True, "threads": first["threads"],
-        "tokens_per_s": world_size * cell.batch_size * cell.seq_len / stats.median,
+        "tokens_per_s": real / stats.median, "real_tokens": real, "padded_tokens": padded,
         "flops_per_step": flops, "achieved_gflops": flops / stats.median / 1e9,
         "notes": "; ".join(filter(None, [memory["notes"], f"per-rank peak bytes {peaks}; peak_bytes and its "
                                                           "breakdown are rank 0's"])),

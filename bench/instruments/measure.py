@@ -76,19 +76,29 @@ class Subject:
         shape = (cell.batch_size, cell.seq_len)
         self.X = torch.randint(0, cell.vocab_size, shape, generator=g).to(self.device)
         self.Y = torch.randint(0, cell.vocab_size, shape, generator=g).to(self.device)
+        self.lengths = cell.draw_lengths(g)  # None: every sequence T long; a CPU tensor, as packing takes it
+        self.amp = cell.amp_dtype
+        self.scaler = (torch.amp.GradScaler(self.device.type)
+                       if cell.amp == "float16" and self.optimizer is not None else None)
         self.state = None
         self.loss: Tensor | None = None  # the last step's
         self.clock: PhaseClock | None = None  # timing_phases(): each step's phases into clock.seconds
+
+    @property
+    def real_tokens(self) -> int:
+        """The tokens of a step's batch that are not padding."""
+        return int(self.lengths.sum()) if self.lengths is not None else self.cell.batch_size * self.cell.seq_len
 
     def step(self) -> Tensor:
         """One training (or inference) step; returns after the device has finished it."""
         if self.clock is not None:
             self.clock.start()
+        batch = {"lengths": self.lengths, "amp": self.amp}
         if self.optimizer is not None:
             self.loss, self.state = train_step(self.runner, self.optimizer, self.X, self.Y, self.state,
-                                               clock=self.clock)
+                                               clock=self.clock, scaler=self.scaler, **batch)
         else:
-            self.loss, self.state = forward_step(self.runner, self.X, self.Y, self.state, clock=self.clock)
+            self.loss, self.state = forward_step(self.runner, self.X, self.Y, self.state, clock=self.clock, **batch)
         sync(self.device)
         return self.loss
 
@@ -107,11 +117,14 @@ class Subject:
         """What the step finds alive when it starts: weights, gradients, optimizer state, batch, state."""
         params = list(self.model.parameters())
         grads = [p.grad for p in params if p.grad is not None]
-        return params + grads + optimizer_tensors(self.optimizer) + [self.X, self.Y] + list(self.state or ())
+        extra = [self.lengths] if self.lengths is not None else []
+        if self.scaler is not None:  # its scale and growth tracker, made at its first step
+            extra += [t for t in (self.scaler._scale, self.scaler._growth_tracker) if t is not None]
+        return params + grads + optimizer_tensors(self.optimizer) + [self.X, self.Y, *extra] + list(self.state or ())
 
     def release(self) -> None:
         """Drop every tensor, so the next cell starts from an empty allocator."""
-        self.model = self.runner = self.optimizer = self.X = self.Y = self.state = self.loss = None
+        self.model = self.runner = self.optimizer = self.X = self.Y = self.state = self.loss = self.scaler = None
         release_memory()
 
 

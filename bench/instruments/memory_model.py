@@ -1533,6 +1533,11 @@ def predict_sizes(impl: str, sizes: Sizes, *, device: str = "cpu", dtype: str = 
 
 def predict(cell: Cell, optimizer: str = "sgd") -> Prediction:
     """The prediction for one grid cell (what the suite writes beside its measurement)."""
+    if cell.packed:
+        raise NotModelled(f"{cell.impl}: a packed batch of sequences of their own lengths ({cell.lengths}) is not "
+                          "counted")
+    if cell.amp != "none":
+        raise NotModelled(f"{cell.impl}: autocast ({cell.amp}) is not counted")
     return predict_sizes(cell.impl, Sizes(cell.batch_size, cell.hidden_size, cell.seq_len, cell.vocab_size),
                          device=cell.device, dtype=cell.dtype, mode=cell.mode, optimizer=optimizer, config=cell.config)
 

@@ -30,7 +30,9 @@ REPORT_NAME = "report.md"
 #: a cell: what must differ between rows of runs that are combined
 KEY = CELL_KEY
 #: rows that share these are plotted together (one set of plots, one set of tables per group)
-GROUP = ("device", "dtype", "mode", "seq_len", "input_size", "world_size", *CONFIG_DEFAULTS)
+#: what else makes a section of its own: nn.LSTM's configuration, packed lengths, autocast
+SECTION_KEYS = (*CONFIG_DEFAULTS, "lengths", "amp")
+GROUP = ("device", "dtype", "mode", "seq_len", "input_size", "world_size", *SECTION_KEYS)
 #: the parts of peak_bytes, bottom to top (library_bytes: CUDA library workspaces, 0 on a CPU)
 PARTS = ("param_bytes", "grad_bytes", "optimizer_bytes", "activation_bytes", "workspace_bytes", "library_bytes")
 PART_LABELS = {"param_bytes": "parameters", "grad_bytes": "gradients", "optimizer_bytes": "optimizer state",
@@ -144,13 +146,17 @@ class Group:
     proj_size: int = 0
     dropout: float = 0.0
     batch_first: bool = False
+    lengths: str = "full"  # packed batches of sequences of their own lengths, and autocast: sections of their own
+    amp: str = "none"
 
     def _config(self, sep: str) -> str:
         marks = [(f"{self.num_layers} layers", f"L{self.num_layers}", self.num_layers != 1),
                  ("bidirectional", "bi", self.bidirectional), (f"proj {self.proj_size}", f"P{self.proj_size}",
                                                                self.proj_size),
                  (f"dropout {self.dropout:g}", f"D{self.dropout:g}", self.dropout),
-                 ("batch-first", "bf", self.batch_first)]
+                 ("batch-first", "bf", self.batch_first),
+                 (f"lengths {self.lengths}", f"len{self.lengths.removeprefix('uniform:')}", self.lengths != "full"),
+                 (f"autocast {self.amp}", f"amp-{self.amp}", self.amp != "none")]
         return "".join(f"{sep}{words if sep == ' · ' else short}" for words, short, on in marks if on)
 
     @property
@@ -168,7 +174,7 @@ class Group:
     def select(self, rows: pd.DataFrame) -> pd.DataFrame:
         same = ((rows["device"] == self.device) & (rows["dtype"] == self.dtype) & (rows["mode"] == self.mode)
                 & (rows["seq_len"] == self.seq_len) & (rows["world_size"] == self.world_size))
-        for key in CONFIG_DEFAULTS:
+        for key in SECTION_KEYS:
             same &= rows[key] == getattr(self, key)
         same &= rows["input_size"].isna() if pd.isna(self.input_size) else rows["input_size"] == self.input_size
         return rows[same]
@@ -177,13 +183,14 @@ class Group:
 def groups(rows: pd.DataFrame) -> list[Group]:
     """The groups present, device first, then dtype and mode in the grid's order."""
     found = {Group(r.device, r.dtype, r.mode, int(r.seq_len), r.input_size, int(r.world_size), int(r.num_layers),
-                   bool(r.bidirectional), int(r.proj_size), float(r.dropout), bool(r.batch_first))
+                   bool(r.bidirectional), int(r.proj_size), float(r.dropout), bool(r.batch_first), str(r.lengths),
+                   str(r.amp))
              for r in rows[list(GROUP)].drop_duplicates().itertuples(index=False)}
     dtype_order, mode_order = list(DTYPES), list(MODES)
     return sorted(found, key=lambda g: (g.device, dtype_order.index(g.dtype) if g.dtype in dtype_order else 99,
                                         mode_order.index(g.mode) if g.mode in mode_order else 99, g.seq_len,
                                         -1 if pd.isna(g.input_size) else g.input_size, g.world_size,
-                                        tuple(getattr(g, key) for key in CONFIG_DEFAULTS)))
+                                        tuple(getattr(g, key) for key in SECTION_KEYS)))
 
 
 # ----------------------------------------------------------------------------- the numbers
@@ -812,6 +819,22 @@ def _scaling(ok: pd.DataFrame) -> str | None:
     return md_table(text.rename(columns={"seq_len": "T", "batch_size": "B per rank", "hidden_size": "H"}))
 
 
+def _accuracy(runs: Sequence[Run], out_dir: Path) -> list[str]:
+    """The section of `lstm-bench check --accuracy`'s files where a run directory holds them (its plot redrawn
+    into out_dir)."""
+    from bench.grid import ACCURACY_CSV
+    from bench.readers.accuracy import accuracy_tables, plot_accuracy, read_accuracy
+
+    found = [run.path / ACCURACY_CSV for run in runs if (run.path / ACCURACY_CSV).exists()]
+    if not found:
+        return []
+    df = pd.concat([read_accuracy(path) for path in found], ignore_index=True)
+    plot = plot_accuracy(df, out_dir / "accuracy.png")
+    return ["", "## Error along the sequence, per precision", "",
+            "`lstm-bench check --accuracy`: each implementation against nn.LSTM in float64, the same weights, input "
+            "and initial state, as T grows.", "", f"![accuracy]({plot.name})", "", accuracy_tables(df)]
+
+
 def write_report(run_dirs: Sequence[str | Path], out_dir: str | Path | None = None) -> Path:
     """Read the runs and write report.md, its PNGs and pivot CSVs into out_dir (default: the one run directory)."""
     combined = combine(run_dirs)
@@ -901,6 +924,7 @@ def write_report(run_dirs: Sequence[str | Path], out_dir: str | Path | None = No
     if scaling:
         md += ["", "## Data-parallel scaling", "", "Tokens/s of all ranks ÷ (ranks × the same cell's tokens/s on one "
                "rank): 1.00 is perfect scaling; the batch size is per rank.", "", scaling]
+    md += _accuracy(combined.runs, out_dir)
     md += ["", "## Cells that did not finish ok (failed, out of memory, unsupported, non-finite)", "", _failures(rows)]
     notes = rows["notes"].dropna().value_counts()
     if not notes.empty:
