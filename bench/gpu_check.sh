@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# The GPU check, for a machine with one NVIDIA GPU, torch with CUDA installed and no network (~5 minutes):
+# The GPU check, for a machine with one NVIDIA GPU, torch with CUDA installed and no network (~8 minutes):
 # the tests with their CUDA cases, `lstm-bench check --device cuda`, a small GPU grid of every
-# implementation, and the report of that grid. Runs from a checkout; no install needed.
+# implementation, packed and autocast cells, the error along T per precision, and the report of the grid.
+# Runs from a checkout; no install needed.
 # Usage: bash bench/gpu_check.sh [RESULTS_DIR]      (PYTHON=/path/to/python to choose the interpreter)
 # Exit status: 0 when every part passed; else 1, after running every part. Each part's exit is printed.
 set -uo pipefail
@@ -41,6 +42,15 @@ part check "$python" -m bench.cli check --device cuda || failed=1
 # step time, sets this part's minutes).
 part grid "$python" -m bench.cli run --device cuda --impls all --results-dir "$results" --run-id gpu-check \
   --batch-sizes 32 --hidden-sizes 256,1024 --benchmark-max-time=0.5 || failed=1
+# Packed variable-length batches and autocast on the GPU: cuDNN's own packed kernels and every other
+# implementation's spans, padded beside packed, float32 beside autocast bfloat16 and float16 (GradScaler).
+part packed-amp "$python" -m bench.cli run --device cuda --impls all --results-dir "$results" --run-id gpu-packed-amp \
+  --batch-sizes 32 --hidden-sizes 256 --lengths full,uniform:0.5 --amp none,bfloat16,float16 \
+  --processes 1 --benchmark-max-time=0.3 || failed=1
+part check-packed "$python" -m bench.cli check --device cuda --lengths uniform:0.5 || failed=1
+# How the error grows along T in each precision on the GPU (cuDNN's float16 and autocast included).
+part accuracy "$python" -m bench.cli check --device cuda --accuracy --batch-size 8 --hidden-size 128 \
+  --out "$results/gpu-check" || failed=1
 # The report of that grid (`lstm-bench run` writes one too; this is the command on its own). Tolerated where
 # this checkout predates `lstm-bench report`.
 if "$python" -m bench.cli report --help >/dev/null 2>&1; then

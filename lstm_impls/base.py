@@ -59,6 +59,9 @@ class LSTMImpl(nn.Module):
     layout); `forward` stacks the layers and directions as the d2l book does, or a subclass replaces
     it (cudnn hands everything to nn.LSTM). With the default configuration and a 2-D state, `forward`
     is `run` of layer 0 and nothing else.
+
+    x may also be a PackedSequence, as nn.LSTM takes it (batch_first then does not apply): the output is
+    packed as x is, and the state is each sequence's at its own length (`forward_packed`, from `run`).
     """
 
     name: ClassVar[str] = ""

@@ -137,7 +137,7 @@ GRID_OPTIONS = [("--batch-sizes", SIZES[:-1]), ("--hidden-sizes", SIZES[:-1]), (
                 ("--dtype", ["float8", "float32,float8"]), ("--device", ["tpu", "cuda:x"]),
                 ("--num-layers", ["0", "x"]), ("--bidirectional", ["yes", "maybe"]), ("--proj-size", ["-1", "x"]),
                 ("--dropout", ["1", "-0.1", "x"]), ("--batch-first", ["2"]),
-                ("--lengths", ["uniform:0", "uniform:1.5", "uniform:", "normal:0.5", "full,x", ""]),
+                ("--lengths", ["uniform:0", "uniform:1.5", "uniform:", "normal:0.5", "full,x"]),
                 ("--amp", ["float8", "float32", "bfloat16,x"])]
 
 
