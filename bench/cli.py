@@ -19,9 +19,9 @@ from bench.grid import (
     MAX_SIZE,
     OPTIONS,
     PRECISIONS,
-    Cell,
     OptionError,
     check_path,
+    draw_lengths,
     parse_device,
     parse_impl,
     parse_impls,
@@ -220,10 +220,8 @@ def _check(args: argparse.Namespace) -> int:
               "batch_first": args.batch_first}
     # only what differs from the defaults: a plug-in written before these keywords still answers
     config = {key: value for key, value in config.items() if value != lstm_impls.CONFIG_DEFAULTS[key]}
-    lengths = None
-    if args.lengths != FULL_LENGTHS:  # drawn as the suite draws them: uniformly from ceil(F * T) to T, seeded
-        cell = Cell("scratch", "cpu", "float32", "train", B, H, T, I, lengths=args.lengths)
-        lengths = cell.draw_lengths(torch.Generator().manual_seed(0)).tolist()
+    drawn = draw_lengths(args.lengths, T, B, torch.Generator().manual_seed(0))  # as the suite draws them
+    lengths = None if drawn is None else drawn.tolist()
     shown = " ".join(f"{key}={value}" for key, value in config.items())
     packed = f", packed at lengths {lengths} (uniform:{fraction:g})" if lengths else ""
     print(f"max abs error against nn.LSTM in float64; T={T} B={B} I={I} H={H}{' ' + shown if shown else ''}, "

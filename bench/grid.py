@@ -138,11 +138,8 @@ class Cell:
         return self.lengths != FULL_LENGTHS
 
     def draw_lengths(self, generator: torch.Generator) -> torch.Tensor | None:
-        """The batch's sequence lengths (B,) on the CPU (as pack_padded_sequence takes them), or None for full ones."""
-        if not self.packed:
-            return None
-        low = max(1, math.ceil(parse_lengths(self.lengths) * self.seq_len))
-        return torch.randint(low, self.seq_len + 1, (self.batch_size,), generator=generator)
+        """The batch's sequence lengths (B,), or None for full ones (see `draw_lengths`)."""
+        return draw_lengths(self.lengths, self.seq_len, self.batch_size, generator)
 
     @property
     def id(self) -> str:
@@ -328,12 +325,21 @@ def parse_lengths(text: str) -> float:
     return value
 
 
+def draw_lengths(spec: str, seq_len: int, batch_size: int, generator: torch.Generator) -> torch.Tensor | None:
+    """batch_size sequence lengths of a --lengths value, on the CPU as pack_padded_sequence takes them: uniform
+    from ceil(F * seq_len) (at least 1) to seq_len; None for full ones."""
+    if spec == FULL_LENGTHS:
+        return None
+    low = max(1, math.ceil(parse_lengths(spec) * seq_len))
+    return torch.randint(low, seq_len + 1, (batch_size,), generator=generator)
+
+
 def parse_length_specs(text: str) -> tuple[str, ...]:
-    """A comma list of --lengths values, each checked."""
-    items = tuple(dict.fromkeys(s.strip() for s in text.split(",") if s.strip()))
-    for item in items or ("",):
-        parse_lengths(item)
-    return items
+    """A comma list of --lengths values, each checked and written one way ("uniform:0.50" is "uniform:0.5")."""
+    items = [s.strip() for s in text.split(",") if s.strip()]
+    fractions = [parse_lengths(item) for item in items or [""]]
+    return tuple(dict.fromkeys(FULL_LENGTHS if item == FULL_LENGTHS else f"uniform:{fraction:g}"
+                               for item, fraction in zip(items, fractions)))
 
 
 def parse_impl(name: str, what: str = "--impl") -> str:
