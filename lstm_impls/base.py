@@ -174,14 +174,7 @@ class LSTMImpl(nn.Module):
         training only) on every layer's outputs but the last's, as nn.LSTM does it.
         """
         H0, C0 = self.initial_state(x.shape[1], x, state)
-
-        def run(inputs: Tensor, H: Tensor, C: Tensor, layer: int, direction: int) -> tuple[Tensor, Tensor, Tensor]:
-            if direction == 0:
-                return self.run(inputs, H, C, layer, direction)
-            Y, H, C = self.run(inputs.flip(0), H, C, layer, direction)
-            return Y.flip(0), H, C
-
-        return self.stack(x, H0, C0, run)
+        return self.stack(x, H0, C0, self.run, lambda t: t.flip(0))
 
     def initial_state(self, batch_size: int, like: Tensor, state: State | None) -> tuple[Tensor, Tensor]:
         """nn.LSTM's 3-D state (num_layers * D, B, size): zeros when none is given; ValueError for a wrong shape."""
@@ -195,18 +188,21 @@ class LSTMImpl(nn.Module):
                              f"got {tuple(H0.shape)} and {tuple(C0.shape)}")
         return H0, C0
 
-    def stack(self, x: Tensor, H0: Tensor, C0: Tensor, run) -> tuple[Tensor, State]:
-        """The layers and directions over x, each by `run(inputs, H, C, layer, direction) -> outputs, H, C`
-        (outputs in x's order, the reverse direction included): each layer reads the layer below's
-        outputs, both directions' concatenated on the last dimension, with dropout (in training only) on
-        every layer's outputs but the last's, as nn.LSTM does it."""
+    def stack(self, x: Tensor, H0: Tensor, C0: Tensor, run, flip) -> tuple[Tensor, State]:
+        """The layers and directions over x, each by `run(inputs, H, C, layer, direction) -> outputs, H, C`,
+        the reverse direction's inputs and outputs through `flip` (a time reversal, or none where `run`
+        reverses itself): each layer reads the layer below's outputs, both directions' concatenated on the
+        last dimension, with dropout (in training only) on every layer's outputs but the last's, as nn.LSTM
+        does it. (The memory model follows this loop's tensors, names included: `inputs` and `Y` hold
+        theirs until they are rebound.)"""
         layer_inputs, Hs, Cs = x, [], []
         for layer in range(self.num_layers):
             outputs = []
             for direction in range(self.num_directions):
                 i = layer * self.num_directions + direction
-                Y, H, C = run(layer_inputs, H0[i], C0[i], layer, direction)
-                outputs.append(Y)
+                inputs = layer_inputs if direction == 0 else flip(layer_inputs)
+                Y, H, C = run(inputs, H0[i], C0[i], layer, direction)
+                outputs.append(Y if direction == 0 else flip(Y))
                 Hs.append(H)
                 Cs.append(C)
             layer_inputs = outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=-1)
@@ -233,7 +229,7 @@ class LSTMImpl(nn.Module):
         def run(inputs: Tensor, H: Tensor, C: Tensor, layer: int, direction: int) -> tuple[Tensor, Tensor, Tensor]:
             return self.run_packed(inputs, batch_sizes, H, C, layer, direction)
 
-        y, (H, C) = self.stack(data, H0, C0, run)
+        y, (H, C) = self.stack(data, H0, C0, run, lambda t: t)  # run_packed reverses within each sequence
         if unsorted_indices is not None:
             H, C = H.index_select(1, unsorted_indices), C.index_select(1, unsorted_indices)
         return PackedSequence(y, batch_sizes, sorted_indices, unsorted_indices), ((H[0], C[0]) if two_d else (H, C))

@@ -97,11 +97,11 @@ def detach_state(state: State | None) -> State | None:
 
 
 def _forward_and_loss(model: RNNModel, X: Tensor, Y: Tensor, state: State | None, lengths: Tensor | None,
-                      amp: torch.dtype | None) -> tuple[Tensor, State]:
-    """The mean cross-entropy over the real tokens, under autocast in amp when given."""
+                      amp: torch.dtype | None) -> tuple[Tensor, Tensor, State]:
+    """The logits and the mean cross-entropy over the real tokens, under autocast in amp when given."""
     with torch.autocast(X.device.type, dtype=amp, enabled=amp is not None):
         y_hat, state = model(X, state) if lengths is None else model(X, state, lengths)
-        return F.cross_entropy(y_hat, targets(Y, lengths)), state
+        return y_hat, F.cross_entropy(y_hat, targets(Y, lengths)), state
 
 
 def train_step(model: RNNModel, optimizer: torch.optim.Optimizer, X: Tensor, Y: Tensor,
@@ -113,7 +113,9 @@ def train_step(model: RNNModel, optimizer: torch.optim.Optimizer, X: Tensor, Y: 
     scaler: float16's loss scaling (the gradients unscaled before clipping, the step skipped on inf).
     `clock.mark(phase)`, when given, is called as each phase ends: forward (with the loss), backward,
     optimizer (gradient clipping and the update)."""
-    loss, state = _forward_and_loss(model, X, Y, detach_state(state), lengths, amp)
+    # the logits stay bound through backward and the update, as in d2l's train_epoch_ch8 (the memory model
+    # counts them there)
+    y_hat, loss, state = _forward_and_loss(model, X, Y, detach_state(state), lengths, amp)
     if clock is not None:
         clock.mark("forward")
     optimizer.zero_grad()
@@ -138,7 +140,7 @@ def train_step(model: RNNModel, optimizer: torch.optim.Optimizer, X: Tensor, Y: 
 def forward_step(model: RNNModel, X: Tensor, Y: Tensor, state: State | None = None,
                  clock=None, *, lengths: Tensor | None = None, amp: torch.dtype | None = None) -> tuple[Tensor, State]:
     """Inference: the same forward and loss, no gradients."""
-    loss, state = _forward_and_loss(model, X, Y, state, lengths, amp)
+    y_hat, loss, state = _forward_and_loss(model, X, Y, state, lengths, amp)
     if clock is not None:
         clock.mark("forward")
     return loss, state
