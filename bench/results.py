@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .grid import CELL_KEY, COLUMNS, KEY_DEFAULTS, Cell
+from .grid import CELL_KEY, COLUMNS, FULL_LENGTHS, KEY_DEFAULTS, Cell
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -492,4 +492,7 @@ def summary(csv_path: Path) -> str:
         "first_ms": df["first_step_ms"].round(1), "peak_MiB": (df["peak_bytes"] / mib).round(3),
         "act_MiB": (df["activation_bytes"] / mib).round(3), "GFLOP/s": df["achieved_gflops"].round(2),
     })
+    for column, default in (("lengths", FULL_LENGTHS), ("amp", "none")):  # after T, where a run varies them
+        if column in df and (df[column].fillna(default) != default).any():
+            table.insert(table.columns.get_loc("status"), column, df[column].fillna(default))
     return table.to_string(index=False, na_rep="-")
