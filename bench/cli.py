@@ -247,7 +247,7 @@ def _accuracy(args: argparse.Namespace, impls: tuple[str, ...], device: str) -> 
 
     from bench.grid import ACCURACY_COLUMNS, ACCURACY_CSV, PRECISIONS, parse_list
     from bench.instruments.accuracy import accuracy_row
-    from bench.readers.accuracy import accuracy_tables, plot_accuracy, read_accuracy
+    from bench.readers.accuracy import render_accuracy
 
     precisions = parse_list(args.precisions, PRECISIONS, "--precisions")
     seq_lens = parse_sizes(args.seq_lens, "--seq-lens")
@@ -271,11 +271,8 @@ def _accuracy(args: argparse.Namespace, impls: tuple[str, ...], device: str) -> 
                     print(f"{name:<16} {precision:<18} {T:>5}  {row['outputs_max_rel']:>11.2e} "
                           f"{row['outputs_mean_rel']:>8.1e}  {row['grads_max_rel']:>9.2e} "
                           f"{row['grads_mean_rel']:>8.1e}")
-    df = read_accuracy(out / ACCURACY_CSV)
-    plot_accuracy(df, out / "accuracy.png")
-    (out / "accuracy.md").write_text("# Error along the sequence\n\n![accuracy](accuracy.png)\n\n"
-                                     + accuracy_tables(df) + "\n")
-    print(f"wrote {out / ACCURACY_CSV}, {out / 'accuracy.png'} and {out / 'accuracy.md'}")
+    plot, md = render_accuracy(out)
+    print(f"wrote {out / ACCURACY_CSV}, {plot} and {md}")
     return 0
 
 

@@ -76,8 +76,20 @@ def accuracy_tables(df: pd.DataFrame) -> str:
         lines.append(f"| {impl} | {precision} | " + " | ".join(cells) + " |")
     parts = ["Max relative error (normwise: max|diff| / max|nn.LSTM float64|); outputs: the worst of y, h, c; "
              "gradients: the worst of the input's, the initial state's and every weight's.", "\n".join(lines)]
-    failed = df[df["status"] != "ok"].drop_duplicates(["impl", "precision", "status"])
-    if len(failed):
-        parts.append("Not run: " + "; ".join(f"{r.impl} {r.precision} ({r.status}: {r.error})"
-                                             for r in failed.itertuples()))
+    failed = df[df["status"] != "ok"]
+    if len(failed):  # one entry per implementation and reason, its precisions listed
+        entries = [f"{impl} in {', '.join(dict.fromkeys(rows['precision']))} ({status}: {error})"
+                   for (impl, status, error), rows in failed.groupby(["impl", "status", "error"], sort=True)]
+        parts.append("Not run: " + "; ".join(entries))
     return "\n\n".join(parts)
+
+
+def render_accuracy(out: Path) -> tuple[Path, Path]:
+    """accuracy.png and accuracy.md beside out/accuracy.csv, drawn from it."""
+    from bench.grid import ACCURACY_CSV
+
+    df = read_accuracy(out / ACCURACY_CSV)
+    plot = plot_accuracy(df, out / "accuracy.png")
+    md = out / "accuracy.md"
+    md.write_text(f"# Error along the sequence\n\n![accuracy]({plot.name})\n\n{accuracy_tables(df)}\n")
+    return plot, md
