@@ -41,7 +41,9 @@ from lstm_impls.base import CONFIG_DEFAULTS
 from .readers import stats
 
 ROOT = Path(__file__).resolve().parents[1]
-KEY = ("impl", "device", "dtype", "mode", "batch_size", "hidden_size", "input_size", "seq_len", *CONFIG_DEFAULTS)
+KEY = ("impl", "device", "dtype", "mode", "batch_size", "hidden_size", "input_size", "seq_len", *CONFIG_DEFAULTS,
+       "lengths", "amp")
+KEY_DEFAULTS = {**CONFIG_DEFAULTS, "lengths": "full", "amp": "none"}  # what a cell's name leaves out
 VERDICTS = ("slower", "faster", "unchanged", "inconclusive")
 
 
@@ -147,7 +149,7 @@ def trial(side: Side, grid: Sequence[str], out: Path, run_id: str, max_time_s: f
 def cell_name(key: tuple) -> str:
     parts = dict(zip(KEY, key))
     impl = f"{parts['impl']} " if parts["impl"] else ""
-    config = "".join(f" {k}={parts[k]}" for k, default in CONFIG_DEFAULTS.items() if parts[k] != default)
+    config = "".join(f" {k}={parts[k]}" for k, default in KEY_DEFAULTS.items() if parts[k] != default)
     return (f"{impl}{parts['device']} {parts['dtype']} {parts['mode']} B{parts['batch_size']} H{parts['hidden_size']} "
             f"T{parts['seq_len']}{config}")
 

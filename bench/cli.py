@@ -220,7 +220,7 @@ def _check(args: argparse.Namespace) -> int:
               "batch_first": args.batch_first}
     # only what differs from the defaults: a plug-in written before these keywords still answers
     config = {key: value for key, value in config.items() if value != lstm_impls.CONFIG_DEFAULTS[key]}
-    drawn = draw_lengths(args.lengths, T, B, torch.Generator().manual_seed(0))  # as the suite draws them
+    drawn = draw_lengths(args.lengths, T, B, torch.Generator().manual_seed(0))  # as the suite draws them (seed 0 here)
     lengths = None if drawn is None else drawn.tolist()
     shown = " ".join(f"{key}={value}" for key, value in config.items())
     packed = f", packed at lengths {lengths} (uniform:{fraction:g})" if lengths else ""

@@ -179,7 +179,7 @@ class Cell:
 
         return cls(impl or row["impl"], row["device"], row["dtype"], row["mode"], int(row["batch_size"]),
                    int(row["hidden_size"]), int(row["seq_len"]), int(row["input_size"]),
-                   *(get(key) for key in KEY_DEFAULTS))
+                   **{key: get(key) for key in KEY_DEFAULTS})  # by name: KEY_DEFAULTS is not in the fields' order
 
     def columns(self) -> dict:
         """The cell's own CSV columns."""

@@ -19,6 +19,7 @@ import warnings
 
 import torch
 from torch import Tensor
+from torch.nn.utils.rnn import PackedSequence
 
 from . import fused_cell
 from .base import State
@@ -46,6 +47,7 @@ class FusedCompiledLSTM(FusedLSTM):
         return f"{self.description}, mode={self.mode or 'default'}"
 
     def forward(self, x: Tensor, state: State | None = None) -> tuple[Tensor, State]:
-        if self.mode == "reduce-overhead" and x.device.type == "cuda":
+        device = (x.data if isinstance(x, PackedSequence) else x).device
+        if self.mode == "reduce-overhead" and device.type == "cuda":
             torch.compiler.cudagraph_mark_step_begin()  # a new iteration of CUDA graph trees, once for all layers
         return super().forward(x, state)

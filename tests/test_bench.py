@@ -366,3 +366,19 @@ def test_rounds_default_to_twenty_without_gc_and_a_user_can_lower_them(tmp_path)
 def test_startup_is_the_first_call_and_warm_up_beyond_steady_steps():
     # a 900 ms first call, then 300 and 120 ms warm-up steps, at a steady 100 ms: 800 + 200 + 20 ms beyond steady
     assert startup_ms(900.0, [0.300, 0.120], 0.100) == pytest.approx(1020.0)
+
+
+def test_a_cell_survives_its_csv_row():
+    """Every key column comes back to its own field (dropout and batch_first were once swapped)."""
+    cell = Cell("scratch", "cpu", "float32", "train", 2, 4, 3, 28, num_layers=2, bidirectional=True, proj_size=1,
+                dropout=0.2, batch_first=True, lengths="uniform:0.5", amp="bfloat16")
+    text = {k: str(v) for k, v in cell.columns().items()}  # as read back from measurements.csv
+    assert Cell.from_row(text) == cell and Cell.from_row(cell.columns()) == cell
+    assert cell.id.endswith("-L2-bi-P1-D0.2-bf-len0.5-amp-bfloat16")
+
+
+def test_packed_flops_count_the_real_tokens():
+    """The RNN kernels' FLOP formula takes a packed batch's (tokens, I) data as T * B tokens."""
+    from bench.instruments.flops import _rnn_flops, lstm_flops
+
+    assert _rnn_flops((5, 3, 7), 8) == lstm_flops(5, 3, 7, 8) == _rnn_flops((15, 7), 8)

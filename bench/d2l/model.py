@@ -44,8 +44,8 @@ class RNNModel(nn.Module):
         tokens = inputs if self.batch_first else inputs.T  # (B, T) or, as the chapter feeds it, (T, B)
         X = F.one_hot(tokens.long(), self.vocab_size).to(self.linear.weight.dtype)
         if lengths is not None:
-            packed, state = self.rnn(pack_padded_sequence(X, lengths, batch_first=self.batch_first,
-                                                          enforce_sorted=False), state)
+            packed, state = self.rnn(pack_padded_sequence(X, lengths.cpu(), batch_first=self.batch_first,
+                                                          enforce_sorted=False), state)  # DDP moves it to the GPU
             return self.linear(packed.data), state
         Y, state = self.rnn(X, state)
         if self.batch_first:  # the logits in the chapter's order: time-major, as the labels are

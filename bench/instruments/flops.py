@@ -8,6 +8,7 @@ formulas for oneDNN's `mkldnn_rnn_layer` and cuDNN's `_cudnn_rnn`, forward and b
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
@@ -55,8 +56,9 @@ def count_flops(step: Callable[[], object]) -> int:
 
 
 def _rnn_flops(input_shape, hidden_size: int) -> int:
-    T, B, I = input_shape
-    return lstm_flops(T, B, I, hidden_size)
+    """One layer's LSTM FLOPs over its input: (T, B, I), or a packed batch's data (tokens, I)."""
+    *steps, I = input_shape
+    return lstm_flops(1, math.prod(steps), I, hidden_size)  # the count is linear in T * B
 
 
 @register_flop_formula(aten.mkldnn_rnn_layer, get_raw=True)

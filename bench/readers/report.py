@@ -22,7 +22,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter, NullLocator, ScalarFormatter
 from scipy.stats import linregress
 
-from bench.grid import CELL_KEY, D2L, DDP_MODE, DTYPES, MODES, STATUSES
+from bench.grid import CELL_KEY, D2L, DDP_MODE, DTYPES, MODES, STATUSES, Cell
 from bench.results import Run, RunError, load_run, writable_dir
 from lstm_impls.base import CONFIG_DEFAULTS
 
@@ -97,8 +97,11 @@ def combine(run_dirs: Sequence[str | Path]) -> Combined:
 def cell_name(row: pd.Series) -> str:
     """impl-device-dtype-mode-B..-H..-T..-V..[-W..]: bench.grid.Cell.id, the key of the raw rounds."""
     world = f"-W{_int(row['world_size'])}" if pd.notna(row["world_size"]) and row["world_size"] != 1 else ""
-    return (f"{row['impl']}-{row['device']}-{row['dtype']}-{row['mode']}-B{_int(row['batch_size'])}"
+    name = (f"{row['impl']}-{row['device']}-{row['dtype']}-{row['mode']}-B{_int(row['batch_size'])}"
             f"-H{_int(row['hidden_size'])}-T{_int(row['seq_len'])}-V{_int(row['input_size'])}{world}")
+    if pd.isna(row["input_size"]):
+        return name
+    return Cell.from_row(row).id  # the configuration, lengths and autocast too
 
 
 def _int(value) -> str:
@@ -363,7 +366,7 @@ def _quartiles(lines: pd.DataFrame, column: str) -> np.ndarray | None:
     if column == "step_ms_median":
         low, high = lines["step_ms_q1"], lines["step_ms_q3"]
     elif column == "tokens_per_s":
-        tokens = lines["batch_size"] * lines["seq_len"] * 1e3
+        tokens = lines["real_tokens"].fillna(lines["batch_size"] * lines["seq_len"]) * 1e3
         low, high = tokens / lines["step_ms_q3"], tokens / lines["step_ms_q1"]
     else:
         return None
