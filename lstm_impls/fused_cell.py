@@ -188,11 +188,11 @@ def lstm(inputs: Tensor, H: Tensor, C: Tensor, params: list[Tensor], steps: Step
     """The fused LSTM over inputs (T, B, I), each step run by steps; -> outputs, H, C.
 
     Without autograd (inference, or nothing that needs a gradient) the loop runs alone and keeps no gates.
-    Under torch.autocast the whole sequence runs in autocast's dtype, as autocast runs a GEMM: the inputs,
-    state and weights cast on entry (autograd takes the weights' gradients back to their own dtype), autocast
-    itself off inside, where the steps write into buffers of one dtype."""
+    Under torch.autocast a float32 sequence runs whole in autocast's dtype, as autocast runs a float32 GEMM:
+    the inputs, state and weights cast on entry (autograd takes the weights' gradients back to float32),
+    autocast itself off inside, where the steps write into buffers of one dtype."""
     device_type = inputs.device.type
-    if torch.is_autocast_enabled(device_type):
+    if torch.is_autocast_enabled(device_type) and inputs.dtype == torch.float32:
         dtype = torch.get_autocast_dtype(device_type)
         with torch.autocast(device_type, enabled=False):
             return lstm(*(t.to(dtype) for t in (inputs, H, C)), [p.to(dtype) for p in params], steps)
