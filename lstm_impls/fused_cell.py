@@ -94,6 +94,10 @@ def cell_backward(dh: Tensor, dc: Tensor, K: Tensor, F: Tensor, KC: Tensor, d_ga
 class Steps(Protocol):
     """What runs one time step; each writes into the buffers it is given (time slices of LSTMFunction's)."""
 
+    #: whether the steps run in bfloat16 and float16 too: then autocast runs the sequence in its dtype,
+    #: else the sequence stays in float32 under autocast (as autocast leaves an op it does not list)
+    low_precision: bool
+
     def forward(self, xw: Tensor, h_prev: Tensor, c_prev: Tensor, W_h: Tensor,
                 h: Tensor, c: Tensor, gates: Tensor) -> None:
         """gates <- the activated gates of xw + h_prev @ W_h; c, h <- the new state."""
@@ -111,6 +115,8 @@ class TorchSteps:
     """A step in PyTorch ops: the GEMM into the gates' buffer, then `cell_forward`; backward's factors
     for every step at once (`backward_factors`), then per step a GEMM and `cell_backward`. The forward
     math and the factors can be compiled (fused_compiled); backward's step is four ops either way."""
+
+    low_precision = True
 
     def __init__(self, forward_math: Callable = cell_forward, factors_math: Callable = backward_factors):
         self.forward_math, self.factors_math = forward_math, factors_math
@@ -188,11 +194,15 @@ def lstm(inputs: Tensor, H: Tensor, C: Tensor, params: list[Tensor], steps: Step
     """The fused LSTM over inputs (T, B, I), each step run by steps; -> outputs, H, C.
 
     Without autograd (inference, or nothing that needs a gradient) the loop runs alone and keeps no gates.
-    Under torch.autocast a float32 sequence runs whole in autocast's dtype, as autocast runs a float32 GEMM:
-    the inputs, state and weights cast on entry (autograd takes the weights' gradients back to float32),
-    autocast itself off inside, where the steps write into buffers of one dtype."""
+    Under torch.autocast a float32 sequence runs whole in autocast's dtype, as autocast runs a float32 GEMM,
+    where the steps run in it (`Steps.low_precision`): the inputs, state and weights cast on entry (autograd
+    takes the weights' gradients back to float32), autocast itself off inside, where the steps write into
+    buffers of one dtype; other steps run the sequence in float32."""
     device_type = inputs.device.type
     if torch.is_autocast_enabled(device_type) and inputs.dtype == torch.float32:
+        if not steps.low_precision:
+            with torch.autocast(device_type, enabled=False):
+                return lstm(inputs, H, C, params, steps)
         dtype = torch.get_autocast_dtype(device_type)
         with torch.autocast(device_type, enabled=False):
             return lstm(*(t.to(dtype) for t in (inputs, H, C)), [p.to(dtype) for p in params], steps)

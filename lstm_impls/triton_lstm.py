@@ -50,6 +50,8 @@ def _cdiv(n: int, d: int) -> int:
 class TritonSteps:
     """`fused_cell.Steps` as Triton kernels: a step's recurrent GEMM and pointwise math in one kernel each way."""
 
+    low_precision = False  # the kernels are float32's (the implementation declares float32 only)
+
     def forward(self, xw, h_prev, c_prev, W_h, h, c, gates) -> None:
         from .triton_kernels import lstm_step_forward
 

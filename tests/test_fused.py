@@ -139,6 +139,9 @@ from bench.instruments.equality import max_abs_errors
 out = {"describe": lstm_impls.create("triton", 4, 6).describe(), "errors": {}}
 for shape in json.loads(sys.argv[1]):  # (T, B, I, H), and a configuration of nn.LSTM's keywords
     out["errors"][str(shape)] = max_abs_errors("triton", *shape[:4], **(shape[4] if len(shape) > 4 else {}))
+# Under autocast the float32 kernels run the sequence in float32; a packed batch runs span by span.
+out["autocast"] = max_abs_errors("triton", 4, 2, 6, 5, amp=torch.bfloat16)
+out["packed"] = max_abs_errors("triton", 5, 3, 6, 5, lengths=[2, 5, 4], num_layers=2, bidirectional=True)
 
 # What autograd keeps for backward, per call, on T=3, B=2, I=4, H=5: shapes of the saved tensors.
 impl = lstm_impls.create("triton", 4, 5)
@@ -171,6 +174,9 @@ def test_triton_kernels_match_nn_lstm_under_the_interpreter(tiny):
         assert len(errors) == (6 + 4 * 4 if "num_layers" in shape else 10)  # y, h, c, 3 inputs' and every weight's
         worse = {key: err for key, err in errors.items() if not err <= ATOL}
         assert not worse, f"triton at (T, B, I, H) = {shape} differs from nn.LSTM by more than {ATOL}: {worse}"
+    for case in ("autocast", "packed"):
+        worse = {key: err for key, err in out[case].items() if not err <= ATOL}
+        assert not worse, f"triton {case} differs from nn.LSTM by more than {ATOL}: {worse}"
     # x, h0, W_x, W_h, the outputs; then the four activated gates (B, 4H) and c (B, H) per step, and c0
     T, B, I, H = 3, 2, 4, 5
     assert out["saved"] == [[T, B, I], [B, H], [I, 4 * H], [H, 4 * H], [T, B, H], [T, B, 4 * H], [T, B, H], [B, H]]
