@@ -152,6 +152,8 @@ def test_a_run_over_packed_lengths_and_autocast(tmp_path):
             "scratch-cpu-float32-train-B4-H6-T5-V28-len0.4-amp-bfloat16"} <= ids
     report = (tmp_path / "r" / "report.md").read_text()
     assert "· lengths uniform:0.4" in report and "· autocast bfloat16" in report
+    assert "## Packed against padded" in report
+    assert "| scratch | float32 | bfloat16 | train | 4 | 6 | 5 | uniform:0.4 |" in report  # beside its padded cell
     again = run_cli(tmp_path, "--impls", "scratch,fused", "--batch-sizes", "4", "--hidden-sizes", "6", "--seq-len",
                     "5", "--device", "cpu", "--lengths", "full,uniform:0.4", "--amp", "none,bfloat16", "--dtype",
                     "float32,bfloat16", "--processes", "1")

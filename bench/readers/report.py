@@ -822,6 +822,25 @@ def _scaling(ok: pd.DataFrame) -> str | None:
     return md_table(text.rename(columns={"seq_len": "T", "batch_size": "B per rank", "hidden_size": "H"}))
 
 
+def _packed(ok: pd.DataFrame) -> str | None:
+    """Packed rows beside the same cell padded (lengths full): real tokens, and real tokens/s packed ÷ padded."""
+    key = [k for k in CELL_KEY if k != "lengths"]
+    packed = ok[ok["lengths"] != "full"]
+    padded = ok[ok["lengths"] == "full"][[*key, "tokens_per_s"]].rename(columns={"tokens_per_s": "padded"})
+    both = packed.merge(padded, on=key)
+    if both.empty:
+        return None
+    table = pd.DataFrame({
+        "impl": both["impl"], "dtype": both["dtype"], "amp": both["amp"], "mode": both["mode"],
+        "B": both["batch_size"].map(_int), "H": both["hidden_size"].map(_int), "T": both["seq_len"].map(_int),
+        "lengths": both["lengths"], "real / padded tokens": [f"{_int(r)} / {_int(p)}" for r, p in
+                                                             zip(both["real_tokens"], both["padded_tokens"])],
+        "tokens/s packed": both["tokens_per_s"].map(lambda v: f"{v:.0f}"),
+        "tokens/s padded": both["padded"].map(lambda v: f"{v:.0f}"),
+        "packed ÷ padded": (both["tokens_per_s"] / both["padded"]).map(lambda v: f"{v:.2f}")})
+    return md_table(table.sort_values(["lengths", "impl"]))
+
+
 def _accuracy(runs: Sequence[Run], out_dir: Path) -> list[str]:
     """The section of `lstm-bench check --accuracy`'s files where a run directory holds them (its plot redrawn
     into out_dir)."""
@@ -927,6 +946,11 @@ def write_report(run_dirs: Sequence[str | Path], out_dir: str | Path | None = No
     if scaling:
         md += ["", "## Data-parallel scaling", "", "Tokens/s of all ranks ÷ (ranks × the same cell's tokens/s on one "
                "rank): 1.00 is perfect scaling; the batch size is per rank.", "", scaling]
+    packed = _packed(ok)
+    if packed:
+        md += ["", "## Packed against padded", "", "Real tokens/s of a packed batch (each sequence its own length, "
+               "the padding not computed) ÷ the same cell with every sequence T long: above 1.00 packing pays.", "",
+               packed]
     md += _accuracy(combined.runs, out_dir)
     md += ["", "## Cells that did not finish ok (failed, out of memory, unsupported, non-finite)", "", _failures(rows)]
     notes = rows["notes"].dropna().value_counts()
