@@ -36,14 +36,12 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from lstm_impls.base import CONFIG_DEFAULTS
-
+from .grid import CELL_KEY, KEY_DEFAULTS
 from .readers import stats
 
 ROOT = Path(__file__).resolve().parents[1]
-KEY = ("impl", "device", "dtype", "mode", "batch_size", "hidden_size", "input_size", "seq_len", *CONFIG_DEFAULTS,
-       "lengths", "amp")
-KEY_DEFAULTS = {**CONFIG_DEFAULTS, "lengths": "full", "amp": "none"}  # what a cell's name leaves out
+KEY = tuple(k for k in CELL_KEY if k != "world_size")  # a cell, as `run` measures it (one process)
+NAME_DEFAULTS = {k: v for k, v in KEY_DEFAULTS.items() if k in KEY}  # what a cell's name leaves out
 VERDICTS = ("slower", "faster", "unchanged", "inconclusive")
 
 
@@ -149,7 +147,7 @@ def trial(side: Side, grid: Sequence[str], out: Path, run_id: str, max_time_s: f
 def cell_name(key: tuple) -> str:
     parts = dict(zip(KEY, key))
     impl = f"{parts['impl']} " if parts["impl"] else ""
-    config = "".join(f" {k}={parts[k]}" for k, default in KEY_DEFAULTS.items() if parts[k] != default)
+    config = "".join(f" {k}={parts[k]}" for k, default in NAME_DEFAULTS.items() if parts[k] != default)
     return (f"{impl}{parts['device']} {parts['dtype']} {parts['mode']} B{parts['batch_size']} H{parts['hidden_size']} "
             f"T{parts['seq_len']}{config}")
 

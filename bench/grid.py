@@ -137,6 +137,11 @@ class Cell:
     def packed(self) -> bool:
         return self.lengths != FULL_LENGTHS
 
+    @property
+    def padded_tokens(self) -> int:
+        """A step's batch with its padding: B * T (a data-parallel rank's)."""
+        return self.batch_size * self.seq_len
+
     def draw_lengths(self, generator: torch.Generator) -> torch.Tensor | None:
         """The batch's sequence lengths (B,), or None for full ones (see `draw_lengths`)."""
         return draw_lengths(self.lengths, self.seq_len, self.batch_size, generator)

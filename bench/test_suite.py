@@ -10,7 +10,7 @@ import pytest
 
 import lstm_impls
 from bench.grid import Cell
-from bench.instruments.flops import count_flops, step_flops
+from bench.instruments.flops import cell_flops, count_flops
 from bench.instruments.measure import (
     Subject,
     breakdown,
@@ -54,7 +54,7 @@ def measure_subject(subject: Subject, benchmark, config: pytest.Config, full: bo
     cell = subject.cell
     first_ms = time_first_step(subject.step)
     row = {"first_step_ms": first_ms if full else None, "real_tokens": subject.real_tokens,
-           "padded_tokens": cell.batch_size * cell.seq_len}
+           "padded_tokens": cell.padded_tokens}
     warmup_s = warm_up(subject.step)
     row["warmup_steps"] = len(warmup_s)
     if full:
@@ -93,9 +93,7 @@ def measure_subject(subject: Subject, benchmark, config: pytest.Config, full: bo
     memory = measure_memory(subject)
     row |= vars(memory) | vars(breakdown(subject, memory.peak_bytes, memory.library_bytes))
     row |= predicted_columns(cell)  # the memory model beside the measurement: every run checks it
-    # every GEMM of the step scales with the tokens it reads: a packed batch computes its real ones only
-    flops = round(step_flops(cell.mode, cell.seq_len, cell.batch_size, cell.vocab_size, cell.hidden_size,
-                             **cell.config) * row["real_tokens"] / row["padded_tokens"])
+    flops = cell_flops(cell, cell.mode, subject.real_tokens)
     row |= {"flops_per_step": flops, "flops_counted": count_flops(subject.step),
             "achieved_gflops": flops / stats.median / 1e9 if stats is not None else None}
     return row

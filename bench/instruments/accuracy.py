@@ -18,7 +18,7 @@ from torch import Tensor
 import lstm_impls
 
 from ..grid import DTYPES
-from .equality import against_nn_lstm
+from .equality import abs_diff, against_nn_lstm
 
 OUTPUTS = ("y", "h", "c")
 
@@ -34,7 +34,7 @@ def precision_dtypes(precision: str) -> tuple[torch.dtype, torch.dtype | None]:
 
 def relative(got: Tensor, want: Tensor) -> tuple[float, float]:
     """(max, mean) normwise relative error of got against want (see the module docstring)."""
-    diff = (got.detach().cpu().double() - want).abs()
+    diff = abs_diff(got, want)
     scale_max, scale_mean = want.abs().max().item(), want.abs().mean().item()
     return (diff.max().item() / scale_max if scale_max else diff.max().item(),
             diff.mean().item() / scale_mean if scale_mean else diff.mean().item())

@@ -24,7 +24,7 @@ import torch.multiprocessing as mp
 from pytest_benchmark.stats import Stats
 
 from ..grid import DDP_MODE, Cell
-from .flops import step_flops
+from .flops import cell_flops
 from .measure import Subject, breakdown, measure_memory
 
 DEFAULT_ROUNDS = 20
@@ -93,9 +93,8 @@ def measure_ddp(cell: Cell, world_size: int, rounds: int = DEFAULT_ROUNDS, threa
     peaks = [r["peak_bytes"] for r in ranks]  # alike, but for the minibatch each rank draws
     diverged = next((r["diverged"] for r in ranks if r["diverged"]), None)
     real = sum(r["real_tokens"] for r in ranks)  # each rank draws its own lengths when packed
-    padded = world_size * cell.batch_size * cell.seq_len
-    flops = round(world_size * step_flops("train", cell.seq_len, cell.batch_size, cell.vocab_size, cell.hidden_size,
-                                          **cell.config) * real / padded)
+    padded = world_size * cell.padded_tokens
+    flops = cell_flops(cell, "train", real)
     memory = first["memory"]
     return cell.columns() | memory | first["breakdown"] | {
         "status": "nonfinite" if diverged else "ok", "error": diverged,

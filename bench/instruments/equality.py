@@ -28,7 +28,12 @@ def max_abs_errors(name: str, seq_len: int, batch_size: int, input_size: int, hi
                    **options) -> dict[str, float]:
     """Max abs difference of every tensor `against_nn_lstm` compares (its keywords), in float32 by default."""
     want, got = against_nn_lstm(name, seq_len, batch_size, input_size, hidden_size, **options)
-    return {key: (got[key].detach().cpu().double() - expected).abs().max().item() for key, expected in want.items()}
+    return {key: abs_diff(got[key], expected).max().item() for key, expected in want.items()}
+
+
+def abs_diff(got: Tensor, want: Tensor) -> Tensor:
+    """|got - want| elementwise, in float64 on the CPU (want: nn.LSTM's float64 tensor)."""
+    return (got.detach().cpu().double() - want).abs()
 
 
 def against_nn_lstm(name: str, seq_len: int, batch_size: int, input_size: int, hidden_size: int, *,

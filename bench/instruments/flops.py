@@ -48,6 +48,14 @@ def step_flops(mode: str, seq_len: int, batch_size: int, vocab_size: int, hidden
     return forward + forward + input_grads  # + the weight gradients, as much work as the forward
 
 
+def cell_flops(cell, mode: str, real_tokens: int) -> int:
+    """step_flops of a grid cell (a bench.grid.Cell) in mode, scaled to the real tokens a step computes: every
+    GEMM of the step scales with the tokens it reads, and a packed batch computes its real ones only (for a
+    data-parallel step, every rank's real tokens)."""
+    flops = step_flops(mode, cell.seq_len, cell.batch_size, cell.vocab_size, cell.hidden_size, **cell.config)
+    return round(flops * real_tokens / cell.padded_tokens)
+
+
 def count_flops(step: Callable[[], object]) -> int:
     """FLOPs FlopCounterMode counts while step() runs (it runs torch.compile'd code eagerly)."""
     with FlopCounterMode(display=False) as counter:

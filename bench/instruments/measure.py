@@ -87,7 +87,7 @@ class Subject:
     @property
     def real_tokens(self) -> int:
         """The tokens of a step's batch that are not padding."""
-        return int(self.lengths.sum()) if self.lengths is not None else self.cell.batch_size * self.cell.seq_len
+        return int(self.lengths.sum()) if self.lengths is not None else self.cell.padded_tokens
 
     def step(self) -> Tensor:
         """One training (or inference) step; returns after the device has finished it."""

@@ -462,7 +462,9 @@ def _layer_name(layer: int, d: int, what: str) -> str:
 
 def _dropout_backward(sim: _Step, c: _Counts, layer: int, grad_in: str, noise_of: dict[int, str]) -> str:
     """Dropout's backward on the gradient of `layer`'s input (the gradient times the noise, which goes); returns
-    the name of the gradient the layer below receives."""
+    the name of the gradient the layer below receives: grad_in itself where no dropout came before the layer."""
+    if layer not in noise_of:
+        return grad_in
     grad = _layer_name(layer - 1, 0, "dropout's backward (T, B, D H_out)")
     sim.alloc(grad, 1, c.T * c.B * c.Y_width * c.s)
     sim.moment(f"layer {layer - 1}: dropout's backward")
@@ -677,9 +679,7 @@ def _stacked_ops(c: _Counts, unrolled: bool = False, inductor: bool = False) -> 
                 sim.free(name(layer, d, "flipped input (T, B, I)"))
         sim.free(grad_out)
         sim.free(inputs_of[layer])  # saved by the layer's GEMMs
-        if layer in noise_of:
-            grad_in = _dropout_backward(sim, c, layer, grad_in, noise_of)
-        grad_out = grad_in
+        grad_out = _dropout_backward(sim, c, layer, grad_in, noise_of)
     return acts, [*sim.moments, c.optimizer_step()]
 
 
@@ -862,9 +862,7 @@ def _aten_native_stacked(c: _Counts) -> tuple[dict[str, Term], list[_Moment]]:
             sim.free(dx)
         sim.free(grad_out)
         sim.free(inputs_of[lay])
-        if lay in noise_of:
-            grad_in = _dropout_backward(sim, c, lay, grad_in, noise_of)
-        grad_out = grad_in
+        grad_out = _dropout_backward(sim, c, lay, grad_in, noise_of)
     return acts, [*sim.moments, c.optimizer_step()]
 
 
@@ -1090,9 +1088,7 @@ def _stacked_fused(c: _Counts) -> tuple[dict[str, Term], list[_Moment]]:
         sim.free(grad_out)
         if not lay or inputs_of[lay] != name(lay - 1, 0, "outputs y (T, B, H)"):
             sim.free(inputs_of[lay])  # a concatenation or dropout's output; a lower y stays saved by its sequence
-        if lay in noise_of:
-            grad_in = _dropout_backward(sim, c, lay, grad_in, noise_of)
-        grad_out = grad_in
+        grad_out = _dropout_backward(sim, c, lay, grad_in, noise_of)
     return acts, [*sim.moments, c.optimizer_step()]
 
 
@@ -1273,9 +1269,7 @@ def _onednn_stacked(c: _Counts) -> tuple[dict[str, Term], list[_Moment]]:
                 sim.free(diff_x)  # added into it
         sim.free(grad_out)
         sim.free(inputs_of[lay])
-        if lay in noise_of:
-            grad_in = _dropout_backward(sim, c, lay, grad_in, noise_of)
-        grad_out = grad_in
+        grad_out = _dropout_backward(sim, c, lay, grad_in, noise_of)
     return acts, [*sim.moments, c.optimizer_step()]
 
 

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
 import pandas as pd
 from matplotlib.figure import Figure
 
 from bench.grid import ACCURACY_COLUMNS, PRECISIONS
+from bench.readers.report import _colors, _save
 
 PANELS = (("outputs_max_rel", "outputs (y, h, c)"), ("grads_max_rel", "gradients (input, state, weights)"))
 
@@ -25,7 +25,7 @@ def plot_accuracy(df: pd.DataFrame, path: Path) -> Path:
     ok = df[df["status"] == "ok"]
     precisions = [p for p in PRECISIONS if p in set(ok["precision"])] or list(PRECISIONS[:1])
     impls = sorted(set(ok["impl"]))
-    colors = dict(zip(impls, matplotlib.colormaps["tab10"].colors))
+    colors = _colors(impls)  # the report's colour per implementation
     fig = Figure(figsize=(3.2 * len(precisions) + 1, 6))
     axes = fig.subplots(2, len(precisions), sharex=True, sharey="row", squeeze=False)
     for col, precision in enumerate(precisions):
@@ -56,8 +56,7 @@ def plot_accuracy(df: pd.DataFrame, path: Path) -> Path:
              if first is not None else "")
     fig.suptitle(f"Error against nn.LSTM in float64 along the sequence ({sizes}normwise: max|diff| / max|ref|)")
     fig.tight_layout(rect=(0, 0.07, 1, 0.95))
-    fig.savefig(path, dpi=110)
-    return path
+    return _save(fig, path)
 
 
 def accuracy_tables(df: pd.DataFrame) -> str:
