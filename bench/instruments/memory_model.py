@@ -1451,10 +1451,11 @@ def library_bytes_cuda(mode: str, capability: tuple[int, int]) -> int:
 def predict_sizes(impl: str, sizes: Sizes, *, device: str = "cpu", dtype: str = "float32", mode: str = "train",
                   optimizer: str = "sgd", cuda_capability: tuple[int, int] | None = None,
                   cpu: CpuDispatch | None = None, onednn: OneDNNBuffers | None = None,
-                  config: dict | None = None) -> Prediction:
+                  config: dict | None = None, amp: str = "none") -> Prediction:
     """The prediction for any sizes; CUDA predictions need no GPU (capability defaults to the GPU's, else sm_90).
     A CPU prediction counts the paths `cpu` dispatches: this machine's unless given (a recorded CPU's).
-    `config`: nn.LSTM's keywords beyond the chapter's LSTM (CONFIG_DEFAULTS' keys: layers, directions, ...)."""
+    `config`: nn.LSTM's keywords beyond the chapter's LSTM (CONFIG_DEFAULTS' keys: layers, directions, ...);
+    `amp`: autocast's dtype over float32 parameters (bench/instruments/memory_autocast.py), "none" without."""
     if dtype not in DTYPES or mode not in MODES or optimizer not in OPTIMIZERS:
         raise ValueError(f"dtype {dtype!r}, mode {mode!r} or optimizer {optimizer!r} is not known")
     if min(sizes.batch_size, sizes.hidden_size, sizes.seq_len, sizes.vocab_size) <= 0:
@@ -1478,8 +1479,17 @@ def predict_sizes(impl: str, sizes: Sizes, *, device: str = "cpu", dtype: str = 
             raise NotModelled(f"the memory model counts {counted} with layers, directions or a projection; not "
                               f"{kernel} ({impl}) yet")
         counter = STACKED_COUNTERS[kernel][0]
-    acts, moments = counter(c)
-    moments = c.output_gemms(moments)
+    if amp != "none":
+        from . import memory_autocast
+
+        if dtype != "float32":
+            raise NotModelled(f"autocast runs over float32 parameters, not {dtype}")
+        low = _Counts(impl, sizes, amp, mode, optimizer, cpu=cpu, onednn=onednn, config=config)
+        acts, moments = memory_autocast.count(c, low, kernel, amp)
+        notes.append(f"autocast {amp} over float32 parameters; {path_of(kernel, amp, mode, cpu)}")
+    else:
+        acts, moments = counter(c)
+        moments = c.output_gemms(moments)
     if kernel == "oneDNN" and dtype == "float32":
         fitted.append("onednn_scratchpad_extra")
     elif kernel == "oneDNN" and onednn:
@@ -1530,10 +1540,9 @@ def predict(cell: Cell, optimizer: str = "sgd") -> Prediction:
     if cell.packed:
         raise NotModelled(f"{cell.impl}: a packed batch of sequences of their own lengths ({cell.lengths}) is not "
                           "counted")
-    if cell.amp != "none":
-        raise NotModelled(f"{cell.impl}: autocast ({cell.amp}) is not counted")
     return predict_sizes(cell.impl, Sizes(cell.batch_size, cell.hidden_size, cell.seq_len, cell.vocab_size),
-                         device=cell.device, dtype=cell.dtype, mode=cell.mode, optimizer=optimizer, config=cell.config)
+                         device=cell.device, dtype=cell.dtype, mode=cell.mode, optimizer=optimizer, config=cell.config,
+                         amp=cell.amp)
 
 
 def predicted_columns(cell: Cell, optimizer: str = "sgd") -> dict[str, int | None]:

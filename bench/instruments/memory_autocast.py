@@ -1,0 +1,273 @@
+"""The memory model under torch.autocast: float32 parameters, the compute in autocast's dtype (--amp).
+
+What autocast adds, and where (CPU, torch 2.13; checked against the allocation timeline of one step):
+- casts: autocast runs mm, addmm and mkldnn_rnn_layer in its dtype, casting each float32 operand. The
+  casts of a parameter (a leaf that requires grad) are cached until the outermost autocast exits, after
+  the loss; a cast that autograd saves lives on until backward is done with it. Other operands are cast
+  at each call (the chapter's loop casts X_t and H for each gate's matmul, and those casts are saved).
+- cross_entropy runs in float32: the logits (autocast's dtype) are copied to float32, and log-softmax,
+  its gradients and the loss are float32.
+- gradients: a parameter's gradient reaches its cast in autocast's dtype, summed there over the time
+  steps, and becomes float32 at the cast's backward (ToCopyBackward), one parameter at a time.
+- the fused sequence casts its input, state and weights itself on entry (lstm_impls/fused_cell.lstm)
+  and returns its outputs and state in autocast's dtype, so the carried state is in that dtype too.
+- float16's GradScaler: its scale and growth tracker (kept between steps), the scaled loss and its
+  gradient, unscale_'s inverse scale and found-inf flag.
+
+Counted for the chapter's LSTM (one layer, one direction, a padded batch) on a CPU: scratch (autograd
+ops), fused (eager steps), and cudnn where nn.LSTM runs oneDNN in bfloat16. Each count follows the
+program allocation by allocation (memory_model._Step); the LSTM's own buffers are the low-precision
+counts' (memory_model._fused, _onednn_bf16), the model's are float32.
+"""
+
+from __future__ import annotations
+
+from . import memory_model as mm
+from .memory_model import _Counts, _Moment, _Step, Term
+
+F32 = 4
+#: what autocast's counts cover: kernel -> implementation
+COUNTED = {"autograd ops": "scratch", "fused, eager steps": "fused", "oneDNN": "cudnn"}
+CAST = "autocast's cast of "  # the prefix of every cast's name
+
+
+class _Amp:
+    """The sizes of an autocast step: `c` counts the float32 model, `lo` the same cell in autocast's dtype."""
+
+    def __init__(self, c: _Counts, lo: _Counts, scaler: bool):
+        self.c, self.lo, self.scaler = c, lo, scaler
+        self.s = lo.s
+        self.acts: dict[str, Term] = {}  # what autograd saved, at the end of forward (head() sets it)
+
+    def start(self, state_each: int) -> _Step:
+        """The step's start: the float32 model, the batch, the carried state, the scaler's two scalars; then the
+        one-hot cast (float32, as the model makes it)."""
+        c = self.c
+        live = c.model() | {"batch X, Y (int64)": (2, 8 * c.TB), "carried state h, c": (2, state_each)}
+        sim = _Step(live | self.kept())
+        sim.alloc("one-hot int64", 1, 8 * c.TB * c.V)
+        sim.alloc("one-hot input (float32)", 1, c.TBV)
+        sim.moment("one-hot cast (int64 and float copies)")
+        sim.free("one-hot int64")
+        return sim
+
+    def head(self, sim: _Step, outputs_low: bool, freed: list[str], exit_frees: list[str]) -> None:
+        """The output layer and the loss (forward), and in training their backward, up to the LSTM's dY.
+
+        outputs_low: the LSTM's output (T, B, H) is in autocast's dtype, else float32 (the output layer
+        casts it); freed: what goes when the model's forward returns; exit_frees: the casts
+        autocast's cache drops at its exit that autograd did not save (in inference: all of them)."""
+        c, s, lo = self.c, self.s, self.lo
+        TB, H, V, train = c.TB, c.H, c.V, c.train
+        if not outputs_low:
+            sim.alloc(CAST + "the outputs (T*B, H)", 1, TB * H * s)
+        sim.alloc(CAST + "the output layer's W (V, H)", 1, V * H * s)
+        sim.alloc(CAST + "the output layer's b (V,)", 1, V * s)
+        sim.alloc("logits (autocast's dtype)", 1, TB * V * s)
+        sim.moment("the output layer's GEMM", {"oneDNN GEMM scratchpad": (1, lo.gemm_scratch(TB, H, V))})
+        for gone in freed + ([] if train or outputs_low else [CAST + "the outputs (T*B, H)"]):
+            sim.free(gone)
+        sim.alloc("target (int64)", 1, 8 * TB)
+        sim.alloc("logits' float32 copy for the loss", 1, TB * V * F32)
+        sim.alloc("log-softmax (float32)", 1, TB * V * F32)
+        sim.alloc("total weight, loss", 2, F32)
+        sim.moment("cross-entropy in float32 (the logits' float32 copy beside log-softmax)")
+        sim.free("logits' float32 copy for the loss")
+        if not train:
+            sim.free("log-softmax (float32)")
+            sim.free("target (int64)")
+        for gone in exit_frees + [CAST + "the output layer's b (V,)"] + (
+                [] if train else [CAST + "the output layer's W (V, H)"]):
+            sim.free(gone)
+        not_saved = set(c.model()) | set(self.kept()) | {"batch X, Y (int64)", "carried state h, c",
+                                                         "logits (autocast's dtype)", "total weight, loss"}
+        self.acts = {k: v for k, v in sim.live.items() if train and k not in not_saved and "new state" not in k
+                     and "returned state" not in k and k != "outputs list h_1..h_T (float32)"}
+        if not train:
+            return
+        sim.free("gradients")  # zero_grad
+        if self.scaler:
+            sim.alloc("the scaled loss", 1, F32)
+        sim.alloc("the loss's gradient", 1, F32)
+        sim.alloc("nll_loss's gradient (float32)", 1, TB * V * F32)
+        sim.free("target (int64)")
+        sim.alloc("log-softmax's gradient (float32)", 1, TB * V * F32)
+        sim.moment("backward of the loss (log-softmax's gradient computed)")
+        sim.free("nll_loss's gradient (float32)")
+        sim.free("log-softmax (float32)")
+        sim.alloc("the logits' gradient (autocast's dtype)", 1, TB * V * s)
+        sim.free("log-softmax's gradient (float32)")
+        dY_low = "dY (T*B, H), autocast's dtype"
+        sim.alloc(dY_low, 1, TB * H * s)
+        sim.moment("backward of the output layer, dY's GEMM", {"oneDNN GEMM scratchpad": (1, lo.gemm_scratch(TB, V, H))})
+        sim.moment("backward of the output layer, dW's GEMM", {
+            "the output layer's W gradient (autocast's dtype)": (1, V * H * s),
+            "oneDNN GEMM scratchpad": (1, lo.gemm_scratch(V, TB, H))})
+        sim.free("the logits' gradient (autocast's dtype)")
+        sim.free(CAST + "the outputs (T*B, H)")
+        sim.free(CAST + "the output layer's W (V, H)")
+        if not outputs_low:  # the outputs' cast's backward: dY back to float32
+            sim.alloc("dY (T, B, H)", 1, TB * H * F32)
+            sim.free(dY_low)
+        sim.alloc("gradients of the output layer", 1, c.P_lin)
+
+    def optimizer(self, sim: _Step) -> _Moment:
+        """clip_grad_norm_ and the update (float32 parameters), with the scaler's unscale_ scalars and Adam's
+        per-parameter temporaries (memory_model._Counts.optimizer_step's)."""
+        adam = {k: v for k, v in self.c.optimizer_step().live.items() if k.startswith("Adam")}
+        scaler = {"unscale_'s inverse scale and found-inf flag": (2, F32)} if self.scaler else {}
+        return _Moment("optimizer step", sim.live | {"clip_grad_norm_'s total norm": (1, F32)} | scaler | adam)
+
+    def kept(self) -> dict[str, Term]:
+        """What the scaler keeps between steps (nothing without one)."""
+        return {"GradScaler's scale and growth tracker": (2, F32)} if self.scaler else {}
+
+
+def _casts(names: dict[str, int], s: int) -> dict[str, Term]:
+    """Autocast's casts of the parameters named (elements each), in its dtype of s bytes."""
+    return {CAST + k: (1, n * s) for k, n in names.items()}
+
+
+def _scratch(a: _Amp) -> list[_Moment]:
+    """scratch: the chapter's cell op by op. Per gate, X_t @ W_x and H @ W_h run in autocast's dtype on casts
+    of X_t and H (saved for the weights' gradients) and of the weights (cached); the sums with the float32
+    biases, the gates, C, tanh(C) and H are float32. The outputs are stacked in float32."""
+    c, s = a.c, a.s
+    T, B, H, V = c.T, c.B, c.H, c.V
+    u4, train = c.u, c.train
+    sim = a.start(u4)
+    W_x, W_h = CAST + "W_x* (V, H), 4 gates", CAST + "W_h* (H, H), 4 gates"
+    sim.alloc(W_x, 4, V * H * s)
+    sim.alloc(W_h, 4, H * H * s)
+    saved = ["casts of X_t for the gates' matmuls (B, V)", "casts of H for the gates' matmuls (B, H)",
+             "per-step I, F, O, C~, C, tanh(C) (float32)"]
+    if train:
+        sim.alloc(saved[0], 4 * T, B * V * s)
+        sim.alloc(saved[1], 4 * T, B * H * s)
+        sim.alloc(saved[2], 6 * T, u4)
+    else:
+        sim.alloc("last c", 1, u4)
+    sim.alloc("outputs list h_1..h_T (float32)", T, u4)
+    sim.alloc("stacked outputs (T, B, H) float32", 1, T * B * H * F32)
+    sim.moment("torch.stack of the outputs, end of the LSTM")
+    sim.free("outputs list h_1..h_T (float32)", T - 1)  # the last is the new h
+    a.head(sim, False, ["one-hot input (float32)", "stacked outputs (T, B, H) float32"], [W_x] + ([] if train else [W_h]))
+    if not train:
+        return sim.moments
+    # backward: each weight's gradient terms are summed in its cast's dtype over the steps; the biases' are float32
+    sim.moment("backward, step T-1: every weight's gradient term exists", {
+        "W_x*, W_h* gradients (autocast's dtype)": (1, 4 * (V + H) * H * s), "b_* gradients (float32)": (1, 4 * H * F32),
+        "(B, H) gradients in flight": (4, u4), "oneDNN GEMM scratchpad": (1, a.lo.gemm_scratch(H, B, H))})
+    for gone in saved + ["dY (T, B, H)"]:
+        sim.free(gone)
+    sim.alloc("LSTM gradients (float32)", 1, c.P_lstm)
+    sim.moment("backward's end: the weights' gradients cast to float32", {
+        "the last weight's gradient (autocast's dtype)": (1, H * H * s)})
+    sim.free(W_h)
+    return [*sim.moments, a.optimizer(sim)]
+
+
+def _low_moments(moments: list[_Moment], prefixes: tuple[str, ...], extra: dict[str, Term]) -> list[_Moment]:
+    """A low-precision count's moments whose names start with one of prefixes, with what autocast adds then."""
+    return [_Moment(m.name, m.live | extra) for m in moments if m.name.startswith(prefixes)]
+
+
+def _fused(a: _Amp) -> list[_Moment]:
+    """fused (eager steps): the sequence runs whole in autocast's dtype on casts of its input, state (already in
+    that dtype after the first step) and weights, its buffers memory_model._fused's in that dtype; backward's
+    weight gradients are cast back to float32 at its end."""
+    c, lo, s = a.c, a.lo, a.s
+    T, B, H, V = c.T, c.B, c.H, c.V
+    H4, train = 4 * H, c.train
+    casts = _casts({"W_x (V, 4H)": V * H4, "W_h (H, 4H)": H * H4}, s)
+    b_cast = _casts({"b (4H,)": H4}, s)
+    acts, inner = mm._fused(lo)  # its "one-hot input" is autocast's cast of it
+    moments = _low_moments(inner, ("forward", "a time step"), {"one-hot input (float32)": (1, c.TBV)} | casts
+                           | b_cast | a.kept())
+    sim = a.start(lo.u)
+    sim.alloc("one-hot input", 1, lo.TBV)
+    for k, v in (casts | b_cast).items():
+        sim.alloc(k, *v)
+    sim.alloc("outputs y (T, B, H)", 1, lo.TBH)
+    saved = [k for k in acts if k not in ("one-hot input", "outputs y (T, B, H)", "log-softmax", "target (int64)",
+                                          "total weight", "carried state h")]
+    for k in saved:
+        sim.alloc(k, *acts[k])
+    sim.alloc("new state h, c", 2, lo.u)
+    sim.free(CAST + "b (4H,)")
+    if not train:  # nothing saved: the casts go when the sequence returns
+        for k in ["one-hot input", *casts]:
+            sim.free(k)
+    a.head(sim, True, ["one-hot input (float32)"] + ([] if train else ["outputs y (T, B, H)"]), [])
+    moments += sim.moments
+    if not train:
+        return moments
+    moments += _low_moments(inner, ("backward, ",), casts | a.kept())
+    for k in [*saved, "one-hot input", "outputs y (T, B, H)", "dY (T*B, H), autocast's dtype"]:
+        sim.free(k)
+    sim.alloc("LSTM gradients (float32)", 1, c.P_lstm)
+    moments.append(_Moment("backward's end: the weights' gradients cast to float32", sim.live | {
+        "the last weight's gradient (autocast's dtype)": (1, H * H4 * s)}))
+    for k in casts:
+        sim.free(k)
+    return moments + [a.optimizer(sim)]
+
+
+def _onednn(a: _Amp) -> list[_Moment]:
+    """cudnn on a CPU whose oneDNN runs bfloat16: nn.LSTM's mkldnn_rnn_layer in bfloat16 on casts of the input and
+    of the four weights (all saved), its buffers memory_model._onednn_bf16's; backward's float32 weight
+    gradients pass through the casts' dtype on their way back to float32."""
+    c, lo, s = a.c, a.lo, a.s
+    T, B, H, V = c.T, c.B, c.H, c.V
+    H4, train = 4 * H, c.train
+    casts = _casts({"weight_ih (4H, V)": V * H4, "weight_hh (4H, H)": H * H4, "bias_ih, bias_hh (4H,)": 2 * H4}, s)
+    acts, inner = mm._onednn_bf16(lo)  # its "one-hot input" is autocast's cast of it
+    moments = _low_moments(inner, ("inside mkldnn_rnn_layer (",), {"one-hot input (float32)": (1, c.TBV)} | casts
+                           | a.kept())
+    sim = a.start(lo.u)
+    sim.alloc("one-hot input", 1, lo.TBV)
+    for k, v in casts.items():
+        sim.alloc(k, *v)
+    sim.alloc("outputs (T, B, H)", 1, lo.TBH)
+    sim.alloc("h_n, c_n (layer outputs)", 2, lo.u)
+    sim.alloc("returned state h, c", 2, lo.u)
+    if train:
+        sim.alloc("oneDNN workspace", 1, mm._onednn_workspace_bytes(lo))
+        sim.alloc("bias sum", 1, H4 * s)
+    else:
+        for k in ["one-hot input", "h_n, c_n (layer outputs)"]:
+            sim.free(k)
+    a.head(sim, True, ["one-hot input (float32)"] + ([] if train else ["outputs (T, B, H)"]), [] if train else [*casts])
+    moments += sim.moments
+    if not train:
+        return moments
+    moments += _low_moments(inner, ("inside mkldnn_rnn_layer_backward",), casts | a.kept())
+    for k in ["one-hot input", "outputs (T, B, H)", "h_n, c_n (layer outputs)", "oneDNN workspace", "bias sum",
+              "dY (T*B, H), autocast's dtype"]:
+        sim.free(k)
+    sim.alloc("LSTM gradients (float32, from oneDNN)", 1, c.P_lstm)
+    moments.append(_Moment("backward's end: the weights' gradients through the casts' dtype to float32", sim.live | {
+        "the largest weight's gradient in the casts' dtype, and in float32 again": (1, V * H4 * (s + F32))}))
+    for k in casts:
+        sim.free(k)
+    return moments + [a.optimizer(sim)]
+
+
+COUNTERS = {"autograd ops": _scratch, "fused, eager steps": _fused, "oneDNN": _onednn}
+
+
+def count(c: _Counts, lo: _Counts, kernel: str, amp: str) -> tuple[dict[str, Term], list[_Moment]]:
+    """What an autocast step saves for backward, and its moments: c the cell in float32 (the parameters' dtype),
+    lo the same cell in autocast's dtype."""
+    if kernel not in COUNTERS or c.cuda or c.stacked or c.proj or c.config["dropout"]:
+        raise mm.NotModelled(f"autocast is counted for {', '.join(COUNTED.values())} with one layer and direction on a "
+                          f"CPU; not {c.impl} ({kernel}{', CUDA' if c.cuda else ''}"
+                          f"{', layers, directions, a projection or dropout' if c.stacked or c.proj else ''})")
+    if kernel == "oneDNN" and not (amp == "bfloat16" and lo.onednn and c.cpu and c.cpu.onednn_bf16):
+        raise mm.NotModelled(f"autocast {amp} with nn.LSTM is counted where oneDNN runs bfloat16 and its buffers are read "
+                          "off it")
+    for k in ("P", "G", "O", "P_lin"):  # the model is float32
+        setattr(lo, k, getattr(c, k))
+    a = _Amp(c, lo, scaler=amp == "float16" and c.train)
+    moments = COUNTERS[kernel](a)
+    return a.acts, moments
