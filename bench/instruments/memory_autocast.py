@@ -23,7 +23,7 @@ counts' (memory_model._fused, _onednn_bf16), the model's are float32.
 from __future__ import annotations
 
 from . import memory_model as mm
-from .memory_model import _Counts, _Moment, _Step, Term
+from .memory_model import Term, _Counts, _Moment, _Step
 
 F32 = 4
 #: what autocast's counts cover: kernel -> implementation
@@ -99,7 +99,8 @@ class _Amp:
         sim.free("log-softmax's gradient (float32)")
         dY_low = "dY (T*B, H), autocast's dtype"
         sim.alloc(dY_low, 1, TB * H * s)
-        sim.moment("backward of the output layer, dY's GEMM", {"oneDNN GEMM scratchpad": (1, lo.gemm_scratch(TB, V, H))})
+        sim.moment("backward of the output layer, dY's GEMM", {
+            "oneDNN GEMM scratchpad": (1, lo.gemm_scratch(TB, V, H))})
         sim.moment("backward of the output layer, dW's GEMM", {
             "the output layer's W gradient (autocast's dtype)": (1, V * H * s),
             "oneDNN GEMM scratchpad": (1, lo.gemm_scratch(V, TB, H))})
@@ -151,19 +152,20 @@ def _scratch(a: _Amp) -> list[_Moment]:
     sim.alloc("stacked outputs (T, B, H) float32", 1, T * B * H * F32)
     sim.moment("torch.stack of the outputs, end of the LSTM")
     sim.free("outputs list h_1..h_T (float32)", T - 1)  # the last is the new h
-    a.head(sim, False, ["one-hot input (float32)", "stacked outputs (T, B, H) float32"], [W_x] + ([] if train else [W_h]))
+    a.head(sim, False, ["one-hot input (float32)", "stacked outputs (T, B, H) float32"],
+           [W_x] + ([] if train else [W_h]))
     if not train:
         return sim.moments
     # backward: each weight's gradient terms are summed in its cast's dtype over the steps; the biases' are float32
     sim.moment("backward, step T-1: every weight's gradient term exists", {
-        "W_x*, W_h* gradients (autocast's dtype)": (1, 4 * (V + H) * H * s), "b_* gradients (float32)": (1, 4 * H * F32),
+        "W_x*, W_h* gradients (autocast's dtype)": (1, 4 * (V + H) * H * s),
+        "b_* gradients (float32)": (1, 4 * H * F32),
         "(B, H) gradients in flight": (4, u4), "oneDNN GEMM scratchpad": (1, a.lo.gemm_scratch(H, B, H))})
-    for gone in saved + ["dY (T, B, H)"]:
+    for gone in saved + ["dY (T, B, H)", W_h]:  # the casts' backward runs once no step's matmul holds them
         sim.free(gone)
     sim.alloc("LSTM gradients (float32)", 1, c.P_lstm)
     sim.moment("backward's end: the weights' gradients cast to float32", {
         "the last weight's gradient (autocast's dtype)": (1, H * H * s)})
-    sim.free(W_h)
     return [*sim.moments, a.optimizer(sim)]
 
 
@@ -177,7 +179,7 @@ def _fused(a: _Amp) -> list[_Moment]:
     that dtype after the first step) and weights, its buffers memory_model._fused's in that dtype; backward's
     weight gradients are cast back to float32 at its end."""
     c, lo, s = a.c, a.lo, a.s
-    T, B, H, V = c.T, c.B, c.H, c.V
+    H, V = c.H, c.V
     H4, train = 4 * H, c.train
     casts = _casts({"W_x (V, 4H)": V * H4, "W_h (H, 4H)": H * H4}, s)
     b_cast = _casts({"b (4H,)": H4}, s)
@@ -203,13 +205,11 @@ def _fused(a: _Amp) -> list[_Moment]:
     if not train:
         return moments
     moments += _low_moments(inner, ("backward, ",), casts | a.kept())
-    for k in [*saved, "one-hot input", "outputs y (T, B, H)", "dY (T*B, H), autocast's dtype"]:
-        sim.free(k)
+    for k in [*saved, *casts, "one-hot input", "outputs y (T, B, H)", "dY (T*B, H), autocast's dtype"]:
+        sim.free(k)  # the sequence's backward is done: what it saved goes before the casts' backward runs
     sim.alloc("LSTM gradients (float32)", 1, c.P_lstm)
     moments.append(_Moment("backward's end: the weights' gradients cast to float32", sim.live | {
-        "the last weight's gradient (autocast's dtype)": (1, H * H4 * s)}))
-    for k in casts:
-        sim.free(k)
+        "every weight's gradient (autocast's dtype), the last one's cast pending": (1, c.P_lstm * s // F32)}))
     return moments + [a.optimizer(sim)]
 
 
@@ -218,7 +218,7 @@ def _onednn(a: _Amp) -> list[_Moment]:
     of the four weights (all saved), its buffers memory_model._onednn_bf16's; backward's float32 weight
     gradients pass through the casts' dtype on their way back to float32."""
     c, lo, s = a.c, a.lo, a.s
-    T, B, H, V = c.T, c.B, c.H, c.V
+    H, V = c.H, c.V
     H4, train = 4 * H, c.train
     casts = _casts({"weight_ih (4H, V)": V * H4, "weight_hh (4H, H)": H * H4, "bias_ih, bias_hh (4H,)": 2 * H4}, s)
     acts, inner = mm._onednn_bf16(lo)  # its "one-hot input" is autocast's cast of it
@@ -243,13 +243,11 @@ def _onednn(a: _Amp) -> list[_Moment]:
         return moments
     moments += _low_moments(inner, ("inside mkldnn_rnn_layer_backward",), casts | a.kept())
     for k in ["one-hot input", "outputs (T, B, H)", "h_n, c_n (layer outputs)", "oneDNN workspace", "bias sum",
-              "dY (T*B, H), autocast's dtype"]:
-        sim.free(k)
+              "dY (T*B, H), autocast's dtype", *casts]:
+        sim.free(k)  # mkldnn_rnn_layer's backward is done: what it saved goes before the casts' backward runs
     sim.alloc("LSTM gradients (float32, from oneDNN)", 1, c.P_lstm)
     moments.append(_Moment("backward's end: the weights' gradients through the casts' dtype to float32", sim.live | {
-        "the largest weight's gradient in the casts' dtype, and in float32 again": (1, V * H4 * (s + F32))}))
-    for k in casts:
-        sim.free(k)
+        "the largest weight's gradient in the casts' dtype, and in float32 again": (1, max(V, H) * H4 * (s + F32))}))
     return moments + [a.optimizer(sim)]
 
 
@@ -260,12 +258,12 @@ def count(c: _Counts, lo: _Counts, kernel: str, amp: str) -> tuple[dict[str, Ter
     """What an autocast step saves for backward, and its moments: c the cell in float32 (the parameters' dtype),
     lo the same cell in autocast's dtype."""
     if kernel not in COUNTERS or c.cuda or c.stacked or c.proj or c.config["dropout"]:
-        raise mm.NotModelled(f"autocast is counted for {', '.join(COUNTED.values())} with one layer and direction on a "
-                          f"CPU; not {c.impl} ({kernel}{', CUDA' if c.cuda else ''}"
-                          f"{', layers, directions, a projection or dropout' if c.stacked or c.proj else ''})")
+        raise mm.NotModelled(f"autocast is counted for {', '.join(COUNTED.values())} with one layer and direction on "
+                             f"a CPU; not {c.impl} ({kernel}{', CUDA' if c.cuda else ''}"
+                             f"{', layers, directions, a projection or dropout' if c.stacked or c.proj else ''})")
     if kernel == "oneDNN" and not (amp == "bfloat16" and lo.onednn and c.cpu and c.cpu.onednn_bf16):
-        raise mm.NotModelled(f"autocast {amp} with nn.LSTM is counted where oneDNN runs bfloat16 and its buffers are read "
-                          "off it")
+        raise mm.NotModelled(f"autocast {amp} with nn.LSTM is counted where oneDNN runs bfloat16 and its buffers are "
+                             "read off it")
     for k in ("P", "G", "O", "P_lin"):  # the model is float32
         setattr(lo, k, getattr(c, k))
     a = _Amp(c, lo, scaler=amp == "float16" and c.train)

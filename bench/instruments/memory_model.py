@@ -918,6 +918,10 @@ def _fused(c: _Counts) -> tuple[dict[str, Term], list[_Moment]]:
     if c.impl == "fused_compiled":
         moments.append(_Moment("forward, backward's factors (Inductor's graph, its buffers)", loop | {
             "returned c": (1, c.u), "the graph's buffers (T, B, 4H) and (T, B, H)": (1, 3 * G4 + 3 * c.TBH)}))
+    elif c.impl == "fused":  # eager, at its fullest (K_I's product): F and KC beside four (T, B, H) temporaries
+        moments.append(_Moment("forward, backward's factors (eager, in place)", loop | {
+            "returned c": (1, c.u), "F and KC (T, B, H)": (2, c.TBH),
+            "tanh(c), C~ * I, 1 - I, K_I (T, B, H)": (4, c.TBH)}))
     end_of_forward = _Moment("end of forward (loss computed, before zero_grad)", base | alive | {
         "new state h, c": (2, c.u), "logits": (1, c.TBV), "loss": (1, c.s)})
     # backward: zero_grad freed the gradients; the output layer's exist, the LSTM's come at the end
