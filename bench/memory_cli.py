@@ -11,6 +11,7 @@ import json
 import re
 
 from bench.grid import (
+    AMPS,
     D2L,
     DTYPES,
     MODES,
@@ -148,11 +149,15 @@ def _memory(args: argparse.Namespace) -> int:
     dtype = parse_list(args.dtype, tuple(DTYPES), "--dtype")
     mode = parse_list(args.mode, MODES, "--mode")
     optimizer = parse_list(args.optimizer, OPTIMIZERS, "--optimizer")
-    if len(dtype) != 1 or len(mode) != 1 or len(optimizer) != 1:
-        raise OptionError("--dtype, --mode and --optimizer take one value each")
+    amp = parse_list(args.amp, AMPS, "--amp")
+    if len(dtype) != 1 or len(mode) != 1 or len(optimizer) != 1 or len(amp) != 1:
+        raise OptionError("--dtype, --mode, --optimizer and --amp take one value each")
+    if amp[0] != "none" and dtype[0] != "float32":
+        raise OptionError(f"--amp {amp[0]} runs over float32 parameters; give --dtype float32, not {dtype[0]}")
     device = parse_memory_device(args.device)
     config = parse_config(args, sizes.hidden_size)
-    options = {"device": device, "dtype": dtype[0], "mode": mode[0], "optimizer": optimizer[0], "config": config}
+    options = {"device": device, "dtype": dtype[0], "mode": mode[0], "optimizer": optimizer[0], "config": config,
+               "amp": amp[0]}
     budget = parse_bytes(args.budget) if args.budget is not None else None
     if args.measure:
         from bench.grid import parse_device
@@ -183,7 +188,7 @@ def _memory(args: argparse.Namespace) -> int:
     if args.measure:
         for impl in rows:
             cell = Cell(impl, device, options["dtype"], options["mode"], sizes.batch_size, sizes.hidden_size,
-                        sizes.seq_len, sizes.vocab_size, **config)
+                        sizes.seq_len, sizes.vocab_size, **config, amp=amp[0])
             rows[impl]["measured"] = measure_cell(cell, options["optimizer"])
             if budget is not None:
                 checks = []
@@ -191,7 +196,8 @@ def _memory(args: argparse.Namespace) -> int:
                     if b == 0:
                         continue
                     fits, peak = fits_when_run(Cell(impl, device, options["dtype"], options["mode"], b,
-                                                    sizes.hidden_size, sizes.seq_len, sizes.vocab_size, **config),
+                                                    sizes.hidden_size, sizes.seq_len, sizes.vocab_size, **config,
+                                                    amp=amp[0]),
                                                options["optimizer"], budget)
                     checks.append({"batch_size": b, "fits": fits, "measured_peak_bytes": peak})
                 rows[impl]["budget_check"] = checks
@@ -212,9 +218,10 @@ def render(sizes: Sizes, options: dict, budget: int | None, rows: dict[str, dict
     preds = {name: Prediction(**{k: v for k, v in row["prediction"].items()
                                  if k not in ("model_bytes", "batch_bytes")}) for name, row in rows.items()}
     shown = "".join(f", {key} {value}" for key, value in options["config"].items() if value != CONFIG_DEFAULTS[key])
-    lines = [f"memory of one {options['mode']} step, {options['dtype']} on {options['device']}, B={sizes.batch_size} "
-             f"H={sizes.hidden_size} T={sizes.seq_len} V={sizes.vocab_size}{shown}, optimizer {options['optimizer']} "
-             "(predicted by counting tensors)", ""]
+    autocast = f" under autocast {options['amp']}" if options.get("amp", "none") != "none" else ""
+    lines = [f"memory of one {options['mode']} step, {options['dtype']}{autocast} on {options['device']}, "
+             f"B={sizes.batch_size} H={sizes.hidden_size} T={sizes.seq_len} V={sizes.vocab_size}{shown}, "
+             f"optimizer {options['optimizer']} (predicted by counting tensors)", ""]
 
     table: list[tuple[str, list[str]]] = []  # rows of the table, formatted once every cell is known
 
@@ -284,6 +291,8 @@ def add_parser(sub) -> None:
     memory.add_argument("--dtype", default="float32", help=", ".join(DTYPES))
     memory.add_argument("--mode", default="train", help=", ".join(MODES))
     memory.add_argument("--optimizer", default="sgd", help=", ".join(OPTIMIZERS))
+    memory.add_argument("--amp", default="none", help="none, bfloat16, float16: torch.autocast's dtype over float32 "
+                        "parameters (--dtype float32)")
     memory.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N (CUDA predicts without a GPU)")
     memory.add_argument("--budget", default=None, help="memory to fit in, e.g. 8GiB (B, KiB, MiB, GiB, KB, MB, GB)")
     memory.add_argument("--measure", action="store_true", help="run real steps and print measured beside predicted")

@@ -109,7 +109,7 @@ def test_autocast_within_5_percent_of_measured_peak(impl, B, H, T, amp, mode, op
             predict(cell, optimizer)
         pytest.skip("nn.LSTM under bfloat16 autocast needs oneDNN's bfloat16, which this CPU's oneDNN does not run")
     p = _within_5_percent(cell, optimizer)
-    assert any(note.startswith(f"autocast {amp} over float32 parameters") for note in p.notes)
+    assert p.path.startswith(f"autocast {amp} over float32 parameters")
     assert p.param_bytes == predict(Cell(impl, "cpu", "float32", mode, B, H, T, 28), optimizer).param_bytes
 
 
@@ -277,6 +277,8 @@ def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
     (["--budget", "8 bananas"], "--budget"),
     (["--budget", "1KiB"], "smaller than what the model itself takes"),
     (["--optimizer", "rmsprop"], "--optimizer"),
+    (["--amp", "fp8"], "--amp"),
+    (["--amp", "bfloat16", "--dtype", "bfloat16"], "over float32 parameters"),
 ])
 def test_cli_bad_input_is_one_line_and_exit_2(capsys, argv, says):
     code, out, err = run_cli(capsys, "--device", "cpu", *argv)
@@ -295,6 +297,17 @@ def test_cli_answers_side_by_side_and_as_json(capsys):
     assert code == 0 and row["largest_batch"] == largest_batch("cudnn", 8 * 2**30, Sizes(32, 256, 35, 28),
                                                                   device="cuda")
     assert set(data["fitted"]) == {"cudnn_reserve", "cudnn_workspace"}
+
+
+def test_cli_under_autocast_measures_beside_predicted(capsys):
+    code, out, _ = run_cli(capsys, "--device", "cpu", "--impls", "scratch,fused", "--amp", "bfloat16", "--batch-size",
+                           "5", "--hidden-size", "24", "--seq-len", "10", "--measure", "--json")
+    data = json.loads(out)
+    assert code == 0 and data["amp"] == "bfloat16"
+    for row in data["impls"].values():
+        predicted, measured = row["prediction"]["peak_bytes"], row["measured"]["peak_bytes"]
+        assert abs(predicted - measured) <= TOLERANCE * measured
+        assert row["prediction"]["path"].startswith("autocast bfloat16")
 
 
 def test_predicted_columns_for_the_suite():

@@ -1490,10 +1490,11 @@ def predict_sizes(impl: str, sizes: Sizes, *, device: str = "cpu", dtype: str = 
             raise NotModelled(f"autocast runs over float32 parameters, not {dtype}")
         low = _Counts(impl, sizes, amp, mode, optimizer, cpu=cpu, onednn=onednn, config=config)
         acts, moments = memory_autocast.count(c, low, kernel, amp)
-        notes.append(f"autocast {amp} over float32 parameters; {path_of(kernel, amp, mode, cpu)}")
+        path = f"autocast {amp} over float32 parameters; {path_of(kernel, amp, mode, cpu)}"
     else:
         acts, moments = counter(c)
         moments = c.output_gemms(moments)
+        path = path_of(kernel, dtype, mode, cpu)
     if kernel == "oneDNN" and dtype == "float32":
         fitted.append("onednn_scratchpad_extra")
     elif kernel == "oneDNN" and onednn:
@@ -1531,7 +1532,7 @@ def predict_sizes(impl: str, sizes: Sizes, *, device: str = "cpu", dtype: str = 
     A = _total(acts, cuda)
     return Prediction(
         impl=impl, device=device, dtype=dtype, mode=mode, optimizer=optimizer, batch_size=c.B, hidden_size=c.H,
-        seq_len=c.T, vocab_size=c.V, kernel=kernel, path=path_of(kernel, dtype, mode, cpu), param_bytes=P,
+        seq_len=c.T, vocab_size=c.V, kernel=kernel, path=path, param_bytes=P,
         grad_bytes=G, optimizer_bytes=O, activation_bytes=A, workspace_bytes=peak - library - P - G - O - A,
         library_bytes=library, peak_bytes=peak,
         peak_at=peak_moment.name,
