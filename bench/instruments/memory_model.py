@@ -59,6 +59,7 @@ Where the peak happens (Prediction.peak_at, with what is alive then in Predictio
 With layers, directions, a projection or dropout (nn.LSTM's keywords, Cell.config) the count follows the
 program allocation by allocation (_Step): LSTMImpl.forward_stacked around each implementation's one-layer
 sequence, each layer and direction counted as one layer is (STACKED_COUNTERS), the peak the fullest moment.
+Under torch.autocast (Cell.amp) the counts are bench/instruments/memory_autocast.py's.
 """
 
 from __future__ import annotations
