@@ -55,6 +55,7 @@ def measure_subject(subject: Subject, benchmark, config: pytest.Config, full: bo
     first_ms = time_first_step(subject.step)
     row = {"first_step_ms": first_ms if full else None, "real_tokens": subject.real_tokens,
            "padded_tokens": cell.padded_tokens}
+    subject.settle_scaler()  # float16: the steps its GradScaler skips are not training steps
     warmup_s = warm_up(subject.step)
     row["warmup_steps"] = len(warmup_s)
     if full:

@@ -59,6 +59,11 @@ class PhaseClock:
             times.clear()
 
 
+#: the most steps float16's GradScaler may skip before a cell's step counts (its scale starts at 2**16 and halves
+#: on each skip: 40 reach 2**-24, below which no gradient is representable)
+SCALER_SETTLE_STEPS = 40
+
+
 class Subject:
     """One cell's model, optimizer and fixed minibatch; `step()` runs one step and carries the state.
 
@@ -83,6 +88,7 @@ class Subject:
         self.state = None
         self.loss: Tensor | None = None  # the last step's
         self.clock: PhaseClock | None = None  # timing_phases(): each step's phases into clock.seconds
+        self.skipped = False  # whether float16's GradScaler skipped the last step's update (its gradients overflowed)
 
     @property
     def real_tokens(self) -> int:
@@ -95,12 +101,26 @@ class Subject:
             self.clock.start()
         batch = {"lengths": self.lengths, "amp": self.amp}
         if self.optimizer is not None:
+            scale = self.scaler.get_scale() if self.scaler is not None else None
             self.loss, self.state = train_step(self.runner, self.optimizer, self.X, self.Y, self.state,
                                                clock=self.clock, scaler=self.scaler, **batch)
+            self.skipped = scale is not None and self.scaler.get_scale() < scale  # backed off: no update ran
         else:
             self.loss, self.state = forward_step(self.runner, self.X, self.Y, self.state, clock=self.clock, **batch)
         sync(self.device)
         return self.loss
+
+    def settle_scaler(self, limit: int = SCALER_SETTLE_STEPS) -> int:
+        """Step until float16's GradScaler takes a step (it halves its scale and skips the update on each step
+        whose gradients overflow, from 2**16 at first); returns how many steps that took (0 without a scaler).
+        Until then no update runs: no optimizer state, a shorter step, which is not the training step."""
+        for n in range(limit if self.scaler is not None else 0):
+            self.step()
+            if not self.skipped:
+                return n + 1
+        if self.scaler is not None:
+            raise RuntimeError(f"float16's GradScaler skipped {limit} steps in a row (every gradient overflows)")
+        return 0
 
     def timing_phases(self) -> PhaseClock:
         """From now on each step also times its phases (forward, backward, optimizer) apart."""
@@ -132,12 +152,13 @@ class Subject:
 def settled_subject(cell: Cell, optimizer: str = "sgd") -> Iterator[Subject]:
     """A cell's Subject whose memory has settled, compiled afresh for its shape as the suite compiles every
     cell, released afterwards. Two steps settle every implementation but scripted, whose profiling executor
-    optimizes the graph after its profiling runs (six steps)."""
+    optimizes the graph after its profiling runs (six steps); then float16's GradScaler until it takes a step."""
     torch.compiler.reset()
     subject = Subject(cell, optimizer=optimizer)
     try:
         for _ in range(6 if cell.impl == "scripted" else 2):
             subject.step()
+        subject.settle_scaler()
         yield subject
     finally:
         subject.release()
@@ -402,11 +423,18 @@ def cuda_peak(fn: Callable[[], object], device: torch.device, live: Iterable[Ten
 
 
 def measure_memory(subject: Subject) -> Memory:
-    """Peak memory of one step of subject, on its device."""
-    if subject.device.type == "cuda":
-        return cuda_peak(subject.step, subject.device, subject.live_tensors())
-    start = storage_bytes(subject.live_tensors())
-    return Memory(peak_bytes=start + cpu_peak_above_start(subject.step), start_bytes=start)
+    """Peak memory of one step of subject, on its device: one whose update ran (a step float16's GradScaler
+    skips holds no optimizer temporaries; it is measured again)."""
+    for _ in range(SCALER_SETTLE_STEPS):
+        if subject.device.type == "cuda":
+            memory = cuda_peak(subject.step, subject.device, subject.live_tensors())
+        else:
+            start = storage_bytes(subject.live_tensors())
+            memory = Memory(peak_bytes=start + cpu_peak_above_start(subject.step), start_bytes=start)
+        if not subject.skipped:
+            return memory
+    raise RuntimeError(f"float16's GradScaler skipped {SCALER_SETTLE_STEPS} steps in a row (every gradient "
+                       "overflows): no training step to measure")
 
 
 def nvml_process_used_bytes(device: torch.device) -> tuple[int | None, str | None]:
