@@ -3,9 +3,9 @@
 The rounds of one process do not sample what moves between processes (thread placement, clock
 frequency, memory layout, the neighbours), so a test on them alone is overconfident. Here each side is
 measured in many short fresh processes (`pytest bench/ --benchmark-only` with the grid options), A and B
-alternating in pairs whose order is randomized (Abedi & Brecht, ICPE 2017: randomized multiple
-interleaved trials), and the unit of the statistics is the process: per cell, the paired difference of
-log median step times, d_k = log(B_k) - log(A_k), with a Student t interval over the pairs. Pairs are
+alternating in pairs whose order is randomized in balanced blocks of two (Abedi & Brecht, ICPE 2017:
+randomized multiple interleaved trials), and the unit of the statistics is the process: per cell, the paired
+difference of log median step times, d_k = log(B_k) - log(A_k), with a Student t interval over the pairs. Pairs are
 added until every cell's answer is clear or `--budget-s` is spent (Kalibera & Jones, ISMM 2013: repeat
 at the level whose variance dominates).
 
@@ -152,12 +152,24 @@ def cell_name(key: tuple) -> str:
             f"T{parts['seq_len']}{config}")
 
 
+def pair_order(k: int, rng: random.Random, first_of_block: list[bool]) -> bool:
+    """Whether pair k runs base first: pairs come in blocks of two, the block's first pair's order drawn at random
+    and the second pair the other way round, so a cost that falls on the first (or second) process of a pair
+    whichever side it is (a load decaying, caches the first one warms) cancels in every block instead of
+    landing on one side by chance (an A/A `ab` of three pairs, right after a busy spell, read x1.62, 1.27-2.07:
+    one side's processes were slowed in every pair; its pairs' orders were not kept)."""
+    if k % 2 == 0:
+        first_of_block.append(rng.random() < 0.5)
+    return first_of_block[k // 2] == (k % 2 == 0)
+
+
 def measure(base: Side, new: Side, grid: Sequence[str], *, budget_s: float, threshold: float, min_pairs: int,
             max_pairs: int, max_time_s: float, seed: int, cells_ids: Sequence[str] = (),
             log=print) -> dict[tuple, CellAB]:
-    """Pairs of fresh processes, each pair's order drawn at random, until the answers are clear or the budget
-    is spent. Cells that either side did not measure ok in a pair are left out of that pair."""
-    rng = random.Random(seed)
+    """Pairs of fresh processes in blocks of two opposite orders (pair_order), until the answers are clear after a
+    whole block or the budget is spent. Cells that either side did not measure ok in a pair are left out of that
+    pair."""
+    rng, blocks = random.Random(seed), []
     cells: dict[tuple, CellAB] = {}
     by_impl = base.impls == new.impls  # two revisions: each implementation its own cell; two implementations: one
 
@@ -167,7 +179,7 @@ def measure(base: Side, new: Side, grid: Sequence[str], *, budget_s: float, thre
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="lstm-bench-ab-runs-") as tmp:
         for k in range(max_pairs):
-            order = [base, new] if rng.random() < 0.5 else [new, base]
+            order = [base, new] if pair_order(k, rng, blocks) else [new, base]
             got = {side.label: {same_cell(key): ms for key, ms in trial(
                 side, grid, Path(tmp), f"{side.label}-{k}", max_time_s, cells_ids).items()} for side in order}
             for key in got[base.label].keys() & got[new.label].keys():
@@ -179,7 +191,7 @@ def measure(base: Side, new: Side, grid: Sequence[str], *, budget_s: float, thre
             if not cells:
                 raise ABError("no cell was measured ok by both sides (see their rows: unsupported, error?)")
             per_pair = elapsed / (k + 1)
-            if clear(cells.values(), threshold, min_pairs) or elapsed + per_pair > budget_s:
+            if (k % 2 and clear(cells.values(), threshold, min_pairs)) or elapsed + per_pair > budget_s:
                 break
     return cells
 

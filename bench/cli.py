@@ -430,8 +430,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "(default: 300)")
     ab.add_argument("--threshold", type=positive_float, default=0.10, help="slower beyond x(1 + this), faster "
                     "below its inverse (default: 0.10)")
-    ab.add_argument("--min-pairs", type=positive_int, default=3, help="pairs of processes before any answer "
-                    "(default: 3; at least 2)")
+    ab.add_argument("--min-pairs", type=positive_int, default=4, help="pairs of processes before any answer "
+                    "(default: 4, two blocks of both orders; at least 2)")
     ab.add_argument("--max-pairs", type=positive_int, default=50, help="pairs at most (default: 50)")
     ab.add_argument("--max-time", type=positive_float, default=0.5, help="seconds of timed rounds per cell in "
                     "each process, at least 20 rounds (default: 0.5)")

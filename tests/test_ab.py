@@ -142,3 +142,13 @@ def test_two_revisions_on_the_cells_compare_lists(tmp_path, capsys):
     assert code == 0 and "new (HEAD) / base (HEAD)" in out
     (line,) = [row for row in out.splitlines() if row.startswith("scratch cpu float32 train B2 H4 T3")]
     assert line.split()[-1] in ("unchanged", "inconclusive") and " 2 " in line
+
+
+def test_pairs_come_in_blocks_of_both_orders():
+    """Each block of two pairs runs base first once and new first once, the block's first order drawn at random;
+    so does the stopping rule: it answers only after whole blocks."""
+    rng, blocks = random.Random(3), []
+    orders = [ab.pair_order(k, rng, blocks) for k in range(40)]
+    assert all(orders[k] != orders[k + 1] for k in range(0, 40, 2))
+    firsts = orders[::2]
+    assert 0 < sum(firsts) < len(firsts)  # the first order of a block is drawn, not fixed
