@@ -189,7 +189,10 @@ def _memory(args: argparse.Namespace) -> int:
         for impl in rows:
             cell = Cell(impl, device, options["dtype"], options["mode"], sizes.batch_size, sizes.hidden_size,
                         sizes.seq_len, sizes.vocab_size, **config, amp=amp[0])
-            rows[impl]["measured"] = measure_cell(cell, options["optimizer"])
+            try:
+                rows[impl]["measured"] = measure_cell(cell, options["optimizer"])
+            except RuntimeError as exc:  # a step that cannot be measured (float16's scaler skipping every update)
+                raise OptionError(f"--measure {impl}: {exc}") from None
             if budget is not None:
                 checks = []
                 for b in (rows[impl]["largest_batch"], rows[impl]["largest_batch"] + 1):

@@ -62,6 +62,8 @@ class PhaseClock:
 #: the most steps float16's GradScaler may skip before a cell's step counts (its scale starts at 2**16 and halves
 #: on each skip: 40 reach 2**-24, below which no gradient is representable)
 SCALER_SETTLE_STEPS = 40
+#: how many steps the memory pass measures before it gives up finding one whose update ran (float16)
+MEMORY_ATTEMPTS = 5
 
 
 class Subject:
@@ -425,7 +427,7 @@ def cuda_peak(fn: Callable[[], object], device: torch.device, live: Iterable[Ten
 def measure_memory(subject: Subject) -> Memory:
     """Peak memory of one step of subject, on its device: one whose update ran (a step float16's GradScaler
     skips holds no optimizer temporaries; it is measured again)."""
-    for _ in range(SCALER_SETTLE_STEPS):
+    for _ in range(MEMORY_ATTEMPTS):
         if subject.device.type == "cuda":
             memory = cuda_peak(subject.step, subject.device, subject.live_tensors())
         else:
@@ -433,8 +435,8 @@ def measure_memory(subject: Subject) -> Memory:
             memory = Memory(peak_bytes=start + cpu_peak_above_start(subject.step), start_bytes=start)
         if not subject.skipped:
             return memory
-    raise RuntimeError(f"float16's GradScaler skipped {SCALER_SETTLE_STEPS} steps in a row (every gradient "
-                       "overflows): no training step to measure")
+    raise RuntimeError(f"float16's GradScaler skipped the update of {MEMORY_ATTEMPTS} measured steps in a row (the "
+                       "gradients overflow: has the model diverged?): no training step to measure")
 
 
 def nvml_process_used_bytes(device: torch.device) -> tuple[int | None, str | None]:
