@@ -99,7 +99,7 @@ AMP_GRID = [
                                "momentum"), (2, 160, 9, "train", "sgd"), (8, 384, 12, "train", "adam"),
                                (5, 24, 10, "forward", "sgd")]
     if impl != "cudnn" or amp == "bfloat16"
-]
+] + [("fused_compiled", 3, 6, 5, amp, "train", "sgd") for amp in ("bfloat16", "float16")]  # conftest's TINY
 
 
 @pytest.mark.parametrize("impl,B,H,T,amp,mode,optimizer", AMP_GRID, ids=["-".join(map(str, c)) for c in AMP_GRID])
@@ -226,7 +226,7 @@ def test_configurations_the_model_does_not_count_say_so():
     for cell, says in [(Cell("scripted", "cpu", "float32", "train", 5, 24, 6, 28), "T = 8"),
                        (Cell("scripted", "cpu", "float32", "train", 5, 24, 6, 28, num_layers=2), "T = 8"),
                        (Cell("compiled", "cpu", "float32", "train", 5, 24, 10, 28, amp="bfloat16"),
-                        "autocast is counted for scratch, fused, cudnn"),
+                        "autocast is counted for scratch, fused, fused_compiled, cudnn"),
                        (Cell("scratch", "cpu", "float32", "train", 5, 24, 10, 28, num_layers=2, amp="bfloat16"),
                         "layers, directions"),
                        (Cell("cudnn", "cpu", "float32", "train", 5, 24, 10, 28, amp="float16"), "float16 with nn.LSTM"),
