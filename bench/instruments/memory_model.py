@@ -1496,15 +1496,16 @@ def predict_sizes(impl: str, sizes: Sizes, *, device: str = "cpu", dtype: str = 
         acts, moments = counter(c)
         moments = c.output_gemms(moments)
         path = path_of(kernel, dtype, mode, cpu)
-    if kernel == "oneDNN" and dtype == "float32":
+    compute = amp if amp != "none" else dtype  # what the LSTM and the GEMMs run in: under autocast, its dtype
+    if kernel == "oneDNN" and compute == "float32":
         fitted.append("onednn_scratchpad_extra")
     elif kernel == "oneDNN" and onednn:
-        notes.append(f"oneDNN's own {dtype} buffers (reordered weights, GEMM buffers, scratchpad): {onednn.source}")
+        notes.append(f"oneDNN's own {compute} buffers (reordered weights, GEMM buffers, scratchpad): {onednn.source}")
     elif kernel == "oneDNN":
         fitted.append("onednn_scratchpad_extra")
-        notes.append(f"oneDNN's own {dtype} buffers estimated with the float32 rules: not read off oneDNN for "
+        notes.append(f"oneDNN's own {compute} buffers estimated with the float32 rules: not read off oneDNN for "
                      "this CPU")
-    if not cuda and dtype == "bfloat16" and cpu.native_bf16 and kernel != "oneDNN":
+    if not cuda and compute == "bfloat16" and cpu.native_bf16 and kernel != "oneDNN":
         notes.append("bfloat16 GEMMs' scratchpads " + (onednn.source if onednn else "not counted: not read off "
                                                       "oneDNN for this CPU"))
     if kernel == "Inductor" and mode == "train" and not torch.__version__.startswith(INDUCTOR_COUNTED_ON):
