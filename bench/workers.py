@@ -44,10 +44,13 @@ from .results import (
     write_rows,
 )
 
-#: a worker's share of a run's MIN_ROUNDS is at least this many rounds
-MIN_WORKER_ROUNDS = 5
-#: pytest-benchmark's --benchmark-max-time default (seconds of rounds per cell), split the same way
+#: pytest-benchmark's --benchmark-max-time default (seconds of rounds per cell), split between the workers
 RUN_MAX_TIME_S = 1.0
+#: but a worker times at least this many rounds and seconds of rounds per cell: with a third of 20 rounds (7), a
+#: process's median relative step had a sampling error of 3-4% of its own at H 512 (bootstrap over its rounds),
+#: as large as the whole spread between processes there; 10 rounds and 0.5 s cost about a minute per default run
+MIN_WORKER_ROUNDS = 10
+MIN_WORKER_TIME_S = 0.5
 
 
 def worker_dir(run_dir: Path, k: int) -> Path:
@@ -61,7 +64,7 @@ def rounds_options(count: int, given: list[str]) -> list[str]:
     if not any(a.startswith("--benchmark-min-rounds") for a in given):
         options.append(f"--benchmark-min-rounds={max(MIN_WORKER_ROUNDS, math.ceil(MIN_ROUNDS / count))}")
     if not any(a.startswith("--benchmark-max-time") for a in given):
-        options.append(f"--benchmark-max-time={RUN_MAX_TIME_S / count:g}")
+        options.append(f"--benchmark-max-time={max(MIN_WORKER_TIME_S, RUN_MAX_TIME_S / count):g}")
     return options
 
 
