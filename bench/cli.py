@@ -14,6 +14,7 @@ from bench.d2l.data import DEFAULT_MAX_TOKENS, DataError
 from bench.grid import (
     ACCURACY_SEQ_LENS,
     D2L,
+    DEFAULT_MAX_PROCESSES,
     DEFAULT_PROCESSES,
     FULL_LENGTHS,
     MAX_SIZE,
@@ -147,6 +148,12 @@ def _run(args: argparse.Namespace) -> int:
     if ranks and raw["shard"]:
         raise OptionError("--shard is taken from RANK/WORLD_SIZE under torchrun; give one or the other")
     options = parse_options(lambda name: raw[name])
+    processes = 1 if ranks else (args.processes or DEFAULT_PROCESSES[torch_device_type(options.device)])
+    if args.max_processes is not None and args.max_processes < processes:
+        raise OptionError(f"--max-processes {args.max_processes} is below the {processes} processes the run starts")
+    # --processes N alone: N; neither: the default's first processes, then up to the default's most
+    default_max = processes if args.processes else DEFAULT_MAX_PROCESSES[torch_device_type(options.device)]
+    max_processes = args.max_processes or max(processes, default_max)
     raw["run-id"] = raw["run-id"] or new_run_id()
     run_dir = Path(raw["results-dir"]) / raw["run-id"]
     if ranks:  # this process measures its shard in a directory of its own; rank 0 merges at the end
@@ -163,13 +170,12 @@ def _run(args: argparse.Namespace) -> int:
             "--benchmark-columns=median,iqr,min,rounds", "--benchmark-sort=name"]
     grid_argv = [f"--{name}={value}" for name, value in raw.items() if value is not None]
     grid_argv += ["--tf32"] if args.tf32 else []
-    processes = 1 if ranks else (args.processes or DEFAULT_PROCESSES[torch_device_type(options.device)])
     started = time.perf_counter()
     if processes > 1:  # fresh worker processes, one after another (bench/workers.py)
         from bench.workers import run_workers
 
         where = [a for a in grid_argv if not a.startswith(("--results-dir=", "--run-id="))]
-        code = run_workers(run_dir, processes, argv + where + args.pytest_args)
+        code = run_workers(run_dir, processes, argv + where + args.pytest_args, max_count=max_processes)
     else:  # this process measures (under torchrun: each rank its shard)
         code = pytest.main(argv + grid_argv + args.pytest_args)
     if ranks:
@@ -389,6 +395,11 @@ def build_parser() -> argparse.ArgumentParser:
                      help="fresh processes that each time every cell, one after another, cells in a random order "
                           "of their own; a row's time is the median of theirs, with their spread (default: "
                           f"{DEFAULT_PROCESSES['cpu']}; 1 measures in this process; under torchrun 1 per rank)")
+    run.add_argument("--max-processes", type=positive_int, default=None,
+                     help="then more processes, one at a time, each timing only the cells whose processes have not "
+                          "settled (about 2 standard errors of their typical figure within 2.5%%), up to this many "
+                          f"in all (default: {DEFAULT_MAX_PROCESSES['cpu']}; with --processes N alone: N, none "
+                          "added)")
     run.set_defaults(func=_run)
 
     check = sub.add_parser("check", help="each implementation's max abs error against nn.LSTM (float64)")

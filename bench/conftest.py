@@ -176,7 +176,7 @@ class Recorder:
             if state["worker"][1] > 1:  # one of `lstm-bench run`'s workers: the run's own CSV has the row too
                 from bench.workers import combine
 
-                combine(state["run_dir"].parent.parent, state["worker"][1])
+                combine(state["run_dir"].parent.parent)
         except OutputError as exc:
             stop(self.config, exc)
 

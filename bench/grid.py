@@ -21,6 +21,9 @@ DEFAULT_GRID = {
 #: threads when --threads is not given (None: torch's own choice). One thread on a CPU, as torch.utils.benchmark
 #: does: a second thread on a shared 2-core machine made the same cell's median move 1.65x between runs.
 DEFAULT_PROCESSES = {"cpu": 3, "cuda": 3}
+#: and at most this many in all: past the first ones, `lstm-bench run` adds a process at a time for the cells whose
+#: processes have not settled (bench/workers.py SETTLED_WITHIN), timing those only (`--max-processes`)
+DEFAULT_MAX_PROCESSES = {"cpu": 5, "cuda": 5}
 #: timed rounds per cell at least, however long a step (pytest-benchmark's 5 says little about a spread): in one
 #: process, or split between a run's processes; --benchmark-min-rounds=N sets another, per process
 MIN_ROUNDS = 20

@@ -197,6 +197,9 @@ CASES: dict[str, list[tuple[list[str], str]]] = {
         (["run", "--results-dir", "{runs}", *TINY_GRID, "--mode", "backward"], "--mode"),
         (["run", "--results-dir", "{runs}", *TINY_GRID, "--seq-len", "-3"], "--seq-len"),
         (["run", "--results-dir", "{runs}", "--no-such-option"], "unrecognized arguments"),
+        (["run", "--results-dir", "{runs}", *TINY_GRID, "--processes", "3", "--max-processes", "2"],
+         "--max-processes"),
+        (["run", "--results-dir", "{runs}", *TINY_GRID, "--max-processes", "0"], "--max-processes"),
     ],
     "ddp": grid_cases("ddp") + [
         (["ddp", "--results-dir", "{runs}", *TINY_GRID, "--world-sizes", value], "--world-sizes")
@@ -375,7 +378,7 @@ def test_a_resumed_run_sets_the_torn_row_aside_and_measures_its_cell(tmp_path):
     """End to end: the real suite, a torn last row, the same command again."""
     argv = [sys.executable, "-m", "bench.cli", "run", "--device", "cpu", "--impls", "scratch", "--batch-sizes", "2,3",
             "--hidden-sizes", "4", "--seq-len", "3", "--results-dir", str(tmp_path), "--run-id", "r",
-            "--benchmark-max-time=0.001", "--benchmark-min-rounds=3"]
+            "--benchmark-max-time=0.001", "--benchmark-min-rounds=3", "--max-processes", "3"]
     first = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert first.returncode == 0, first.stdout[-2000:] + first.stderr[-2000:]
     worker = tmp_path / "r" / "processes" / "0"  # the rows are written one by one in the worker processes' files

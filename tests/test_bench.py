@@ -192,7 +192,8 @@ def run_cli(tmp_path, *args, run_id="r", timeout=600):
 def test_run_writes_ok_oom_error_and_unsupported_rows_and_goes_on(tmp_path):
     proc = run_cli(tmp_path, "--impls", "scratch,broken_impl:BrokenLSTM,broken_impl:CudaOnlyLSTM,cudnn",
                    "--batch-sizes", "2", "--hidden-sizes", "8,1048576", "--seq-len", "4", "--device", "cpu",
-                   "--benchmark-min-rounds=40", "--benchmark-max-time=0.02")  # pytest-benchmark options pass
+                   "--benchmark-min-rounds=40", "--benchmark-max-time=0.02",  # pytest-benchmark options pass
+                   "--max-processes", "3")  # exactly the first three: none added for cells that have not settled
     assert proc.returncode == 1, proc.stdout[-3000:] + proc.stderr[-3000:]  # the broken cells fail the run
     run_dir = tmp_path / "r"
     df = pd.read_csv(run_dir / "measurements.csv")
@@ -357,15 +358,60 @@ def test_rounds_default_to_twenty_without_gc_and_a_user_can_lower_them(tmp_path)
     assert row.relative_step_median == pytest.approx(float(np.median(relative)))
     assert row.warmup_steps >= 3 and pd.notna(row.startup_ms) and pd.notna(row.first_step_ms)
     assert row.description.endswith("ran: eager ATen ops") and row.library_bytes == 0 and pd.isna(row.notes)
-    lowered = run_cli(tmp_path, *grid, "--benchmark-min-rounds=3", "--threads", "2", run_id="lowered")
+    lowered = run_cli(tmp_path, *grid, "--benchmark-min-rounds=3", "--threads", "2", "--max-processes", "3",
+                      run_id="lowered")
     assert lowered.returncode == 0, lowered.stdout[-3000:]
     row = pd.read_csv(tmp_path / "lowered" / "measurements.csv").iloc[0]
     assert row.rounds == 3 * 3 and row.threads == 2  # 3 a process, 3 processes
-    # by default a run's 20 rounds are split between its processes, 7 each
+    # by default a run's 20 rounds are split between its processes, but each times at least 10; 3 processes, and up
+    # to 5 where they have not settled
     split = run_cli(tmp_path, *grid, run_id="split")
     assert split.returncode == 0, split.stdout[-3000:]
     row = pd.read_csv(tmp_path / "split" / "measurements.csv").iloc[0]
-    assert row.rounds == 21 and row.processes == 3 and row.threads == 1  # one thread: the CPU default
+    assert 3 <= row.processes <= 5 and row.rounds == 10 * row.processes and row.threads == 1  # one thread on a CPU
+
+
+def test_a_cell_settles_when_its_processes_pin_their_typical_figure():
+    from bench.workers import SETTLED_WITHIN, settled
+
+    assert settled([10.0, 10.1, 9.9]) and settled([10.0] * 2)
+    assert not settled([8.4, 8.8, 11.4])  # bimodal processes, as a fused_compiled cell measured: a median of 3 jumps
+    assert not settled([10.0])  # one process pins nothing
+    # two standard errors at the edge: sd of the logs s, 2 s / sqrt(n) against SETTLED_WITHIN
+    for n in (3, 5):
+        z = np.linspace(-1, 1, n) / np.std(np.linspace(-1, 1, n), ddof=1)  # sample sd 1
+        sd = SETTLED_WITHIN * np.sqrt(n) / 2  # the widest spread that settles
+        assert settled(list(np.exp(0.99 * sd * z))) and not settled(list(np.exp(1.01 * sd * z)))
+
+
+def test_a_run_adds_processes_for_the_cells_that_have_not_settled(tmp_path):
+    """Two processes time both cells; one cell's processes are made to disagree by 2x and the other's to agree
+    exactly; the same run resumed with --max-processes 3 starts a third process that times only the first."""
+    from bench.results import read_records, write_rows
+
+    grid = ["--impls", "scratch", "--batch-sizes", "2,3", "--hidden-sizes", "4", "--seq-len", "3", "--device", "cpu",
+            "--benchmark-max-time=0.001", "--benchmark-min-rounds=3", "--processes", "2"]
+    assert run_cli(tmp_path, *grid).returncode == 0
+    rows = {}
+    for k in (0, 1):
+        header, records, _ = read_records(tmp_path / "r" / "processes" / str(k) / "measurements.csv")
+        rows[k] = [dict(zip(header, r)) for r in records]
+    first = {row["batch_size"]: row for row in rows[0]}
+    for second in rows[1]:  # in worker 1's own order
+        factor = 2.0 if second["batch_size"] == "2" else 1.0
+        for column in ("step_ms_median", "relative_step_median"):
+            second[column] = repr(float(first[second["batch_size"]][column]) * factor)
+    write_rows(tmp_path / "r" / "processes" / "1" / "measurements.csv", rows[1])
+    again = run_cli(tmp_path, *grid, "--max-processes", "3")
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    assert "process 3 (of at most 3): times only the 1 cells whose processes have not settled" in again.stdout
+    third = pd.read_csv(tmp_path / "r" / "processes" / "2" / "measurements.csv")
+    assert list(third.batch_size) == [2] and (third.status == "ok").all()
+    df = pd.read_csv(tmp_path / "r" / "measurements.csv").set_index("batch_size")
+    assert df.loc[2, "processes"] == 3 and df.loc[3, "processes"] == 2
+    assert len(df.loc[2, "relative_step_processes"].split(";")) == 3
+    how = json.loads((tmp_path / "r" / "environment.json").read_text())["processes"]
+    assert how["count"] == 2 and how["max_count"] == 3 and how["finished"] == 3 and how["extra_cells"] == {"2": 1}
 
 
 def test_startup_is_the_first_call_and_warm_up_beyond_steady_steps():

@@ -425,8 +425,9 @@ def test_the_nightly_workflow_gates_on_a_repeated_regression():
     assert {"self-hosted", "gpu"} <= set(job["runs-on"])
     steps = {step.get("id"): step for step in job["steps"] if step.get("id")}
     text = _runs(job)
-    for needed in ("pytest tests/", "bench.cli run --device cuda", "--processes 3", "lstm-bench compare",
-                   "--rerun-list", "GITHUB_STEP_SUMMARY", "bench.cli report", "actions/upload-artifact"):
+    for needed in ("pytest tests/", "bench.cli run --device cuda", "--processes 3 --max-processes 5",
+                   "lstm-bench compare", "--rerun-list", "GITHUB_STEP_SUMMARY", "bench.cli report",
+                   "actions/upload-artifact"):
         assert needed in text, needed
     assert steps["baseline"]["uses"].startswith("dawidd6/action-download-artifact@")
     assert steps["baseline"]["with"]["workflow_conclusion"] == "success"

@@ -540,7 +540,11 @@ def _env_value(value) -> str:
     """An environment field in words: lists joined, mappings as NAME=value, an empty one as none."""
     if isinstance(value, dict) and "load_average_start" in value:  # how a run in worker processes was made
         load = [", ".join(f"{x:.2f}" for x in value[k]) for k in ("load_average_start", "load_average_end")]
-        return (f"{value['finished']} of {value['count']} fresh processes, one after another, in "
+        extra = value.get("extra_cells") or {}  # worker -> cells it timed, past the first count
+        more = (f", then {len(extra)} more timing only the cells whose processes had not settled "
+                f"({', '.join(map(str, extra.values()))} cells)" if extra else "")
+        done = min(value["finished"], value["count"])
+        return (f"{done} of {value['count']} fresh processes timing every cell{more}, one after another, in "
                 f"{value['wall_s']:.0f} s; load average (1, 5, 15 min) {load[0]} before, {load[1]} after")
     if isinstance(value, dict):
         return ", ".join(f"{k}={v}" for k, v in value.items()) or "none"
