@@ -49,7 +49,7 @@ from .results import (
 RUN_MAX_TIME_S = 1.0
 #: but a worker times at least this many rounds and seconds of rounds per cell: with a third of 20 rounds (7), a
 #: process's median relative step had a sampling error of 3-4% of its own at H 512 (bootstrap over its rounds),
-#: as large as the whole spread between processes there; 10 rounds and 0.5 s cost about a minute per default run
+#: as large as the whole spread between processes there (three default runs with 10 and 0.5 s: 669-690 s)
 MIN_WORKER_ROUNDS = 10
 MIN_WORKER_TIME_S = 0.5
 
@@ -111,9 +111,10 @@ def run_workers(run_dir: Path, count: int, suite_argv: list[str], log=print, max
 
 #: a cell has settled when about two standard errors of its processes' typical figure (2 sd / sqrt(n), the sd of
 #: their logs) are within this fraction of it: until then `lstm-bench run` adds a process that times such cells
-#: only, up to --max-processes. Three runs' medians of 3 processes each agreed within 5% in 43 of 54 cells; the
-#: cells that missed had processes 5-30% apart (a bimodal fused_compiled cell: 8.4-11.4 relative), where a
-#: median of three lands on either mode.
+#: only, up to --max-processes. Three default runs' medians of 3 processes each agreed within 5% in 43 of 54 cells;
+#: the cells that missed had processes 5-30% apart (a bimodal fused_compiled cell: 8.4-11.4 relative), where a
+#: median of three lands on either mode. With up to 5 (2 more, timing 15-30 cells each) three runs agreed within
+#: 5% in 50 of 54, the worst at x1.079 (was x1.133), for 114-215 s more a run.
 SETTLED_WITHIN = 0.025
 SUITE_FILE = "test_suite.py"
 
