@@ -49,7 +49,7 @@ from .results import (
 RUN_MAX_TIME_S = 1.0
 #: but a worker times at least this many rounds and seconds of rounds per cell: with a third of 20 rounds (7), a
 #: process's median relative step had a sampling error of 3-4% of its own at H 512 (bootstrap over its rounds),
-#: as large as the whole spread between processes there (three default runs with 10 and 0.5 s: 669-690 s)
+#: as large as the whole spread between processes there (three default runs with 10 and 0.5 s: 664-684 s)
 MIN_WORKER_ROUNDS = 10
 MIN_WORKER_TIME_S = 0.5
 
