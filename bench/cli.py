@@ -152,8 +152,8 @@ def _run(args: argparse.Namespace) -> int:
     if args.max_processes is not None and args.max_processes < processes:
         raise OptionError(f"--max-processes {args.max_processes} is below the {processes} processes the run starts")
     # --processes N alone: N; neither: the default's first processes, then up to the default's most
-    default_max = processes if args.processes else DEFAULT_MAX_PROCESSES[torch_device_type(options.device)]
-    max_processes = args.max_processes or max(processes, default_max)
+    max_processes = args.max_processes or (processes if args.processes
+                                           else DEFAULT_MAX_PROCESSES[torch_device_type(options.device)])
     raw["run-id"] = raw["run-id"] or new_run_id()
     run_dir = Path(raw["results-dir"]) / raw["run-id"]
     if ranks:  # this process measures its shard in a directory of its own; rank 0 merges at the end

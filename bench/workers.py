@@ -36,6 +36,7 @@ from .results import (
     GRID_NAME,
     PROCESSES_DIR,
     cell_text,
+    process_medians,
     read_json,
     read_records,
     read_rounds,
@@ -134,8 +135,8 @@ def unsettled(run_dir: Path) -> list[str]:
     for row in (dict(zip(header, r)) for r in records):
         if row.get("status") != "ok":
             continue
-        values = row.get("relative_step_processes") or row.get("step_ms_processes") or ""
-        if not settled([float(v) for v in values.split(";") if v]):
+        if not settled(process_medians(row.get("relative_step_processes"))
+                       or process_medians(row.get("step_ms_processes"))):
             ids.append(Cell.from_row(row).id)
     return ids
 
