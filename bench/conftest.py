@@ -12,6 +12,7 @@ import torch
 import lstm_impls
 from bench.grid import MIN_ROUNDS, OPTIONS, OptionError, parse_options, parse_worker
 from bench.instruments.env import environment, pin_tf32
+from bench.instruments.malloc import set_malloc
 from bench.instruments.measure import start_runtimes
 from bench.results import (
     CSV_NAME,
@@ -96,8 +97,9 @@ def pytest_configure(config: pytest.Config) -> None:
     pin_tf32(config.getoption("tf32"))
     if options.threads:
         torch.set_num_threads(options.threads)  # before the environment records torch_threads
+    malloc = set_malloc(options.malloc)  # before any cell: the allocator's state then depends on no earlier one
     config.stash[_STATE] = {"options": options, "run_id": run_id, "run_dir": run_dir, "cells": cells,
-                            "todo": todo, "env": environment(options.device), "healed": healed,
+                            "todo": todo, "env": environment(options.device) | {"malloc": malloc}, "healed": healed,
                             "worker": worker}
     try:
         write_json(grid_path, sorted(set(asked) | {c.id for c in cells}), indent=0)

@@ -10,6 +10,7 @@ from dataclasses import asdict, dataclass
 import torch
 
 import lstm_impls
+from bench.instruments.malloc import POLICIES as MALLOC_POLICIES
 from lstm_impls.base import CONFIG_DEFAULTS
 
 # The default grid: small on a CPU; DeepBench-like on a GPU (hidden 256-2048, batch 16-128).
@@ -273,6 +274,13 @@ def parse_list(text: str, choices: tuple[str, ...], what: str) -> tuple[str, ...
     return tuple(dict.fromkeys(items))
 
 
+def parse_choice(text: str, choices: tuple[str, ...], what: str) -> str:
+    """One of choices; OptionError names the valid ones."""
+    if text.strip() not in choices:
+        raise OptionError(f"{what} {text!r} is not valid; choose one of {', '.join(choices)}")
+    return text.strip()
+
+
 def parse_sizes(text: str, what: str) -> tuple[int, ...]:
     """A comma list of positive ints; OptionError otherwise."""
     try:
@@ -405,6 +413,7 @@ class Options:
     batch_first: tuple[bool, ...] = (False,)
     lengths: tuple[str, ...] = (FULL_LENGTHS,)
     amps: tuple[str, ...] = ("none",)
+    malloc: str = MALLOC_POLICIES[0]  # the C allocator's policy while cells are timed (bench/instruments/malloc.py)
 
     def grid(self) -> list[Cell]:
         """Every combination, in a stable order; the implementations of one shape run one after another.
@@ -450,6 +459,9 @@ OPTIONS = {
             "parameters (a GradScaler with float16); applies to the float32 cells"),
     "threads": (None, "torch's CPU threads (default: 1 on a CPU, torch's own on CUDA); on a shared machine 1 keeps "
                 "multi-threaded GEMMs from stalling when another process takes a core"),
+    "malloc": (MALLOC_POLICIES[0], "the C allocator while cells are timed: steady (glibc keeps freed memory for reuse: "
+               "no mmap, no trim, so a step does not fault its pages in anew and a cell's time does not depend on the "
+               "cells before it) or default (glibc's own thresholds, which move with what the process freed)"),
 }
 
 
@@ -482,4 +494,5 @@ def parse_options(get) -> Options:
         batch_first=parse_bools(get("batch-first") or "false", "--batch-first"),
         lengths=parse_length_specs(get("lengths") or FULL_LENGTHS),
         amps=parse_list(get("amp") or "none", AMPS, "--amp"),
+        malloc=parse_choice(get("malloc") or MALLOC_POLICIES[0], MALLOC_POLICIES, "--malloc"),
     )

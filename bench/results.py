@@ -364,8 +364,9 @@ def write_json(path: Path, data, indent: int | None = 1) -> None:
 
 #: environment fields that must agree for two runs' rows to be read side by side (compared or merged),
 #: or the difference measures the setup rather than the code
-ENV_KEYS = ("device", "gpu_name", "torch", "cuda", "cpu_capability")  # ATen's vector kernels and oneDNN's by ISA
-RECORDED_LATER = ("cpu_capability",)  # compared only where both runs recorded it
+#: cpu_capability: ATen's vector kernels and oneDNN's by ISA; malloc: the C allocator (bench/instruments/malloc.py)
+ENV_KEYS = ("device", "gpu_name", "torch", "cuda", "cpu_capability", "malloc")
+RECORDED_LATER = ("cpu_capability", "malloc")  # compared only where both runs recorded it
 
 
 def environment_differences(baseline: dict, new: dict) -> dict[str, tuple]:

@@ -138,7 +138,7 @@ GRID_OPTIONS = [("--batch-sizes", SIZES[:-1]), ("--hidden-sizes", SIZES[:-1]), (
                 ("--num-layers", ["0", "x"]), ("--bidirectional", ["yes", "maybe"]), ("--proj-size", ["-1", "x"]),
                 ("--dropout", ["1", "-0.1", "x"]), ("--batch-first", ["2"]),
                 ("--lengths", ["uniform:0", "uniform:1.5", "uniform:", "normal:0.5", "full,x"]),
-                ("--amp", ["float8", "float32", "bfloat16,x"])]
+                ("--amp", ["float8", "float32", "bfloat16,x"]), ("--malloc", ["jemalloc", "steady,default"])]
 
 
 def at(place: str) -> str:

@@ -17,6 +17,7 @@ import torch
 from bench.cli import main
 from bench.grid import COLUMNS, Cell
 from bench.instruments.flops import count_flops, step_flops
+from bench.instruments.malloc import STEADY_TEXT, steady_unavailable
 from bench.instruments.measure import (
     Subject,
     breakdown,
@@ -245,6 +246,7 @@ def test_run_writes_ok_oom_error_and_unsupported_rows_and_goes_on(tmp_path):
         assert recorded["onednn_bf16"] == torch.ops.mkldnn._is_mkldnn_bf16_supported()
         assert recorded["onednn_version"] and recorded["blas"] and recorded["bf16_path"]
         assert "dispatch_env" in recorded and recorded["torch_threads"] >= 1
+        assert recorded["malloc"] == (f"default ({steady_unavailable()})" if steady_unavailable() else STEADY_TEXT)
 
 
 def test_environment_names_the_dispatch_variables_that_are_set():

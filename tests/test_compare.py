@@ -23,7 +23,8 @@ from bench.results import JSON_NAME, CsvRecorder, load_run, write_environment
 ROOT = Path(__file__).resolve().parents[1]
 WORKFLOWS = ROOT / ".github" / "workflows"
 ENV = {"device": "cuda", "gpu_name": "NVIDIA H100 80GB HBM3", "torch": "2.13.0+cu128", "cuda": "12.8",
-       "cpu_capability": "AVX512", "git_commit": "abc", "time_utc": "2026-11-28T00:00:00+00:00"}
+       "cpu_capability": "AVX512", "malloc": "glibc steady", "git_commit": "abc",
+       "time_utc": "2026-11-28T00:00:00+00:00"}
 MiB = 1 << 20
 
 
@@ -330,7 +331,8 @@ def test_match_impl_within_one_run_compares_only_the_two_implementations(tmp_pat
 
 
 @pytest.mark.parametrize("key, value", [("torch", "2.14.0+cu128"), ("gpu_name", "NVIDIA A100-SXM4-40GB"),
-                                        ("cuda", "13.0"), ("device", "cpu"), ("cpu_capability", "AVX2")])
+                                        ("cuda", "13.0"), ("device", "cpu"), ("cpu_capability", "AVX2"),
+                                        ("malloc", "default")])
 def test_runs_from_different_environments_are_refused(tmp_path, capsys, key, value):
     base = make_run(tmp_path / "base", {A: {}}, seed=12)
     new = make_run(tmp_path / "new", {A: {}}, env=ENV | {key: value}, seed=13)
@@ -346,8 +348,9 @@ def test_same_environment_on_another_device_index_is_accepted():
     assert environment_differences(ENV, ENV | {"device": "cuda:0", "git_commit": "def"}) == {}
 
 
-def test_a_run_made_before_the_cpu_capability_was_recorded_is_not_refused_for_it():
-    older = {k: v for k, v in ENV.items() if k != "cpu_capability"}
+@pytest.mark.parametrize("key", ["cpu_capability", "malloc"])
+def test_a_run_made_before_a_key_was_recorded_is_not_refused_for_it(key):
+    older = {k: v for k, v in ENV.items() if k != key}
     assert environment_differences(older, ENV) == {} == environment_differences(ENV, older)
 
 

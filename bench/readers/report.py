@@ -560,7 +560,7 @@ def _environment(combined: Combined) -> str:
               ("parallel_backend", "parallel backend"), ("cpu_capability", "CPU capability (ATen)"),
               ("cpu_flags", "ISA features"), ("onednn_version", "oneDNN"), ("onednn_bf16", "oneDNN bfloat16"),
               ("onednn_fp16", "oneDNN float16"), ("bf16_path", "bfloat16 runs on"), ("blas", "BLAS"),
-              ("dispatch_env", "dispatch and thread variables set"),
+              ("dispatch_env", "dispatch and thread variables set"), ("malloc", "C allocator"),
               ("torch", "torch"), ("cuda", "CUDA"), ("cudnn", "cuDNN"), ("onednn", "oneDNN available"),
               ("tf32_matmul", "TF32 matmul"), ("tf32_cudnn", "TF32 cuDNN"),
               ("python", "Python"), ("git_commit", "commit"), ("time_utc", "time (UTC)"),
