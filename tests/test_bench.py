@@ -24,6 +24,7 @@ from bench.instruments.measure import (
     cpu_peak_above_start,
     fresh_compile_caches,
     measure_memory,
+    relative_rounds,
     saved_activation_bytes,
     startup_ms,
 )
@@ -225,11 +226,18 @@ def test_run_writes_ok_oom_error_and_unsupported_rows_and_goes_on(tmp_path):
     # the memory model's prediction stands beside each measurement (5%: tests/test_memory_model.py holds it)
     assert ((ok.predicted_peak_bytes - ok.peak_bytes).abs() <= 0.05 * ok.peak_bytes).all()
     assert ok.predicted_activation_bytes.notna().all()
-    # three fresh processes timed each cell: the row's median is theirs, each of them is in step_ms_processes
-    for row in ok.itertuples():
-        medians = [float(m) for m in row.step_ms_processes.split(";")]
-        assert len(medians) == 3 and row.step_ms_median == pytest.approx(float(np.median(medians)))
-        assert row.step_ms_ci_low <= row.step_ms_median <= row.step_ms_ci_high and row.step_ms_between_pct >= 0
+    # three fresh processes timed each cell: the row's medians are of all their rounds, pooled (each relative to
+    # the probes around it too); each process's own median is in step_ms_processes
+    workers = [load_run(run_dir / "processes" / str(k)) for k in range(3)]
+    for row in ok.to_dict("records"):
+        cell_id, medians = Cell.from_row(row).id, [float(m) for m in row["step_ms_processes"].split(";")]
+        rounds = [w.rounds_s[cell_id] for w in workers]
+        assert [pytest.approx(1e3 * float(np.median(r))) for r in rounds] == medians
+        assert row["step_ms_median"] == pytest.approx(1e3 * float(np.median(np.concatenate(rounds))))
+        relative = [relative_rounds(w.rounds_s[cell_id], w.probe_s[cell_id]) for w in workers]
+        assert row["relative_step_median"] == pytest.approx(float(np.median(np.concatenate(relative))))
+        assert row["step_ms_ci_low"] <= row["step_ms_median"] <= row["step_ms_ci_high"]
+        assert len(medians) == 3 and row["step_ms_between_pct"] >= 0
     for k in range(3):
         worker = pd.read_csv(run_dir / "processes" / str(k) / "measurements.csv")
         assert set(worker.status) == set(df.status) and (run_dir / "processes" / str(k) / "benchmark.json").is_file()

@@ -87,7 +87,9 @@ def make_process_run(path: Path, cells: dict[Cell, dict], env: dict, seed: int, 
             per_process["probe_ms_median"] = [probe_ms * m * float(rng.lognormal(0.0, 0.01)) for m in machine]
             per_process["relative_step_median"] = [ms / probe for ms, probe in
                                                    zip(per_process["step_ms_median"], per_process["probe_ms_median"])]
-        recorder.write(row | between(per_process, [float(x) for r in rounds for x in r], row))
+        relative = ([[1e3 * float(x) / probe for x in r] for r, probe in zip(rounds, per_process["probe_ms_median"])]
+                    if probe_ms else [])
+        recorder.write(row | between(per_process, [r.tolist() for r in rounds], relative, row))
     write_environment(path, env)
     return path
 
@@ -195,7 +197,10 @@ def test_compare_reads_a_real_run_in_worker_processes(tmp_path):
         assert main(["run", *grid, "--run-id", run_id]) == 0
     row = load_run(tmp_path / "a").measurements.iloc[0]
     medians = [float(m) for m in row["step_ms_processes"].split(";")]
-    assert row["processes"] == 2 and row["step_ms_median"] == pytest.approx(float(np.median(medians)))
+    rounds = np.concatenate([load_run(tmp_path / "a" / "processes" / k).rounds_s[Cell.from_row(row).id]
+                             for k in "01"])
+    assert len(medians) == row["processes"] == 2
+    assert row["step_ms_median"] == pytest.approx(1e3 * float(np.median(rounds)))
     assert row["step_ms_ci_low"] < row["step_ms_median"] < row["step_ms_ci_high"] and row["peak_bytes"] > 0
     worker = load_run(tmp_path / "a" / "processes" / "1").measurements.iloc[0]
     assert worker["processes"] == 1 and pd.isna(worker["peak_bytes"]) and pd.isna(worker["first_step_ms"])
