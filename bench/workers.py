@@ -116,7 +116,8 @@ def run_workers(run_dir: Path, count: int, suite_argv: list[str], log=print, max
 #: only, up to --max-processes. Three default runs' medians of 3 processes each agreed within 5% in 43 of 54 cells;
 #: the cells that missed had processes 5-30% apart (a bimodal fused_compiled cell: 8.4-11.4 relative), where a
 #: median of three lands on either mode. With up to 5 (2 more, timing 15-30 cells each) three runs agreed within
-#: 5% in 50 of 54, the worst at x1.079 (was x1.133), for 114-215 s more a run.
+#: 5% in 50 of 54, the worst at x1.079 (was x1.133), for 114-215 s more a run. With the C allocator steady
+#: (bench/instruments/malloc.py) and rows pooled over rounds: 54 of 54, the worst at x1.049, 24-32 cells added.
 SETTLED_WITHIN = 0.025
 SUITE_FILE = "test_suite.py"
 

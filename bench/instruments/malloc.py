@@ -6,8 +6,8 @@ thresholds move with what the process freed before (mallopt(3): the dynamic mmap
 may fault its pages in anew every time (a B64 H256 oneDNN training step here: 5,300 page faults, a
 36 MiB workspace mapped and unmapped each step, 41 ms; 32 ms without them), and whether it does depends
 on the cells that ran before it in the process. Between fresh processes that timed the same cell in
-another order, its time moved 20-30% (5.5 or 7.2 times the probe), which no number of processes
-averages away within 5%. `steady` keeps freed memory for reuse instead, as CUDA's caching allocator
+another order, its time moved 20-40% (cudnn B64 H256: 5.5-5.7 or 6.7-7.4 times the probe), which five
+processes did not average away within 5%. `steady` keeps freed memory for reuse instead, as CUDA's caching allocator
 does on a GPU: no mmap, no trim, the heap grown 64 MiB at a time. The steps then touch pages they
 have touched before, and a cell's time no longer depends on its neighbours.
 """
