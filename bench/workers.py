@@ -207,6 +207,14 @@ PER_PROCESS = ("step_ms_median", "relative_step_median", "probe_ms_median", "for
                "backward_ms_median", "optimizer_ms_median")
 
 
+def pooled_median(rounds: list[list[float]], process_medians: list[float]) -> float:
+    """The median of every process's rounds pooled, where each process's rounds are at hand; else (a worker that
+    has not yet written its benchmark.json) the median of the processes' medians."""
+    if len(rounds) == len(process_medians):
+        return statistics.median([x for process in rounds for x in process])
+    return statistics.median(process_medians)
+
+
 def between(per_process: dict[str, list[float]], rounds_s: list[list[float]], relative: list[list[float]],
             row: dict) -> dict:
     """A row's time columns from its processes' own figures (PER_PROCESS: step ms, step / probe, probe ms), and
@@ -217,8 +225,9 @@ def between(per_process: dict[str, list[float]], rounds_s: list[list[float]], re
     (cells within 5% of each other: 47, 50, 54 of 54 against 43, 50, 52). Until each process has written its
     benchmark.json (when it ends) they are the median of the processes' medians."""
     medians = per_process["step_ms_median"]
-    ms = sorted(1e3 * s for process in rounds_s for s in process)
-    median = statistics.median(ms) if len(rounds_s) == len(medians) else statistics.median(medians)
+    ms_by_process = [[1e3 * s for s in process] for process in rounds_s]
+    ms = sorted(x for process in ms_by_process for x in process)
+    median = pooled_median(ms_by_process, medians)
     low, high = stats.typical_interval(medians)
     cols = {"step_ms_median": median, "processes": len(medians),
             "step_ms_processes": ";".join(repr(float(m)) for m in medians),
@@ -226,9 +235,7 @@ def between(per_process: dict[str, list[float]], rounds_s: list[list[float]], re
             "tokens_per_s": real_tokens(row) / (median / 1e3)}
     per_relative = per_process.get("relative_step_median", [])
     if len(per_relative) == len(medians):
-        pooled = [r for process in relative for r in process]
-        cols |= {"relative_step_median": (statistics.median(pooled) if len(relative) == len(medians)
-                                          else statistics.median(per_relative)),
+        cols |= {"relative_step_median": pooled_median(relative, per_relative),
                  "relative_step_processes": ";".join(repr(float(r)) for r in per_relative),
                  "relative_between_pct": stats.between_pct(per_relative),
                  "probe_ms_median": statistics.median(per_process["probe_ms_median"])}

@@ -7,9 +7,9 @@ may fault its pages in anew every time (a B64 H256 oneDNN training step here: 5,
 36 MiB workspace mapped and unmapped each step, 41 ms; 32 ms without them), and whether it does depends
 on the cells that ran before it in the process. Between fresh processes that timed the same cell in
 another order, its time moved 20-40% (cudnn B64 H256: 5.5-5.7 or 6.7-7.4 times the probe), which five
-processes did not average away within 5%. `steady` keeps freed memory for reuse instead, as CUDA's caching allocator
-does on a GPU: no mmap, no trim, the heap grown 64 MiB at a time. The steps then touch pages they
-have touched before, and a cell's time no longer depends on its neighbours.
+processes did not average away within 5%. `steady` keeps freed memory for reuse instead, as CUDA's
+caching allocator does on a GPU: no mmap, no trim, the heap grown 64 MiB at a time. The steps then touch
+pages they have touched before, and a cell's time no longer depends on its neighbours.
 """
 
 from __future__ import annotations
@@ -44,8 +44,9 @@ def set_malloc(policy: str) -> str:
         return "default"
     if policy != "steady":
         raise ValueError(f"unknown malloc policy {policy!r}; one of {', '.join(POLICIES)}")
-    if steady_unavailable():
-        return f"default ({steady_unavailable()})"
+    unavailable = steady_unavailable()
+    if unavailable:
+        return f"default ({unavailable})"
     mallopt = ctypes.CDLL(None).mallopt
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
     refused = [param for param, value in STEADY.items() if mallopt(param, value) != 1]
