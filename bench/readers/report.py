@@ -618,8 +618,8 @@ def _answer(group: Group, ok: pd.DataFrame, batch: int, hidden: int) -> list[str
             noise = r.step_ms_iqr / r.step_ms_median
             speed = f" A step takes {sig(r.step_ms_median)} ms ({sig(r.tokens_per_s)} tokens/s"
             if pd.notna(r.processes) and r.processes >= 2:
-                speed += (f"; the median of {r.processes:.0f} processes, 95% interval {sig(r.step_ms_ci_low)}–"
-                          f"{sig(r.step_ms_ci_high)} ms")
+                speed += (f"; the median of every round of {r.processes:.0f} processes, 95% interval "
+                          f"{sig(r.step_ms_ci_low)}–{sig(r.step_ms_ci_high)} ms")
             speed += f"; noisy: IQR {noise:.1%} of the median)" if noise > NOISY_FRACTION else ")"
             if r.impl != REFERENCE_IMPL and not reference.dropna().empty:
                 ratio = r.step_ms_median / reference.iloc[0]
