@@ -26,6 +26,7 @@ from __future__ import annotations
 
 from . import memory_model as mm
 from .memory_model import Term, _Counts, _Moment, _Step
+from .onednn import Gemm
 
 F32 = 4
 #: what autocast's counts cover: kernel -> implementation
@@ -67,7 +68,8 @@ class _Amp:
         sim.alloc(CAST + "the output layer's W (V, H)", 1, V * H * s)
         sim.alloc(CAST + "the output layer's b (V,)", 1, V * s)
         sim.alloc("logits (autocast's dtype)", 1, TB * V * s)
-        sim.moment("the output layer's GEMM", {"oneDNN GEMM scratchpad": (1, lo.gemm_scratch(TB, H, V))})
+        sim.moment("the output layer's GEMM", {
+            "oneDNN GEMM scratchpad": (1, lo.gemm_scratch(Gemm.addmm(TB, H, V, "row", b_t=True)))})
         for gone in freed + ([] if train or outputs_low else [CAST + "the outputs (T*B, H)"]):
             sim.free(gone)
         sim.alloc("target (int64)", 1, 8 * TB)
@@ -103,10 +105,10 @@ class _Amp:
         dY_low = "dY (T*B, H), autocast's dtype"
         sim.alloc(dY_low, 1, TB * H * s)
         sim.moment("backward of the output layer, dY's GEMM", {
-            "oneDNN GEMM scratchpad": (1, lo.gemm_scratch(TB, V, H))})
+            "oneDNN GEMM scratchpad": (1, lo.gemm_scratch(Gemm(TB, V, H)))})
         sim.moment("backward of the output layer, dW's GEMM", {
             "the output layer's W gradient (autocast's dtype)": (1, V * H * s),
-            "oneDNN GEMM scratchpad": (1, lo.gemm_scratch(V, TB, H))})
+            "oneDNN GEMM scratchpad": (1, lo.gemm_scratch(Gemm(V, TB, H, a_t=True)))})
         sim.free("the logits' gradient (autocast's dtype)")
         sim.free(CAST + "the outputs (T*B, H)")
         sim.free(CAST + "the output layer's W (V, H)")
@@ -163,7 +165,8 @@ def _scratch(a: _Amp) -> list[_Moment]:
     sim.moment("backward, step T-1: every weight's gradient term exists", {
         "W_x*, W_h* gradients (autocast's dtype)": (1, 4 * (V + H) * H * s),
         "b_* gradients (float32)": (1, 4 * H * F32),
-        "(B, H) gradients in flight": (4, u4), "oneDNN GEMM scratchpad": (1, a.lo.gemm_scratch(H, B, H))})
+        "(B, H) gradients in flight": (4, u4),
+        "oneDNN GEMM scratchpad": (1, a.lo.gemm_scratch(Gemm(H, B, H, a_t=True)))})
     for gone in saved + ["dY (T, B, H)", W_h]:  # the casts' backward runs once no step's matmul holds them
         sim.free(gone)
     sim.alloc("LSTM gradients (float32)", 1, c.P_lstm)

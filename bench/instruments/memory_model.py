@@ -73,7 +73,7 @@ from lstm_impls.base import CONFIG_DEFAULTS
 
 from ..grid import DTYPES, MODES, Cell
 from .env import CpuDispatch, cpu_dispatch
-from .onednn import OneDNNBuffers, Probe
+from .onednn import Gemm, OneDNNBuffers, Probe
 
 OPTIMIZERS = ("sgd", "momentum", "adam")  # as bench.d2l.model.OPTIMIZERS
 IMPLS = ("compiled", "cudnn", "fused", "fused_compiled", "scratch", "scripted", "triton")
@@ -182,6 +182,7 @@ class _Counts:
                  config: dict | None = None):
         self.impl, self.dtype, self.mode, self.optimizer, self.cuda = impl, dtype, mode, optimizer, cuda
         self.cpu, self.onednn = cpu, onednn
+        self.gemms: list[Gemm] = []  # every matmul gemm_scratch was asked about, as the step calls it
         self.B, self.H, self.T, self.V = sizes.batch_size, sizes.hidden_size, sizes.seq_len, sizes.vocab_size
         self.I = self.V
         self.s = DTYPE_BYTES[dtype]
@@ -238,17 +239,23 @@ class _Counts:
         k = layer * self.D + direction
         return sum(self.lstm_params[k * each:(k + 1) * each])
 
-    def gemm_scratch(self, M: int, K: int, N: int) -> int:
-        """Bytes oneDNN's scratchpad takes inside one (M, K) x (K, N) matmul of this cell's dtype, while its
-        (M, N) result exists. ATen hands a bfloat16 matmul to oneDNN where oneDNN runs bfloat16 and
+    def gemm_scratch(self, gemm: Gemm) -> int:
+        """Bytes oneDNN's scratchpad takes inside one (M, K) x (K, N) matmul of this cell's dtype, called as
+        `gemm` describes (op and operand layouts: with bfloat16 instructions they decide the buffers), while
+        its (M, N) result exists; every GEMM asked about is kept in `self.gemms`, to hold to the step's own.
+        ATen hands a bfloat16 matmul to oneDNN where oneDNN runs bfloat16 and
         M*K*N > 16**3 (mkldnn/Matmul.cpp, checksize); float32 goes to MKL, which allocates through torch
         nothing. Without bfloat16 instructions oneDNN accumulates the whole result in float32 (measured:
         M*N*4 rounded up to 512 B, plus 128 B, 16 shapes, 2 threads); with them, brgemm's blocked buffers,
         read off oneDNN (bench/instruments/onednn.py)."""
+        self.gemms.append(gemm)
+        M, K, N = gemm.M, gemm.K, gemm.N
         if self.cuda or self.dtype != "bfloat16" or not (self.cpu and self.cpu.onednn_bf16) or M * K * N <= 16**3:
             return 0
         if self.cpu.native_bf16:  # brgemm's blocked buffers: read off oneDNN (bench/instruments/onednn.py)
-            return self.onednn.gemm_bytes(M, K, N) if self.onednn else 0
+            return self.onednn.gemm_bytes(gemm) if self.onednn else 0
+        if gemm.b_t and 1 in (M, N):  # one row or column with a transposed (K, N): ATen's gemv, no oneDNN (measured)
+            return 0
         return _round_up(M * N * 4, 512) + 128
 
     def output_gemms(self, moments: list[_Moment]) -> list[_Moment]:
@@ -257,8 +264,10 @@ class _Counts:
         Y W^T + b just before log-softmax, backward's dY = dlogits W and dW = dlogits^T Y, derived from the
         moments a kernel counted, which are alive then."""
         TB, H, V = self.TB, self.Y_width, self.V  # H: the output layer's input width
-        scratch = self.gemm_scratch(TB, H, V)  # forward's logits
-        dy_scratch, dw_scratch = self.gemm_scratch(TB, V, H), self.gemm_scratch(V, TB, H)
+        scratch = self.gemm_scratch(Gemm.addmm(TB, H, V, "row", b_t=True))  # forward's logits: addmm(b, Y, W.T)
+        dy_scratch = dw_scratch = 0
+        if self.train:  # backward's: dY = dlogits W, dW = dlogits^T Y
+            dy_scratch, dw_scratch = self.gemm_scratch(Gemm(TB, V, H)), self.gemm_scratch(Gemm(V, TB, H, a_t=True))
         extra = []
         if not self.train:  # inference: the LSTM's input and outputs are still alive beside the logits
             extra.append(_Moment("the output layer's GEMM (logits beside the LSTM's input and outputs)", self.model()
@@ -386,7 +395,7 @@ def _autograd_ops(c: _Counts) -> tuple[dict[str, Term], list[_Moment]]:
         "new state h, c": (2, c.u), "logits": (1, c.TBV), "loss and its gradient": (2, c.s),
         "dY (T, B, H)": (1, c.TBH), "(B, H) gradients in flight": (4, c.u),
         "W_h gradient term (H, H)": (1, c.H * c.H * c.s), "its GEMM's oneDNN scratchpad": (1, c.gemm_scratch(
-            c.H, c.B, c.H))})
+            Gemm(c.H, c.B, c.H, a_t=True)))})
     return acts, [end_of_forward, *c.loss_backward(acts, {"new state h, c": (2, c.u)}), backward,
                   c.optimizer_step()]
 
@@ -548,7 +557,7 @@ def _stacked_ops(c: _Counts, unrolled: bool = False, inductor: bool = False) -> 
                 if not c.train:
                     at_next_layer.append(name(layer, d, "flipped input (T, B, I)"))
             last_step = f"layer {layer}{' reverse' if d else ''}: the last step"
-            gemm = {"its GEMM's oneDNN scratchpad": (1, c.gemm_scratch(B, width, H))}
+            gemm = {"its GEMM's oneDNN scratchpad": (1, c.gemm_scratch(Gemm(B, width, H)))}
             if c.train:  # the last step's fullest: 3 gates and a gate's two GEMM results, then all 7 saved
                 for what, count, each in saved(layer, d):
                     sim.alloc(what, count - count // T, each)
@@ -640,7 +649,7 @@ def _stacked_ops(c: _Counts, unrolled: bool = False, inductor: bool = False) -> 
                 "(B, I) input gradient in flight": (1 if layer else 0, B * width * s),
                 "W_h gradient term (H_out, H)": (0 if inductor else 1, Hout * H * s),
                 "a step's weight gradients (compiled)": (1 if inductor else 0, c.layer_params(layer, d)),
-                "its GEMM's oneDNN scratchpad": (1, c.gemm_scratch(Hout, B, H))})
+                "its GEMM's oneDNN scratchpad": (1, c.gemm_scratch(Gemm(Hout, B, H, a_t=True)))})
             K = 8 * (T // 8)  # steps run in unrolled bodies; the T % 8 remainder ran last, its backward first
             if unrolled and K:  # the remainder's saved tensors are gone, and the last body's h_K, c_K
                 for (what, count, each), left in zip(per_step, (7 * K - (1 if c.proj else 2), K - 1)):
@@ -657,7 +666,8 @@ def _stacked_ops(c: _Counts, unrolled: bool = False, inductor: bool = False) -> 
                                "W_hr's gradient term": (1, w_hr),
                                "the input's gradient (T, B, I), select's backward": (1 if layer else 0, tb(width)),
                                "the body's 8 input gradients (B, I)": (8 if layer else 0, B * width * s),
-                               "the last term's GEMM's oneDNN scratchpad": (1, c.gemm_scratch(Hout, B, H))})
+                               "the last term's GEMM's oneDNN scratchpad": (
+                                   1, c.gemm_scratch(Gemm(Hout, B, H, a_t=True)))})
                 if layer:
                     sim.alloc(pieces, 1, B * width * s)
             for what, _, _ in per_step:
@@ -702,7 +712,7 @@ def _torchscript(c: _Counts) -> tuple[dict[str, Term], list[_Moment]]:
             "new state h, c": (2, c.u), "logits": (1, c.TBV), "loss and its gradient": (2, c.s),
             "dY (T, B, H)": (1, c.TBH), "(B, H) gradients in flight": (3 + 2 * (remainder >= 3), c.u),
             "8 steps' weight-gradient terms": (8, c.P_lstm),
-            "the last term's GEMM's oneDNN scratchpad": (1, c.gemm_scratch(c.H, c.B, c.H))}
+            "the last term's GEMM's oneDNN scratchpad": (1, c.gemm_scratch(Gemm(c.H, c.B, c.H, a_t=True)))}
         moments.append(_Moment("backward of the last unrolled 8-step body, before it sums its weight gradients",
                                live))
     return acts, moments
@@ -728,7 +738,7 @@ def _inductor(c: _Counts) -> tuple[dict[str, Term], list[_Moment]]:
         "one-hot input and logits": (2, c.TBV), "saved (B, H) left, new state, gradients in flight": (6 * c.T - 8, c.u),
         "loss and its gradient": (2, c.s), "dY (T, B, H)": (1, c.TBH),
         "one step's 12 weight gradients": (1, c.P_lstm),
-        "the last gradient's GEMM's oneDNN scratchpad": (1, c.gemm_scratch(c.H, c.B, c.H))})
+        "the last gradient's GEMM's oneDNN scratchpad": (1, c.gemm_scratch(Gemm(c.H, c.B, c.H, a_t=True)))})
     return acts, [end_of_forward, *c.loss_backward(acts, {"new h": (1, c.u)}), backward, c.optimizer_step()]
 
 
@@ -894,8 +904,9 @@ def _fused(c: _Counts) -> tuple[dict[str, Term], list[_Moment]]:
     scratch = c.gemm_scratch
     projection = _Moment("forward, the input projection's GEMM (its oneDNN scratchpad)", c.model()
                          | c.batch_and_state() | {"one-hot input": (1, c.TBV), "input projection (T, B, 4H)": (1, G4),
-                                                  "oneDNN GEMM scratchpad": (1, scratch(c.TB, c.I, H4))})
-    step_gemm = {"a step's GEMM's oneDNN scratchpad": (1, scratch(c.B, c.H, H4))}
+                                                  "oneDNN GEMM scratchpad": (
+                                                      1, scratch(Gemm.addmm(c.TB, c.I, H4, "row")))})
+    step_gemm = {"a step's GEMM's oneDNN scratchpad": (1, scratch(Gemm.addmm(c.B, c.H, H4, "full", out=True)))}
     if not c.train:  # no gates kept: one step's, reused
         return {}, [projection, *c.forward_moments(
             {"one-hot input": (1, c.TBV), "input projection (T, B, 4H)": (1, G4)} | buffers
@@ -936,14 +947,16 @@ def _fused(c: _Counts) -> tuple[dict[str, Term], list[_Moment]]:
         _Moment("backward, step T-1 (the first): a step's temporaries", back | {
             "a step's temporaries": (bwd_temps, c.u)}),
         _Moment("backward, step T-2: dh's GEMM (its oneDNN scratchpad)", back | {
-            "dh": (1, c.u), "oneDNN GEMM scratchpad": (1, scratch(c.B, H4, c.H))}),
+            "dh": (1, c.u), "oneDNN GEMM scratchpad": (1, scratch(Gemm.addmm(c.B, H4, c.H, "full", b_t=True)))}),
         _Moment("backward, W_h's gradient: h_0's term (its GEMM's oneDNN scratchpad)", back | {
-            "W_h gradient: h_0's term": (1, H4H), "oneDNN GEMM scratchpad": (1, scratch(c.H, c.B, H4))}),
+            "W_h gradient: h_0's term": (1, H4H),
+            "oneDNN GEMM scratchpad": (1, scratch(Gemm(c.H, c.B, H4, a_t=True)))}),
         _Moment("backward, W_h's gradient: h_0's term and the sum over steps (H, 4H)", back | {
             "W_h gradient: h_0's term and the sum": (2, H4H),
-            "oneDNN GEMM scratchpad": (1, scratch(c.H, c.TB - c.B, H4))}),
+            "oneDNN GEMM scratchpad": (1, scratch(Gemm.addmm(c.H, c.TB - c.B, H4, "full", a_t=True)))}),
         _Moment("backward, W_x's gradient (its GEMM's oneDNN scratchpad)", back | {
-            "W_h and W_x gradients": (1, H4H + c.I * H4 * c.s), "oneDNN GEMM scratchpad": (1, scratch(c.I, c.TB, H4))}),
+            "W_h and W_x gradients": (1, H4H + c.I * H4 * c.s),
+            "oneDNN GEMM scratchpad": (1, scratch(Gemm(c.I, c.TB, H4, a_t=True)))}),
         _Moment("backward, the bias's gradient: every LSTM weight gradient computed", back | {
             "LSTM weight gradients": (1, H4H + c.I * 4 * c.H * c.s + 4 * c.H * c.s)}),
         c.optimizer_step()]
@@ -986,9 +999,10 @@ def _stacked_fused(c: _Counts) -> tuple[dict[str, Term], list[_Moment]]:
                 sim.alloc(name(lay, d, "flipped input (T, B, I)"), 1, T * B * width * s)
                 if not c.train:
                     at_next_layer.append(name(lay, d, "flipped input (T, B, I)"))
-            step_gemm = {"a step's GEMM's oneDNN scratchpad": (1, scratch(B, H, H4))}
+            step_gemm = {"a step's GEMM's oneDNN scratchpad": (1, scratch(Gemm.addmm(B, H, H4, "full", out=True)))}
             sim.moment(f"layer {lay}{' reverse' if d else ''}: the input projection's GEMM", {
-                "input projection (T, B, 4H)": (1, G4), "oneDNN GEMM scratchpad": (1, scratch(c.TB, width, H4))})
+                "input projection (T, B, 4H)": (1, G4),
+                "oneDNN GEMM scratchpad": (1, scratch(Gemm.addmm(c.TB, width, H4, "row")))})
             y = name(lay, d, "outputs y (T, B, H)")
             sim.alloc(y, 1, c.TBH)
             sim.alloc(name(lay, d, "every step's c (T, B, H)"), 1, c.TBH)
@@ -1065,16 +1079,17 @@ def _stacked_fused(c: _Counts) -> tuple[dict[str, Term], list[_Moment]]:
             sim.moment(f"layer {lay}{' reverse' if d else ''} backward, step T-1 (the first)", {
                 "a step's temporaries": (bwd_temps, u)})
             sim.moment(f"layer {lay}{' reverse' if d else ''} backward, step T-2: dh's GEMM", {
-                "dh": (1, u), "oneDNN GEMM scratchpad": (1, scratch(B, H4, H))})
+                "dh": (1, u), "oneDNN GEMM scratchpad": (1, scratch(Gemm.addmm(B, H4, H, "full", b_t=True)))})
             sim.moment(f"layer {lay}{' reverse' if d else ''} backward, W_h's gradient: h_0's term and the sum", {
                 "W_h gradient: h_0's term and the sum": (2, H4H),
-                "oneDNN GEMM scratchpad": (1, scratch(H, c.TB - B, H4))})
+                "oneDNN GEMM scratchpad": (1, scratch(Gemm.addmm(H, c.TB - B, H4, "full", a_t=True)))})
             dx = name(lay, d, "the input's gradient dx (T, B, I)")
             sim.alloc(name(lay, d, "W_h's gradient"), 1, H4H)
             if lay:
                 sim.alloc(dx, 1, T * B * width * s)
             sim.moment(f"layer {lay}{' reverse' if d else ''} backward, W_x's gradient", {
-                "W_x gradient": (1, width * H4 * s), "oneDNN GEMM scratchpad": (1, scratch(width, c.TB, H4))})
+                "W_x gradient": (1, width * H4 * s),
+                "oneDNN GEMM scratchpad": (1, scratch(Gemm(width, c.TB, H4, a_t=True)))})
             sim.free(name(lay, d, "W_h's gradient"))
             sim.alloc(name(lay, d, "weight gradients"), 1, c.layer_params(lay, d))
             sim.moment(f"layer {lay}{' reverse' if d else ''} backward: every weight gradient computed")

@@ -11,16 +11,106 @@ them off the library: on this machine by running the one op at the cell's shape 
 
 What is read: the highest running sum of the allocations an op makes itself (not through aten::empty,
 which are its outputs and float32 copies, counted by the model), inside `aten::mkldnn_rnn_layer`
-(inference or training forward) and `aten::mkldnn_rnn_layer_backward`.
+(inference or training forward) and `aten::mkldnn_rnn_layer_backward`; and a bfloat16 matmul's scratchpad,
+asked as the step asks it (`Gemm`: mm or addmm, which operand is a transposed view, the bias's shape, a
+result written into a given tensor): with bfloat16 instructions oneDNN's brgemm packs a transposed operand
+and accumulates by other blocks, so the same (M, K, N) takes buffers up to 15x apart by layout.
 """
 
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import Protocol
 
 FORWARD_OP, BACKWARD_OP = "aten::mkldnn_rnn_layer", "aten::mkldnn_rnn_layer_backward"
+GEMM_OPS = ("aten::mm", "aten::addmm")
+
+
+@dataclass(frozen=True)
+class Gemm:
+    """One (M, K) x (K, N) matmul as a step calls it: `op` aten::mm or aten::addmm; `a_t`, `b_t`: the operand
+    is the transposed view of a contiguous tensor (W.T, X.T); `bias`: addmm's added input, "row" (N,)
+    broadcast (nn.Linear's bias) or "full" (M, N); `out`: written into a given tensor, so it allocates no
+    result; `dtype`: the operands' (autocast's compute dtype under autocast)."""
+
+    M: int
+    K: int
+    N: int
+    op: str = "aten::mm"
+    a_t: bool = False
+    b_t: bool = False
+    bias: str = ""
+    out: bool = False
+    dtype: str = "bfloat16"
+
+    @classmethod
+    def addmm(cls, M: int, K: int, N: int, bias: str, **layout) -> Gemm:
+        return cls(M, K, N, "aten::addmm", bias=bias, **layout)
+
+    @property
+    def result_bytes(self) -> int:
+        """Its result's bytes (allocated by the op unless `out`)."""
+        import torch
+
+        return 0 if self.out else self.M * self.N * getattr(torch, self.dtype).itemsize
+
+    def call(self) -> Callable[[], object]:
+        """The matmul on zeros of this layout, ready to run."""
+        import torch
+
+        dtype = getattr(torch, self.dtype)
+
+        def operand(rows: int, cols: int, transposed: bool) -> torch.Tensor:
+            return torch.zeros(cols, rows, dtype=dtype).T if transposed else torch.zeros(rows, cols, dtype=dtype)
+
+        a, b = operand(self.M, self.K, self.a_t), operand(self.K, self.N, self.b_t)
+        out = torch.zeros(self.M, self.N, dtype=dtype) if self.out else None
+        if self.op == "aten::mm":
+            return (lambda: torch.mm(a, b, out=out)) if self.out else (lambda: torch.mm(a, b))
+        added = torch.zeros(self.N if self.bias == "row" else (self.M, self.N), dtype=dtype)
+        return (lambda: torch.addmm(added, a, b, out=out)) if self.out else (lambda: torch.addmm(added, a, b))
+
+
+def gemm_of(op: str, inputs: list[tuple[tuple[int, ...], tuple[int, ...], str]]) -> Gemm:
+    """The Gemm of a profiled mm/addmm call from its tensor inputs' (sizes, strides, dtype), in call order
+    (addmm: input, mat1, mat2; then out=, when given)."""
+    mats = inputs[1:3] if op == "aten::addmm" else inputs[:2]
+    (M, K), a_strides, dtype = mats[0]
+    (_, N), b_strides, _ = mats[1]
+    bias = ("row" if len(inputs[0][0]) == 1 else "full") if op == "aten::addmm" else ""
+    transposed = [strides[0] == 1 and strides[1] != 1 for _, strides, _ in mats]
+    return Gemm(M, K, N, op, transposed[0], transposed[1], bias, len(inputs) > (3 if bias else 2),
+                dtype.removeprefix("torch."))
+
+
+def step_gemms(fn: Callable[[], object]) -> list[tuple[Gemm, int]]:
+    """Every matmul of one call of fn, in order, with the bytes it allocated itself beyond its result (its
+    scratchpad), as the profiler saw them: what a step asks of oneDNN, to hold the probe and the model to."""
+    from torch._C._profiler import _EventType
+    from torch.profiler import ProfilerActivity, profile
+
+    from .measure import _quiet_native_stderr, running_peak
+
+    fn()  # a first call: the profiler cannot size frees of blocks allocated before it started
+    with _quiet_native_stderr(), profile(activities=[ProfilerActivity.CPU], profile_memory=True,
+                                         record_shapes=True) as prof:
+        fn()
+    found: list[tuple[int, Gemm, int]] = []
+    stack = list(prof.profiler.kineto_results.experimental_event_tree())
+    while stack:
+        node = stack.pop()
+        stack.extend(node.children)
+        if node.tag != _EventType.TorchOp or node.name not in GEMM_OPS:
+            continue
+        inputs = [(tuple(i.sizes), tuple(i.strides), str(i.dtype)) for i in node.extra_fields.inputs
+                  if hasattr(i, "sizes")]
+        gemm = gemm_of(node.name, inputs)
+        own = running_peak(child.extra_fields.alloc_size for child in node.children
+                           if child.tag == _EventType.Allocation and child.extra_fields.device.type == "cpu")
+        found.append((node.start_time_ns, gemm, max(own - gemm.result_bytes, 0)))
+    return [(gemm, scratch) for _, gemm, scratch in sorted(found, key=lambda f: f[0])]
 
 
 class OneDNNBuffers(Protocol):
@@ -31,8 +121,8 @@ class OneDNNBuffers(Protocol):
 
     def rnn_bytes(self, what: str, T: int, B: int, H: int, I: int, dtype: str = "bfloat16") -> int: ...
 
-    def gemm_bytes(self, M: int, K: int, N: int) -> int:
-        """The scratchpad of one (M, K) x (K, N) bfloat16 matmul, beside its result."""
+    def gemm_bytes(self, gemm: Gemm) -> int:
+        """The scratchpad of one bfloat16 matmul as the step calls it, beside its result."""
 
 
 def own_peak(events: Iterable[tuple[int, int, str]], op: str) -> int:
@@ -61,18 +151,19 @@ class Probe:
         lo, hi = (_probe_rnn(what, T, b, H, I, dtype) for b in (PROBE_MAX_BATCH // 2, PROBE_MAX_BATCH))
         return hi + (hi - lo) * (B - PROBE_MAX_BATCH) // (PROBE_MAX_BATCH // 2)
 
-    def gemm_bytes(self, M: int, K: int, N: int) -> int:
-        return _probe_gemm(M, K, N)
+    def gemm_bytes(self, gemm: Gemm) -> int:
+        import torch
+
+        return _probe_gemm(gemm, torch.get_num_threads())
 
 
 @functools.cache
-def _probe_gemm(M: int, K: int, N: int) -> int:
-    import torch
-
+def _probe_gemm(gemm: Gemm, threads: int) -> int:
+    """The op itself, in the step's layout, on this CPU at `threads` (the current count; oneDNN's blocking
+    follows it): what it allocates beyond its result."""
     from .measure import cpu_allocation_timeline
 
-    a, b = torch.zeros(M, K, dtype=torch.bfloat16), torch.zeros(K, N, dtype=torch.bfloat16)
-    return own_peak(cpu_allocation_timeline(lambda: torch.mm(a, b)), "aten::mm") - M * N * 2
+    return max(own_peak(cpu_allocation_timeline(gemm.call()), gemm.op) - gemm.result_bytes, 0)
 
 
 @functools.cache
@@ -117,5 +208,5 @@ class Recorded:
     def rnn_bytes(self, what: str, T: int, B: int, H: int, I: int, dtype: str = "bfloat16") -> int:
         return self.peaks[BACKWARD_OP if what == "backward" else FORWARD_OP]
 
-    def gemm_bytes(self, M: int, K: int, N: int) -> int:
-        return self.gemm.get(M * N * 2, 0)
+    def gemm_bytes(self, gemm: Gemm) -> int:
+        return self.gemm.get(gemm.M * gemm.N * 2, 0)

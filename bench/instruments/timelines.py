@@ -8,8 +8,8 @@ recorded on one kind lets the tests hold the model to that kind on any machine. 
     python -m bench.instruments.timelines --out tests/data/timelines/NAME.json.gz
 
 The format is that of `../shared/data/cpu-avx512-bf16/alloc-timelines.json`: `meta` (the CPU, versions,
-how) and `cells`, each the cell's sizes, optimizer, `start_bytes` (the storages alive when the step
-begins), `peak_bytes` (what the suite's memory pass reports) and `events`, `[ns since the step began,
+how) and `cells`, each the cell's sizes, dtype, `amp`, optimizer, `threads`, `start_bytes` (the storages alive
+when the step begins), `peak_bytes` (what the suite's memory pass reports) and `events`, `[ns since the step began,
 bytes (+ allocated, - freed), the op that made it]` in time order.
 """
 
@@ -54,14 +54,16 @@ HOW = ("each cell: bench.instruments.measure.settled_subject(cell, optimizer) (a
 
 def record_cell(cell: Cell, optimizer: str) -> dict:
     """One cell's timeline, measured as the suite measures its memory."""
+    import torch
+
     from .measure import cpu_allocation_timeline, running_peak, settled_subject, storage_bytes
 
     with settled_subject(cell, optimizer) as subject:
         start = storage_bytes(subject.live_tensors())
         events = cpu_allocation_timeline(subject.step)
-    return {"impl": cell.impl, "dtype": cell.dtype, "mode": cell.mode, "batch_size": cell.batch_size,
+    return {"impl": cell.impl, "dtype": cell.dtype, "amp": cell.amp, "mode": cell.mode, "batch_size": cell.batch_size,
             "hidden_size": cell.hidden_size, "seq_len": cell.seq_len, "vocab_size": cell.vocab_size,
-            "optimizer": optimizer, "start_bytes": start,
+            "optimizer": optimizer, "threads": torch.get_num_threads(), "start_bytes": start,
             "peak_bytes": start + running_peak(size for _, size, _ in events),
             "events": [list(e) for e in events]}
 
@@ -75,10 +77,15 @@ def meta() -> dict:
 
 
 def load(path: str | os.PathLike) -> dict:
-    """A timelines file, plain JSON or gzipped (.gz)."""
+    """A timelines file, plain JSON or gzipped (.gz); every cell has `amp` (autocast's dtype, "none" in files
+    recorded before it was) and `threads` (torch's thread count it ran at, else the file's)."""
     opener = gzip.open if str(path).endswith(".gz") else open
     with opener(path, "rt", encoding="utf-8") as f:
-        return json.load(f)
+        data = json.load(f)
+    for cell in data["cells"]:
+        cell.setdefault("amp", "none")
+        cell.setdefault("threads", data["meta"].get("threads"))
+    return data
 
 
 def main(argv: list[str] | None = None) -> int:
