@@ -13,7 +13,7 @@ import lstm_impls
 from bench.grid import MIN_ROUNDS, OPTIONS, OptionError, parse_options, parse_worker
 from bench.instruments.env import environment, pin_tf32
 from bench.instruments.malloc import set_malloc
-from bench.instruments.measure import start_runtimes
+from bench.instruments.measure import Stopwatch, start_runtimes
 from bench.results import (
     CSV_NAME,
     GRID_NAME,
@@ -100,7 +100,7 @@ def pytest_configure(config: pytest.Config) -> None:
     malloc = set_malloc(options.malloc)  # before any cell: the allocator's state then depends on no earlier one
     config.stash[_STATE] = {"options": options, "run_id": run_id, "run_dir": run_dir, "cells": cells,
                             "todo": todo, "env": environment(options.device) | {"malloc": malloc}, "healed": healed,
-                            "worker": worker}
+                            "worker": worker, "stopwatch": Stopwatch()}
     try:
         write_json(grid_path, sorted(set(asked) | {c.id for c in cells}), indent=0)
         write_environment(run_dir, config.stash[_STATE]["env"])
@@ -112,6 +112,13 @@ def pytest_configure(config: pytest.Config) -> None:
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int):
     """pytest-benchmark writes its JSON when the session ends: a write that fails there (a full disk) is one line
     on stderr and exit code 2, as a row that cannot be written is, never a traceback."""
+    state = session.config.stash.get(_STATE, None)
+    if state is not None and state["todo"]:  # where this session's time went, beside its environment
+        try:
+            write_environment(state["run_dir"], state["env"] | {"time_by_phase_s": state["stopwatch"].by_phase()})
+        except OutputError as exc:
+            print(f"lstm-bench: error: {exc}", file=sys.stderr, flush=True)
+            session.exitstatus = pytest.ExitCode.INTERRUPTED
     try:
         return (yield)
     except OSError as exc:
@@ -149,6 +156,12 @@ def run_info(request: pytest.FixtureRequest) -> dict:
 
 
 @pytest.fixture(scope="session")
+def stopwatch(request: pytest.FixtureRequest) -> Stopwatch:
+    """The session's time by phase (bench/instruments/measure.py TIME_PHASES), written into environment.json."""
+    return request.config.stash[_STATE]["stopwatch"]
+
+
+@pytest.fixture(scope="session")
 def full_worker(request: pytest.FixtureRequest) -> bool:
     """Whether this process measures everything (memory, FLOPs, first call, what ran) or times only."""
     return request.config.stash[_STATE]["worker"][0] == 0
@@ -176,9 +189,14 @@ class Recorder:
         try:
             self.csv.write(row)
             if state["worker"][1] > 1:  # one of `lstm-bench run`'s workers: the run's own CSV has the row too
+                from bench.console import row_line
+                from bench.grid import Cell
                 from bench.workers import combine
 
                 combine(state["run_dir"].parent.parent)
+                capture = self.config.pluginmanager.getplugin("capturemanager")
+                with capture.global_and_fixture_disabled():  # the run's console line for the cell (bench/console.py)
+                    print(row_line(Cell.from_row(row).id, row), flush=True)
         except OutputError as exc:
             stop(self.config, exc)
 

@@ -13,7 +13,10 @@ import lstm_impls
 from bench.instruments.malloc import POLICIES as MALLOC_POLICIES
 from lstm_impls.base import CONFIG_DEFAULTS
 
-# The default grid: small on a CPU; DeepBench-like on a GPU (hidden 256-2048, batch 16-128).
+# The default sizes: small on a CPU; DeepBench-like on a GPU (hidden 256-2048, batch 16-128). By default a run
+# varies them one at a time through the d2l config (GRID_SHAPES' "cross": batch at hidden 256, hidden at batch 32:
+# 5 points on a CPU, 7 on a GPU), which answers how memory and time grow with each; --grid full takes every
+# combination (9 and 16), as a run given --batch-sizes or --hidden-sizes does.
 DEFAULT_GRID = {
     "cpu": {"batch_sizes": (16, 32, 64), "hidden_sizes": (128, 256, 512)},
     "cuda": {"batch_sizes": (16, 32, 64, 128), "hidden_sizes": (256, 512, 1024, 2048)},
@@ -23,7 +26,7 @@ DEFAULT_GRID = {
 #: does: a second thread on a shared 2-core machine made the same cell's median move 1.65x between runs.
 DEFAULT_PROCESSES = {"cpu": 3, "cuda": 3}
 #: and at most this many in all: past the first ones, `lstm-bench run` adds a process at a time for the cells whose
-#: processes have not settled (bench/workers.py SETTLED_WITHIN), timing those only (`--max-processes`)
+#: processes have not settled (bench/readers/stats.py SETTLED_WITHIN), timing those only (`--max-processes`)
 DEFAULT_MAX_PROCESSES = {"cpu": 5, "cuda": 5}
 #: timed rounds per cell at least, however long a step (pytest-benchmark's 5 says little about a spread): in one
 #: process, or split between a run's processes; --benchmark-min-rounds=N sets another, per process
@@ -38,6 +41,9 @@ AMPS = ("none", "bfloat16", "float16")
 PRECISIONS = ("float32", "bfloat16", "float16", "autocast-bfloat16", "autocast-float16")
 #: its sequence lengths by default
 ACCURACY_SEQ_LENS = (10, 100, 1000)
+#: --grid: "cross", the batch sizes at one hidden size and the hidden sizes at one batch size (the d2l config's,
+#: or the middle of each list); "full", every combination
+GRID_SHAPES = ("cross", "full")
 FULL_LENGTHS = "full"  # --lengths: every sequence T steps long; "uniform:F" draws each one's length (Cell.lengths)
 DDP_MODE = "ddp"  # rows of `lstm-bench ddp`: a training step under DistributedDataParallel, per world size
 STATUSES = ("ok", "oom", "error", "unsupported", "nonfinite")  # nonfinite: the loss became inf or nan
@@ -414,17 +420,27 @@ class Options:
     lengths: tuple[str, ...] = (FULL_LENGTHS,)
     amps: tuple[str, ...] = ("none",)
     malloc: str = MALLOC_POLICIES[0]  # the C allocator's policy while cells are timed (bench/instruments/malloc.py)
+    shape: str = "full"  # GRID_SHAPES: every (batch, hidden) combination, or the cross through the centre
+
+    def centre(self) -> tuple[int, int]:
+        """The cross's centre: the d2l config's batch and hidden size where the lists hold them, else their middle."""
+        def pick(sizes: tuple[int, ...], d2l: int) -> int:
+            return d2l if d2l in sizes else sorted(sizes)[(len(sizes) - 1) // 2]
+
+        return pick(self.batch_sizes, D2L["batch_size"]), pick(self.hidden_sizes, D2L["hidden_size"])
 
     def grid(self) -> list[Cell]:
-        """Every combination, in a stable order; the implementations of one shape run one after another.
-        Autocast keeps float32 parameters: its cells are the float32 ones."""
+        """Every combination (of the cross's sizes, with --grid cross), in a stable order; the implementations of
+        one shape run one after another. Autocast keeps float32 parameters: its cells are the float32 ones."""
         configs = [c for c in itertools.product(self.num_layers, self.bidirectional, self.proj_sizes, self.dropouts,
                                                 self.batch_first)]
+        centre_b, centre_h = self.centre()
         return [Cell(impl, self.device, dtype, mode, b, h, t, self.vocab_size, 1, *config, lengths=lengths, amp=amp)
                 for config, lengths, amp, dtype, mode, t, h, b, impl in itertools.product(
                     configs, self.lengths, self.amps, self.dtypes, self.modes, self.seq_lens, self.hidden_sizes,
                     self.batch_sizes, self.impls)
-                if config[2] < h and (amp == "none" or dtype == "float32")]
+                if config[2] < h and (amp == "none" or dtype == "float32")
+                and (self.shape == "full" or b == centre_b or h == centre_h)]
 
     def cells(self) -> list[Cell]:
         """This process's part of the grid (all of it unless sharded)."""
@@ -436,6 +452,9 @@ OPTIONS = {
     "impls": ("all", "implementations: 'all' or a comma list of names / module:Class"),
     "batch-sizes": (None, "comma list; default: the device's grid"),
     "hidden-sizes": (None, "comma list; default: the device's grid"),
+    "grid": (None, "cross (batch sizes at one hidden size, hidden sizes at one batch size, through the d2l config or "
+             "the lists' middle) or full (every combination); default: cross for the device's sizes, full for sizes "
+             "given"),
     "seq-len": (str(D2L["seq_len"]), "sequence length(s), comma list"),
     "vocab-size": (str(D2L["vocab_size"]), "vocabulary size = one-hot input size"),
     "device": ("auto", "auto (cuda when available), cpu, cuda, cuda:N"),
@@ -495,4 +514,6 @@ def parse_options(get) -> Options:
         lengths=parse_length_specs(get("lengths") or FULL_LENGTHS),
         amps=parse_list(get("amp") or "none", AMPS, "--amp"),
         malloc=parse_choice(get("malloc") or MALLOC_POLICIES[0], MALLOC_POLICIES, "--malloc"),
+        shape=parse_choice(get("grid") or ("full" if get("batch-sizes") or get("hidden-sizes") else "cross"),
+                           GRID_SHAPES, "--grid"),
     )

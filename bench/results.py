@@ -479,21 +479,31 @@ def process_medians(text) -> list[float]:
 
 
 def summary(csv_path: Path) -> str:
-    """A short table of a run for the terminal."""
+    """The run's answer for the terminal, a row per cell: its step (median ms, and relative to the machine-speed probe
+    with the spread between processes, the figure `compare` judges), tokens/s, first call, peak and what of it is the
+    batch's (activations), and the status."""
     import pandas as pd
 
     df = pd.read_csv(csv_path)
     if df.empty:
         return "(no rows)"
     mib = 2**20
+
+    def column(name: str) -> pd.Series:
+        return df[name] if name in df else pd.Series([float("nan")] * len(df))
+
     table = pd.DataFrame({
         "impl": df["impl"], "mode": df["mode"], "dtype": df["dtype"], "B": df["batch_size"], "H": df["hidden_size"],
         "T": df["seq_len"], "status": df["status"],
-        "step_ms": df["step_ms_median"].round(3), "tokens/s": df["tokens_per_s"].round(0),
-        "first_ms": df["first_step_ms"].round(1), "peak_MiB": (df["peak_bytes"] / mib).round(3),
-        "act_MiB": (df["activation_bytes"] / mib).round(3), "GFLOP/s": df["achieved_gflops"].round(2),
+        "step_ms": df["step_ms_median"].round(2), "x_probe": column("relative_step_median").round(3),
+        "±%": column("relative_between_pct").round(1), "tokens/s": df["tokens_per_s"].round(0),
+        "first_ms": df["first_step_ms"].round(1), "peak_MiB": (df["peak_bytes"] / mib).round(2),
+        "act_MiB": (df["activation_bytes"] / mib).round(2),
     })
-    for column, default in (("lengths", FULL_LENGTHS), ("amp", "none")):  # after T, where a run varies them
-        if column in df and (df[column].fillna(default) != default).any():
-            table.insert(table.columns.get_loc("status"), column, df[column].fillna(default))
+    for name, default in (("lengths", FULL_LENGTHS), ("amp", "none")):  # after T, where a run varies them
+        if name in df and (df[name].fillna(default) != default).any():
+            table.insert(table.columns.get_loc("status"), name, df[name].fillna(default))
+    for name in ("mode", "dtype"):  # one value for every row: said once, not per row
+        if table[name].nunique() == 1:
+            table = table.drop(columns=name)
     return table.to_string(index=False, na_rep="-")

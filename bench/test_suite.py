@@ -12,6 +12,7 @@ import lstm_impls
 from bench.grid import Cell
 from bench.instruments.flops import cell_flops, count_flops
 from bench.instruments.measure import (
+    Stopwatch,
     Subject,
     breakdown,
     compile_reset,
@@ -33,41 +34,50 @@ if TYPE_CHECKING:
     from bench.conftest import Recorder
 
 
-def measure(cell: Cell, benchmark, config: pytest.Config, full: bool = True) -> dict:
+def measure(cell: Cell, benchmark, config: pytest.Config, full: bool = True, clock: Stopwatch | None = None) -> dict:
     """Every column of an ok row: first call, warm-up, timed rounds, memory pass, FLOPs.
 
     The cell runs inside fresh compile caches, and its implementation is built (and scripted or
     compiled) anew, so its first-call cost is the same whatever ran before it. A worker that only
     times (not `full`: bench/workers.py) compiles with the caches as they are: its first call is not
-    reported, and a warm cache spares the run minutes.
+    reported, and a warm cache spares the run minutes. `clock` sums the time of each phase (TIME_PHASES).
     """
+    clock = clock or Stopwatch()
     with fresh_compile_caches() if full else compile_reset():
-        subject = Subject(cell)
+        with clock.phase("build"):
+            subject = Subject(cell)
         try:
-            return measure_subject(subject, benchmark, config, full)
+            return measure_subject(subject, benchmark, config, full, clock)
         finally:
             subject.release()
 
 
-def measure_subject(subject: Subject, benchmark, config: pytest.Config, full: bool = True) -> dict:
+def measure_subject(subject: Subject, benchmark, config: pytest.Config, full: bool = True,
+                    clock: Stopwatch | None = None) -> dict:
     """Time the rounds, each after the machine-speed probe; then (when `full`) what ran, memory and FLOPs."""
-    cell = subject.cell
-    first_ms = time_first_step(subject.step)
+    cell, clock = subject.cell, clock or Stopwatch()
+    with clock.phase("first call"):
+        first_ms = time_first_step(subject.step)
     row = {"first_step_ms": first_ms if full else None, "real_tokens": subject.real_tokens,
            "padded_tokens": cell.padded_tokens}
-    subject.settle_scaler()  # float16: the steps its GradScaler skips are not training steps
-    warmup_s = warm_up(subject.step)
+    with clock.phase("warm-up"):
+        subject.settle_scaler()  # float16: the steps its GradScaler skips are not training steps
+        warmup_s = warm_up(subject.step)
     row["warmup_steps"] = len(warmup_s)
     if full:
-        row["description"] = f"{subject.model.rnn.describe()}; {what_ran(subject.step, subject.device)}"
+        with clock.phase("what ran"):
+            row["description"] = f"{subject.model.rnn.describe()}; {what_ran(subject.step, subject.device)}"
     benchmark.extra_info.update(cell.columns())
     probe, probe_s = make_probe(subject.device, cell.hidden_size), []
     rounds = timed_rounds(statistics.median(warmup_s[-3:]), float(config.getoption("benchmark_max_time")),
                           int(config.getoption("benchmark_min_rounds")))
-    clock = subject.timing_phases()  # the rounds' phases, from the same rounds: forward, backward, optimizer
+    step_phases = subject.timing_phases()  # the rounds' phases, from the same rounds: forward, backward, optimizer
     gc.collect()  # the rounds run with GC off (pytest-benchmark's disable_gc): start them with none pending
     # setup runs before each round, untimed by pytest-benchmark: the probe, timed by itself
-    benchmark.pedantic(subject.step, setup=lambda: probe_s.append(probe()), rounds=rounds)
+    with clock.phase("timed rounds"):
+        benchmark.pedantic(subject.step, setup=lambda: probe_s.append(probe()), rounds=rounds)
+    clock.add("timed rounds", -sum(probe_s))
+    clock.add("probe", sum(probe_s))
     subject.clock = None
     stats = benchmark.stats.stats if benchmark.stats is not None else None  # None: --benchmark-disable
     if stats is not None:
@@ -81,7 +91,7 @@ def measure_subject(subject: Subject, benchmark, config: pytest.Config, full: bo
                 "gc_in_rounds": not benchmark.stats.options["disable_gc"],
                 "tokens_per_s": subject.real_tokens / stats.median}
         row |= {f"{phase}_ms_median": statistics.median(times) * 1e3
-                for phase, times in clock.seconds.items() if times}
+                for phase, times in step_phases.seconds.items() if times}
     steady_s = stats.median if stats is not None else statistics.median(warmup_s[-3:])
     row["startup_ms"] = startup_ms(first_ms, warmup_s, steady_s) if full else None
     diverged = subject.diverged()  # checked once the rounds are over: no sync inside them
@@ -91,24 +101,28 @@ def measure_subject(subject: Subject, benchmark, config: pytest.Config, full: bo
                 "relative_step_processes": repr(row["relative_step_median"])}
     if not full:
         return row
-    memory = measure_memory(subject)
-    row |= vars(memory) | vars(breakdown(subject, memory.peak_bytes, memory.library_bytes))
-    row |= predicted_columns(cell)  # the memory model beside the measurement: every run checks it
+    with clock.phase("memory pass"):
+        memory = measure_memory(subject)
+        row |= vars(memory) | vars(breakdown(subject, memory.peak_bytes, memory.library_bytes))
+    with clock.phase("memory model"):
+        row |= predicted_columns(cell)  # the memory model beside the measurement: every run checks it
     flops = cell_flops(cell, cell.mode, subject.real_tokens)
-    row |= {"flops_per_step": flops, "flops_counted": count_flops(subject.step),
+    with clock.phase("FLOP counting"):
+        counted = count_flops(subject.step)
+    row |= {"flops_per_step": flops, "flops_counted": counted,
             "achieved_gflops": flops / stats.median / 1e9 if stats is not None else None}
     return row
 
 
 def test_cell(cell: Cell, benchmark, recorder: Recorder, run_info: dict, runtimes_started: None,
-              full_worker: bool, pytestconfig: pytest.Config) -> None:
+              full_worker: bool, stopwatch: Stopwatch, pytestconfig: pytest.Config) -> None:
     row = cell.columns() | run_info
     reason = lstm_impls.get(cell.impl).unsupported_reason(cell.device, cell.torch_dtype, **cell.config)
     if reason:
         recorder.write(row | {"status": "unsupported", "error": reason})
         pytest.skip(reason)
     try:
-        row |= measure(cell, benchmark, pytestconfig, full_worker)
+        row |= measure(cell, benchmark, pytestconfig, full_worker, stopwatch)
     except Exception as exc:
         status = failure_status(exc)
         release_memory()

@@ -28,6 +28,7 @@ import sys
 import time
 from pathlib import Path
 
+from .console import Progress, split_row_line
 from .grid import MIN_ROUNDS, Cell
 from .instruments.measure import relative_rounds
 from .readers import stats
@@ -71,17 +72,22 @@ def rounds_options(count: int, given: list[str]) -> list[str]:
     return options
 
 
-def run_workers(run_dir: Path, count: int, suite_argv: list[str], log=print, max_count: int | None = None) -> int:
+def run_workers(run_dir: Path, count: int, suite_argv: list[str], log=print, max_count: int | None = None,
+                cells: int = 0, verbose: bool = False) -> int:
     """Start `count` workers one after another on the suite's argv (the suite's directory first, then the grid
     options, no --results-dir/--run-id); combine after each. Then, up to `max_count` workers in all, one more
-    at a time for the cells that have not settled (`unsettled`), timing only those. Returns the worst exit code
-    (2 as soon as one was stopped: a failed write, ^C)."""
+    at a time for the cells that have not settled (`unsettled`), timing only those. Each worker's output goes to
+    its directory's pytest.log; `log` gets a line per finished cell with the run's progress over `cells` cells a
+    process (bench/console.py), and every line of the workers' with `verbose`. Returns the worst exit code (2 as
+    soon as one was stopped: a failed write, ^C)."""
     code = 0
     started = time.time()
     load_start = os.getloadavg()
     max_count = max(count, max_count or count)
     suite, options = suite_argv[0], suite_argv[1:]
     extra: dict[int, int] = {}  # a worker past count -> how many cells it timed
+    phases: dict[str, dict[str, float]] = {}  # a worker -> its time by phase (s)
+    progress = Progress(cells, count)
     for k in range(max_count):
         targets = [suite]
         if k >= count:  # past the first count: only the cells whose processes still disagree
@@ -89,6 +95,9 @@ def run_workers(run_dir: Path, count: int, suite_argv: list[str], log=print, max
             if not ids:
                 break
             targets, extra[k] = [f"{Path(suite) / SUITE_FILE}::test_cell[{i}]" for i in ids], len(ids)
+            progress.start_process(len(ids), added=True)
+        else:
+            progress.start_process(cells)
         argv = [sys.executable, "-m", "pytest", *targets, *options, "--results-dir", str(run_dir / PROCESSES_DIR),
                 "--run-id", str(k), f"--worker={k}/{max_count}", *rounds_options(count, suite_argv)]
         if k < count:
@@ -97,36 +106,54 @@ def run_workers(run_dir: Path, count: int, suite_argv: list[str], log=print, max
         else:
             log(f"lstm-bench run: process {k + 1} (of at most {max_count}): times only the {len(ids)} cells whose "
                 "processes have not settled")
-        done = subprocess.run(argv, preexec_fn=_die_with_parent)
-        if done.returncode == 2:  # stopped (a write failed, said on its stderr; or ^C): nothing more
+        returncode = _run_worker(argv, worker_dir(run_dir, k), lambda line, k=k: _console(line, k, progress, log,
+                                                                                          verbose))
+        if returncode == 2:  # stopped (a write failed, said on its stderr; or ^C): nothing more
             return 2
-        code = max(code, done.returncode)
+        if returncode not in (0, 2):
+            log(f"lstm-bench run: process {k + 1} exited with {returncode}: see {worker_dir(run_dir, k) / LOG_NAME}")
+        code = max(code, returncode)
         combine(run_dir)
         first = worker_dir(run_dir, 0)
+        phases[str(k)] = (read_json(worker_dir(run_dir, k) / ENV_NAME) or {}).get("time_by_phase_s", {})
         how = {"count": count, "max_count": max_count, "finished": k + 1, "extra_cells": extra,
                "started_unix": started, "load_average_start": load_start, "load_average_end": os.getloadavg(),
-               "wall_s": time.time() - started}
-        write_environment(run_dir, (read_json(first / ENV_NAME) or {}) | {"processes": how})
+               "wall_s": time.time() - started, "time_by_phase_s": phases}
+        env = {k: v for k, v in (read_json(first / ENV_NAME) or {}).items() if k != "time_by_phase_s"}
+        write_environment(run_dir, env | {"processes": how})
         write_json(run_dir / GRID_NAME, read_json(first / GRID_NAME) or [], indent=0)
     return code
 
 
-#: a cell has settled when about two standard errors of its processes' typical figure (2 sd / sqrt(n), the sd of
-#: their logs) are within this fraction of it: until then `lstm-bench run` adds a process that times such cells
-#: only, up to --max-processes. Three default runs' medians of 3 processes each agreed within 5% in 43 of 54 cells;
-#: the cells that missed had processes 5-30% apart (a bimodal fused_compiled cell: 8.4-11.4 relative), where a
-#: median of three lands on either mode. With up to 5 (2 more, timing 15-30 cells each) three runs agreed within
-#: 5% in 50 of 54, the worst at x1.079 (was x1.133), for 114-215 s more a run. With the C allocator steady
-#: (bench/instruments/malloc.py) and rows pooled over rounds: 54 of 54, the worst at x1.049, 24-32 cells added.
-SETTLED_WITHIN = 0.025
+LOG_NAME = "pytest.log"  # a worker's pytest output, in its directory
+
+
+def _run_worker(argv: list[str], where: Path, each_line) -> int:
+    """One worker's pytest session, its output line by line into where/pytest.log and to each_line; its exit code."""
+    where.mkdir(parents=True, exist_ok=True)
+    with (where / LOG_NAME).open("a", encoding="utf-8") as log_file, subprocess.Popen(
+            argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
+            preexec_fn=_die_with_parent) as proc:
+        for line in proc.stdout:
+            log_file.write(line)
+            each_line(line.rstrip("\n"))
+    return proc.returncode
+
+
+def _console(line: str, k: int, progress: Progress, log, verbose: bool) -> None:
+    """What the console shows of a worker's line: a cell line with the run's progress, the worker's own messages
+    (errors, notes), and everything else only when verbose."""
+    text, cell = split_row_line(line)
+    # a worker's own messages, but not its "N cells to measure" (the console counts them), unless it resumed
+    own = text.startswith(("lstm-bench", "ERROR", "Traceback")) and (
+        "cells to measure" not in text or "recorded ok before" in text)
+    if text.strip() and (verbose or own):
+        log(text)
+    if cell is not None:
+        log(progress.line(k, cell))
+
+
 SUITE_FILE = "test_suite.py"
-
-
-def settled(values: list[float]) -> bool:
-    """Whether a cell's per-process figures pin their typical value within SETTLED_WITHIN (see there)."""
-    if len(values) < 2:
-        return False
-    return 2 * stats.between_pct(values) / 100 / math.sqrt(len(values)) <= SETTLED_WITHIN
 
 
 def unsettled(run_dir: Path) -> list[str]:
@@ -137,7 +164,7 @@ def unsettled(run_dir: Path) -> list[str]:
     for row in (dict(zip(header, r)) for r in records):
         if row.get("status") != "ok":
             continue
-        if not settled(process_medians(row.get("relative_step_processes"))
+        if not stats.settled(process_medians(row.get("relative_step_processes"))
                        or process_medians(row.get("step_ms_processes"))):
             ids.append(Cell.from_row(row).id)
     return ids

@@ -3,6 +3,7 @@
 import csv
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -248,6 +249,19 @@ def test_run_writes_ok_oom_error_and_unsupported_rows_and_goes_on(tmp_path):
     env = json.loads((run_dir / "environment.json").read_text())
     how = env["processes"]
     assert how["count"] == how["finished"] == 3 and len(how["load_average_end"]) == 3
+    # where each process's time went, by phase, and the console a person reads: a line per cell each process finished
+    # (8 cells, 3 processes), where the time went, no pytest or pytest-benchmark lines (they are in pytest.log)
+    assert sorted(how["time_by_phase_s"]) == ["0", "1", "2"] and env["report_s"] > 0
+    for k, phases in how["time_by_phase_s"].items():
+        assert {"build", "first call", "warm-up", "timed rounds", "probe", "other", "total"} <= set(phases), phases
+        assert ("memory pass" in phases and "FLOP counting" in phases) == (k == "0")
+        assert sum(v for p, v in phases.items() if p != "total") == pytest.approx(phases["total"], abs=0.01)
+        assert "Name (time in" in (run_dir / "processes" / k / "pytest.log").read_text()
+    progress = re.compile(r"\[ ?\d+/24 \d+:\d\d, ~\d+:\d\d left\] process [123]: ")
+    cell_lines = [line for line in proc.stdout.splitlines() if progress.match(line)]
+    assert len(cell_lines) == 24 and sum("scratch-cpu-float32-train-B2-H8-T4-V28" in line for line in cell_lines) == 3
+    assert "where the time went (s):" in proc.stdout and "Name (time in" not in proc.stdout
+    assert "PASSED" not in proc.stdout and "test_cell[" not in proc.stdout
     machine = json.loads((run_dir / "processes" / "0" / "benchmark.json").read_text())["machine_info"]["lstm_bench"]
     for recorded in (env, machine):
         assert recorded["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
@@ -382,7 +396,7 @@ def test_rounds_default_to_twenty_without_gc_and_a_user_can_lower_them(tmp_path)
 
 
 def test_a_cell_settles_when_its_processes_pin_their_typical_figure():
-    from bench.workers import SETTLED_WITHIN, settled
+    from bench.readers.stats import SETTLED_WITHIN, settled
 
     assert settled([10.0, 10.1, 9.9]) and settled([10.0] * 2)
     assert not settled([8.4, 8.8, 11.4])  # bimodal processes, as a fused_compiled cell measured: a median of 3 jumps

@@ -59,6 +59,39 @@ class PhaseClock:
             times.clear()
 
 
+#: where a session's time goes, in the order a cell meets them: building the model (TorchScript scripts here), its
+#: first call (Inductor compiles here), warm-up to steady steps, what ran (the profiler), the timed rounds and the
+#: machine-speed probe between them, the memory pass, the memory model's prediction, FLOP counting; "other" is the
+#: rest of the session's wall time (start-up, imports, collection, writing rows)
+TIME_PHASES = ("build", "first call", "warm-up", "what ran", "timed rounds", "probe", "memory pass", "memory model",
+               "FLOP counting", "other")
+
+
+class Stopwatch:
+    """Wall seconds by phase (TIME_PHASES), summed over a session's cells: where a run's time goes, to size a sweep."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self.started = time.perf_counter()
+
+    @contextlib.contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.add(name, time.perf_counter() - start)
+
+    def add(self, name: str, seconds: float) -> None:
+        self.seconds[name] = self.seconds.get(name, 0.0) + seconds
+
+    def by_phase(self) -> dict[str, float]:
+        """Seconds by phase so far, "other" the session's wall time the phases do not cover, and "total"."""
+        total = time.perf_counter() - self.started
+        known = {name: round(self.seconds[name], 3) for name in TIME_PHASES if name in self.seconds}
+        return known | {"other": round(max(total - sum(self.seconds.values()), 0.0), 3), "total": round(total, 3)}
+
+
 #: the most steps float16's GradScaler may skip before a cell's step counts (its scale starts at 2**16 and halves
 #: on each skip: 40 reach 2**-24, below which no gradient is representable)
 SCALER_SETTLE_STEPS = 40

@@ -23,7 +23,8 @@ from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter, NullLoca
 from scipy.stats import linregress
 
 from bench.grid import CELL_KEY, D2L, DDP_MODE, DTYPES, MODES, STATUSES, Cell
-from bench.results import Run, RunError, load_run, writable_dir
+from bench.readers.stats import SETTLED_WITHIN, between_pct, typical_interval
+from bench.results import Run, RunError, load_run, process_medians, writable_dir
 from lstm_impls.base import CONFIG_DEFAULTS
 
 REPORT_NAME = "report.md"
@@ -37,7 +38,9 @@ GROUP = ("device", "dtype", "mode", "seq_len", "input_size", "world_size", *SECT
 PARTS = ("param_bytes", "grad_bytes", "optimizer_bytes", "activation_bytes", "workspace_bytes", "library_bytes")
 PART_LABELS = {"param_bytes": "parameters", "grad_bytes": "gradients", "optimizer_bytes": "optimizer state",
                "activation_bytes": "activations", "workspace_bytes": "workspace", "library_bytes": "libraries"}
-NOISY_FRACTION = 0.10  # IQR / median above this marks a cell as noisy
+NOISY_FRACTION = 0.10  # IQR / median above this marks a cell of one process as noisy
+#: a cell's processes ran the machine-speed probe this far apart (max / min): the machine's speed moved during the run
+PROBE_MOVED = 1.05
 MIB = 2**20
 REFERENCE_IMPL = "cudnn"
 MAX_NOTES = 20  # distinct notes listed in the report
@@ -596,12 +599,7 @@ def _answer(group: Group, ok: pd.DataFrame, batch: int, hidden: int) -> list[str
     where = f"B{batch} H{hidden} T{group.seq_len} V{_int(group.input_size)}"
     at = ok[(ok["batch_size"] == batch) & (ok["hidden_size"] == hidden)].sort_values("impl")
     which = "the d2l config" if is_d2l(group, batch, hidden) else "the cell nearest the d2l config (B32 H256 T35 V28)"
-    out = [f"At **{which}, {where}**:", ""]
-    noisy = (ok["step_ms_iqr"] / ok["step_ms_median"] > NOISY_FRACTION).sum()
-    if noisy > len(ok) / 2:
-        out = [f"**Caution: {noisy} of {len(ok)} cells are noisy** (the timed rounds' IQR above "
-               f"{NOISY_FRACTION:.0%} of their median): the times below are not reliable; a busy machine? "
-               "The memory figures do not depend on it.", ""] + out
+    out = noise_lines(ok) + [f"At **{which}, {where}**:", ""]
     reference = at[at["impl"] == REFERENCE_IMPL]["step_ms_median"]
     fits = bytes_per_sequence(ok, hidden)
     out += [_summary_table(at, fits.set_index("impl")["slope_bytes"] if not fits.empty else pd.Series(dtype=float),
@@ -617,10 +615,18 @@ def _answer(group: Group, ok: pd.DataFrame, batch: int, hidden: int) -> list[str
         if pd.notna(r.step_ms_median):
             noise = r.step_ms_iqr / r.step_ms_median
             speed = f" A step takes {sig(r.step_ms_median)} ms ({sig(r.tokens_per_s)} tokens/s"
-            if pd.notna(r.processes) and r.processes >= 2:
-                speed += (f"; the median of every round of {r.processes:.0f} processes, 95% interval "
-                          f"{sig(r.step_ms_ci_low)}–{sig(r.step_ms_ci_high)} ms")
-            speed += f"; noisy: IQR {noise:.1%} of the median)" if noise > NOISY_FRACTION else ")"
+            relative = process_medians(getattr(r, "relative_step_processes", None))
+            if len(relative) >= 2:  # what reproduces between runs: the step relative to the machine-speed probe
+                low, high = typical_interval(relative)
+                speed += (f"; {sig(r.relative_step_median)}× the machine-speed probe, 95% interval {sig(low)}–"
+                          f"{sig(high)} over {len(relative)} processes")
+                raw = process_medians(r.step_ms_processes)
+                if probe_spread(r.step_ms_processes, r.relative_step_processes) > PROBE_MOVED:
+                    speed += (f"; its processes ran {sig(min(raw))}–{sig(max(raw))} ms as the machine's speed moved: "
+                              "the relative figure is the one that repeats")
+                speed += ")"
+            else:
+                speed += f"; noisy: IQR {noise:.1%} of the median)" if noise > NOISY_FRACTION else ")"
             if r.impl != REFERENCE_IMPL and not reference.dropna().empty:
                 ratio = r.step_ms_median / reference.iloc[0]
                 speed += (f", {sig(ratio, 2)}× {REFERENCE_IMPL}'s time" if ratio >= 1
@@ -665,6 +671,52 @@ def _answer(group: Group, ok: pd.DataFrame, batch: int, hidden: int) -> list[str
     return out
 
 
+def probe_spread(step_ms_processes, relative_processes) -> float:
+    """How far apart a cell's processes ran the machine-speed probe (max / min of each one's step ÷ its relative
+    step); NaN without two processes."""
+    probes = [s / r for s, r in zip(process_medians(step_ms_processes), process_medians(relative_processes)) if r]
+    return max(probes) / min(probes) if len(probes) >= 2 else math.nan
+
+
+def noise_lines(ok: pd.DataFrame) -> list[str]:
+    """What repeats, judged as `compare` judges it: whether each cell's processes agree on its step relative to the
+    machine-speed probe (bench/readers/stats.py settled), and, where the probe moved between them, that the machine's
+    speed moved and which figures hold. A run of one process has only its rounds' IQR to go by."""
+    if "relative_step_processes" not in ok:
+        ok = ok.assign(relative_step_processes=None)
+    timed = ok[[len(process_medians(v)) >= 2 for v in ok["relative_step_processes"]]]
+    out = []
+    if timed.empty:
+        noisy = (ok["step_ms_iqr"] / ok["step_ms_median"] > NOISY_FRACTION).sum()
+        if noisy > len(ok) / 2:
+            return [f"**Caution: {noisy} of {len(ok)} cells are noisy** (the timed rounds' IQR above "
+                    f"{NOISY_FRACTION:.0%} of their median, in one process): the times below may not repeat; a busy "
+                    "machine? The memory figures do not depend on it.", ""]
+        return [f"{noisy} of {len(ok)} cells are noisier than {100 * NOISY_FRACTION:.0f}% (IQR / median, in one "
+                "process)" + (": their times say less than their digits." if noisy else "."), ""]
+    # each cell's uncertainty: two standard errors of its processes' typical relative step, in %
+    uncertain = pd.Series([2 * between_pct(v) / math.sqrt(len(v)) for v in map(process_medians,
+                                                                                 timed["relative_step_processes"])])
+    loose = int((uncertain > 200 * SETTLED_WITHIN).sum())
+    rule = ("their typical step relative to the machine-speed probe, the figure `compare` judges, pinned within "
+            f"±{100 * SETTLED_WITHIN:.1f}% (two standard errors)")
+    if loose > 0.1 * len(timed):
+        out.append(f"**Caution: in {loose} of {len(timed)} cells the processes disagree by more than twice what "
+                   f"settles a cell** ({rule}): their step figures may not repeat within 5%; was the machine busy? "
+                   "Memory does not depend on it.")
+    else:
+        done = int((uncertain <= 100 * SETTLED_WITHIN).sum())
+        out.append(f"{done} of {len(timed)} cells settled: {rule}"
+                   + (f"; the others within ±{uncertain.max():.1f}%." if done < len(timed) else "."))
+    spreads = pd.Series([probe_spread(r.step_ms_processes, r.relative_step_processes) for r in timed.itertuples()])
+    if spreads.max() > PROBE_MOVED:
+        out.append(f"The machine's speed moved during the run: within a cell, one process ran the probe up to "
+                   f"×{spreads.max():.2f} slower than another (×{spreads.median():.2f} in the median cell). Memory and "
+                   "the times relative to the probe hold; milliseconds moved with the machine, and repeat only as "
+                   "well as its speed does.")
+    return out + [""]
+
+
 def _summary_table(at: pd.DataFrame, per_sequence_bytes: pd.Series, reference_ms: float) -> str:
     """One line per implementation at the answer's cell: the numbers the sentences below explain."""
     model = "model (params+grads+optimizer)" if (at["mode"] == "train").any() else "model (params)"
@@ -675,6 +727,7 @@ def _summary_table(at: pd.DataFrame, per_sequence_bytes: pd.Series, reference_ms
         "peak": at["peak_bytes"].map(human_bytes),
         "per extra sequence": at["impl"].map(per_sequence_bytes).map(human_bytes),
         "step (ms)": at["step_ms_median"].map(sig),
+        "step ÷ probe": at["relative_step_median"].map(sig) if "relative_step_median" in at else "–",
         "tokens/s": at["tokens_per_s"].map(sig),
         f"time ÷ {REFERENCE_IMPL}'s": (at["step_ms_median"] / reference_ms).map(lambda v: f"{sig(v, 2)}×"
                                                                                if pd.notna(v) else "–"),
@@ -936,9 +989,7 @@ def write_report(run_dirs: Sequence[str | Path], out_dir: str | Path | None = No
             marked = table > 100 * NOISY_FRACTION if stem == "noise-pct" else None
             md += [f"**{title}**" + (f" — bold: above {100 * NOISY_FRACTION:.0f}%" if marked is not None else ""),
                    "", _pivot_md(table, marked, percent=stem.endswith("-pct")), ""]
-        noisy = part[part["step_ms_iqr"] / part["step_ms_median"] > NOISY_FRACTION]
-        md += [f"{len(noisy)} of {len(part)} cells are noisier than {100 * NOISY_FRACTION:.0f}% (IQR / median)"
-               + (": their times say less than their digits." if len(noisy) else ".")]
+        md += noise_lines(part)
     for stem, tables in long_tables.items():
         table = pd.concat(tables, ignore_index=True)
         table = table[list(GROUP) + [c for c in table.columns if c not in GROUP]]

@@ -136,3 +136,21 @@ def typical_interval(values: Sequence[float], confidence: float = CONFIDENCE) ->
     mean, sd = _mean_sd([math.log(v) for v in values])
     half = _t(len(values) - 1, confidence) * sd / math.sqrt(len(values))
     return math.exp(mean - half), math.exp(mean + half)
+
+
+#: a cell has settled when about two standard errors of its processes' typical figure (2 sd / sqrt(n), the sd of
+#: their logs) are within this fraction of it: until then `lstm-bench run` adds a process (bench/workers.py) that
+#: times such cells only, up to --max-processes, and the report does not call the cell settled. Three default runs'
+#: medians of 3 processes each agreed within 5% in 43 of 54 cells;
+#: the cells that missed had processes 5-30% apart (a bimodal fused_compiled cell: 8.4-11.4 relative), where a
+#: median of three lands on either mode. With up to 5 (2 more, timing 15-30 cells each) three runs agreed within
+#: 5% in 50 of 54, the worst at x1.079 (was x1.133), for 114-215 s more a run. With the C allocator steady
+#: (bench/instruments/malloc.py) and rows pooled over rounds: 54 of 54, the worst at x1.049, 24-32 cells added.
+SETTLED_WITHIN = 0.025
+
+
+def settled(values: list[float]) -> bool:
+    """Whether a cell's per-process figures pin their typical value within SETTLED_WITHIN (see there)."""
+    if len(values) < 2:
+        return False
+    return 2 * between_pct(values) / 100 / math.sqrt(len(values)) <= SETTLED_WITHIN
