@@ -9,9 +9,16 @@ difference of log median step times, d_k = log(B_k) - log(A_k), with a Student t
 added until every cell's answer is clear or `--budget-s` is spent (Kalibera & Jones, ISMM 2013: repeat
 at the level whose variance dominates).
 
-A side is a git revision of this checkout (`--base REV --new REV`; `--new` defaults to the working
-tree; each revision runs from a `git worktree`, imported first through PYTHONPATH) or an implementation
-(`--impls A,B`, `module:Class` allowed). Verdict per cell, with threshold t:
+A side is a git revision (`--base REV --new REV`; `--new` defaults to the working tree) of the repository `ab`
+is run in: the git top level of the current directory, or `--repo DIR`; never the checkout this module was
+imported from, which may be another clone (an editable install) or no repository at all (a wheel). Each revision
+runs from a temporary `git worktree` of that repository, first on its workers' PYTHONPATH, and a side whose workers
+would import `bench` or `lstm_impls` from anywhere else is refused. Or a side is an implementation (`--impls A,B`,
+`module:Class` allowed), measured in the working tree of that repository; outside any lstm-bench repository (and
+without `--repo`), in the installed lstm-bench instead, as comparing two implementations needs no history. The
+first line (on stderr as the pairs start, and atop the table) says which repository and commits, or which
+installed copy, is measured. No repository where one is needed (not inside one, `--repo` not one, a revision
+without the benchmark suite) is bad input. Verdict per cell, with threshold t:
 - **slower**: the estimate of new/base lies above 1 + t and its whole 95% interval above 1 + t/2 (large,
   and significantly more than half the threshold: an A/A pair of processes whose speeds scatter by 8%
   is flagged in fewer than 1 of 5,000 cells at 10 pairs, a true 20% change nearly always);
@@ -39,7 +46,7 @@ from pathlib import Path
 from .grid import CELL_KEY, KEY_DEFAULTS
 from .readers import stats
 
-ROOT = Path(__file__).resolve().parents[1]
+SUITE = "bench/test_suite.py"  # what a tree must hold to be measured: lstm-bench's benchmark suite
 KEY = tuple(k for k in CELL_KEY if k != "world_size")  # a cell, as `run` measures it (one process)
 NAME_DEFAULTS = {k: v for k, v in KEY_DEFAULTS.items() if k in KEY}  # what a cell's name leaves out
 VERDICTS = ("slower", "faster", "unchanged", "inconclusive")
@@ -95,31 +102,130 @@ class Side:
     """What one side runs: a source tree (imported first) and the implementation(s) to measure there."""
 
     label: str  # base or new
-    what: str  # in words: the revision or the implementation
+    what: str  # in words: the revision and its commit, the working tree, or the implementation
     root: Path
     impls: str
+    commit: str | None = None  # the revision's commit; None: a working tree (or the installed copy)
+
+
+def git(repo: Path, *argv: str) -> subprocess.CompletedProcess:
+    """`git -C repo ARGV`, its output captured; a git that cannot be started is bad input (one line)."""
+    try:
+        return subprocess.run(["git", "-C", str(repo), *argv], capture_output=True, text=True, timeout=120)
+    except FileNotFoundError:
+        raise ABError("git is not installed: ab measures the revisions of a git repository") from None
+    except (OSError, subprocess.SubprocessError) as exc:
+        raise ABError(f"git {argv[0]} in {repo} failed ({exc.__class__.__name__})") from None
+
+
+def _why(done: subprocess.CompletedProcess) -> str:
+    """git's own reason, one line (the last it wrote)."""
+    return (done.stderr.strip().splitlines() or [f"exit {done.returncode}"])[-1]
+
+
+def repository(repo: Path | None = None) -> Path:
+    """The git top level of `repo` (--repo), or of the current directory: the repository `ab` measures."""
+    try:
+        where = Path.cwd() if repo is None else repo
+    except OSError:
+        raise ABError("the current directory is gone: no git repository to measure (--repo DIR)") from None
+    done = git(where, "rev-parse", "--show-toplevel")
+    if done.returncode or not done.stdout.strip():
+        if repo is not None:
+            raise ABError(f"--repo {repo}: not a git repository ({_why(done)})")
+        raise ABError(f"{where} is not in a git repository ({_why(done)}): run ab inside one, or give --repo DIR")
+    return Path(done.stdout.strip())
+
+
+def resolve(repo: Path, rev: str | None) -> str | None:
+    """The commit `rev` names in repo (None: the working tree), refused unless it holds the benchmark suite."""
+    if rev is None:
+        if not (repo / SUITE).is_file():
+            raise ABError(f"the working tree of {repo} has no {SUITE}: not an lstm-bench repository")
+        return None
+    # a revision that starts with "-" would be read as an option of git's
+    done = None if rev.startswith("-") else git(repo, "rev-parse", "--verify", "--quiet", f"{rev}^{{commit}}")
+    if done is None or done.returncode or not done.stdout.strip():
+        raise ABError(f"{rev!r} is not a git revision of {repo}")
+    commit = done.stdout.strip()
+    if git(repo, "cat-file", "-e", f"{commit}:{SUITE}").returncode:
+        raise ABError(f"{rev} ({commit[:7]}) of {repo} has no {SUITE}: not a revision of lstm-bench")
+    return commit
+
+
+def installed_tree() -> Path:
+    """The directory holding the `bench` package this process imported: the installed lstm-bench (a checkout for
+    an editable install, site-packages for a wheel). Only `--impls A,B` outside any lstm-bench repository uses it."""
+    return Path(__file__).resolve().parents[1]
+
+
+def impls_tree(repo: Path | None) -> tuple[Path, str]:
+    """Where `--impls A,B` measures, and the first line's words for it: the working tree of --repo DIR (which must
+    be an lstm-bench repository), else of the current directory's repository if it is one, else the installed
+    lstm-bench: two implementations need no history, so a user outside any checkout can still compare them."""
+    if repo is not None:
+        top = repository(repo)
+        resolve(top, None)
+        return top, f"ab: repository {top}, its working tree"
+    try:
+        top = repository()
+    except ABError:
+        reason = "not in a git repository"
+    else:
+        if (top / SUITE).is_file():
+            return top, f"ab: repository {top}, its working tree"
+        reason = f"its repository {top} has no {SUITE}"
+    tree = installed_tree()
+    return tree, f"ab: no lstm-bench repository here ({reason}): the installed lstm-bench, {tree}"
+
+
+def revisions_line(repo: Path, revs: Sequence[str | None], commits: Sequence[str | None]) -> str:
+    """The first line of a compare of two revisions: the repository, and each side's commit and revision."""
+    base, new = (f"{label} {commit[:7]} ({rev})" if commit else f"{label}: the working tree"
+                 for label, rev, commit in zip(("base", "new"), revs, commits))
+    return f"ab: repository {repo}, {base}, {new}"
 
 
 @contextlib.contextmanager
-def revision_tree(rev: str | None) -> Iterator[Path]:
-    """The source tree of a git revision of this checkout (a temporary worktree), or the working tree (None)."""
-    if rev is None:
-        yield ROOT
+def revision_tree(repo: Path, commit: str | None) -> Iterator[Path]:
+    """The source tree of a commit of repo (a temporary worktree, removed after), or repo's working tree (None)."""
+    if commit is None:
+        yield repo
         return
-    try:
-        commit = subprocess.run(["git", "rev-parse", "--verify", f"{rev}^{{commit}}"], cwd=ROOT, capture_output=True,
-                                text=True, check=True, timeout=30).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        raise ABError(f"{rev!r} is not a git revision of this checkout ({ROOT})") from None
     with tempfile.TemporaryDirectory(prefix="lstm-bench-ab-") as tmp:
         tree = Path(tmp) / "tree"
-        subprocess.run(["git", "worktree", "add", "--detach", "--quiet", str(tree), commit], cwd=ROOT,
-                       capture_output=True, check=True, timeout=120)
+        done = git(repo, "worktree", "add", "--detach", "--quiet", str(tree), commit)
+        if done.returncode:
+            raise ABError(f"git worktree add {commit[:7]} in {repo} failed: {_why(done)}")
         try:
             yield tree
         finally:
-            subprocess.run(["git", "worktree", "remove", "--force", str(tree)], cwd=ROOT, capture_output=True,
-                           timeout=120)
+            git(repo, "worktree", "remove", "--force", str(tree))
+
+
+def worker_env(root: Path) -> dict[str, str]:
+    """A measuring process's environment: the side's tree first on PYTHONPATH, ahead of site-packages (an
+    editable install's finder comes after every sys.path entry, a wheel's copy after PYTHONPATH)."""
+    rest = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    return os.environ | {"PYTHONPATH": os.pathsep.join([str(root), *rest])}
+
+
+def check_imports(side: Side) -> None:
+    """Refuse a side whose measuring processes would import `bench` or `lstm_impls` from outside its tree (a copy
+    put ahead of PYTHONPATH, as an old setuptools develop install does): they would measure other code. Asked of
+    a process started as the workers are, without importing the packages (find_spec: cheap, no torch)."""
+    code = ("import importlib.util as u\n"
+            "for name in ('bench', 'lstm_impls'):\n"
+            "    spec = u.find_spec(name)\n"
+            "    print(spec.origin if spec and spec.origin else 'nowhere')\n")
+    done = subprocess.run([sys.executable, "-c", code], cwd=side.root, env=worker_env(side.root),
+                          capture_output=True, text=True, timeout=120)
+    origins = done.stdout.splitlines()
+    root = side.root.resolve()
+    outside = [o for o in origins if not Path(o).resolve().is_relative_to(root)]
+    if done.returncode or len(origins) != 2 or outside:
+        found = ", ".join(outside) or _why(done)
+        raise ABError(f"{side.label}: its processes would import lstm-bench from {found}, not from {root}")
 
 
 def trial(side: Side, grid: Sequence[str], out: Path, run_id: str, max_time_s: float,
@@ -132,8 +238,7 @@ def trial(side: Side, grid: Sequence[str], out: Path, run_id: str, max_time_s: f
     argv = [sys.executable, "-m", "pytest", *targets, "--benchmark-only", "-q", "-p",
             "no:cacheprovider", "--impls", side.impls, *grid, "--results-dir", str(out), "--run-id", run_id,
             f"--benchmark-max-time={max_time_s}"]
-    env = os.environ | {"PYTHONPATH": os.pathsep.join([str(side.root), os.environ.get("PYTHONPATH", "")])}
-    done = subprocess.run(argv, cwd=side.root, env=env, capture_output=True, text=True)
+    done = subprocess.run(argv, cwd=side.root, env=worker_env(side.root), capture_output=True, text=True)
     try:
         rows = load_run(out / run_id).measurements
     except RunError as exc:
@@ -196,12 +301,14 @@ def measure(base: Side, new: Side, grid: Sequence[str], *, budget_s: float, thre
     return cells
 
 
-def render(cells: dict[tuple, CellAB], base: Side, new: Side, threshold: float) -> str:
-    """The table: per cell new/base with its 95% interval, the pairs, the base side's spread and the verdict."""
+def render(cells: dict[tuple, CellAB], base: Side, new: Side, threshold: float, about: str = "") -> str:
+    """The table, after `about` (what was measured: the first line): per cell new/base with its 95% interval, the
+    pairs, the base side's spread and the verdict."""
     width = max(len("cell"), *(len(c.name) for c in cells.values()))
-    lines = [f"new ({new.what}) / base ({base.what}): step time, the ratio of paired fresh processes' medians "
-             f"(threshold {threshold:.0%})", "",
-             f"{'cell':<{width}}  {'ratio':>6}  {'95% interval':>15}  {'pairs':>5}  {'spread':>6}  verdict"]
+    lines = [about] if about else []
+    lines += [f"new ({new.what}) / base ({base.what}): step time, the ratio of paired fresh processes' medians "
+              f"(threshold {threshold:.0%})", "",
+              f"{'cell':<{width}}  {'ratio':>6}  {'95% interval':>15}  {'pairs':>5}  {'spread':>6}  verdict"]
     for key in sorted(cells):
         c = cells[key]
         low, high = c.interval()
@@ -211,8 +318,11 @@ def render(cells: dict[tuple, CellAB], base: Side, new: Side, threshold: float) 
     return "\n".join(lines)
 
 
-def as_json(cells: dict[tuple, CellAB], threshold: float) -> str:
-    return json.dumps({"threshold": threshold, "cells": [
+def as_json(cells: dict[tuple, CellAB], threshold: float, base: Side, new: Side, about: str = "") -> str:
+    """The table for scripts, with what was measured: the first line, each side's words and commit (null: a
+    working tree)."""
+    sides = {side.label: {"what": side.what, "commit": side.commit} for side in (base, new)}
+    return json.dumps({"about": about, **sides, "threshold": threshold, "cells": [
         {"cell": c.name, **dict(zip(KEY, map(_plain, key))), "ratio": c.ratio(), "interval_95": c.interval(),
          "pairs": len(c.base), "base_ms": c.base, "new_ms": c.new, "verdict": c.verdict(threshold, final=True)}
         for key, c in sorted(cells.items())]}, indent=2)

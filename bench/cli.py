@@ -31,7 +31,7 @@ from bench.grid import (
     parse_sizes,
 )
 from bench.memory_cli import add_parser as add_memory_parser
-from bench.results import OutputError, RunError, writable_dir, writable_file
+from bench.results import PROCESSES_DIR, OutputError, RunError, writable_dir, writable_file
 
 
 class _Parser(argparse.ArgumentParser):
@@ -140,8 +140,10 @@ def _run(args: argparse.Namespace) -> int:
     """The benchmark grid, through the same pytest-benchmark suite as `pytest bench/ --benchmark-only`."""
     import pytest
 
+    from bench.console import time_table
     from bench.launch import finish, join, rank_dir, torchrun_ranks
-    from bench.results import CSV_NAME, new_run_id, prepare_run_dir, summary
+    from bench.results import CSV_NAME, ENV_NAME, new_run_id, prepare_run_dir, read_json, summary, write_environment
+    from bench.workers import LOG_NAME
 
     raw = {name: getattr(args, name.replace("-", "_")) for name in OPTIONS}
     ranks = torchrun_ranks()
@@ -166,6 +168,9 @@ def _run(args: argparse.Namespace) -> int:
         print(f"lstm-bench: {note}", flush=True)
     print(f"lstm-bench run: {len(options.cells())} cells on {options.device}, results in {run_dir}"
           + (f" (rank {ranks.rank} of {ranks.world_size})" if ranks else ""), flush=True)
+    if processes > 1 and not args.verbose:
+        print(f"lstm-bench run: each process's pytest output goes to {run_dir / PROCESSES_DIR / 'K' / LOG_NAME} "
+              "(--verbose shows it here)", flush=True)
     argv = [str(Path(__file__).parent), "--benchmark-only", "-p", "no:cacheprovider", "-v", "--no-header",
             "--benchmark-columns=median,iqr,min,rounds", "--benchmark-sort=name"]
     grid_argv = [f"--{name}={value}" for name, value in raw.items() if value is not None]
@@ -175,7 +180,8 @@ def _run(args: argparse.Namespace) -> int:
         from bench.workers import run_workers
 
         where = [a for a in grid_argv if not a.startswith(("--results-dir=", "--run-id="))]
-        code = run_workers(run_dir, processes, argv + where + args.pytest_args, max_count=max_processes)
+        code = run_workers(run_dir, processes, argv + where + args.pytest_args, max_count=max_processes,
+                           cells=len(options.cells()), verbose=args.verbose)
     else:  # this process measures (under torchrun: each rank its shard)
         code = pytest.main(argv + grid_argv + args.pytest_args)
     if ranks:
@@ -185,18 +191,28 @@ def _run(args: argparse.Namespace) -> int:
         if missing:
             print(f"missing cells (a rank died? run again with --run-id {run_dir.name}): {', '.join(missing)}")
             code = code or 1
-    print(f"\nrun directory: {run_dir}  ({time.perf_counter() - started:.0f} s)")
+    measured_s = time.perf_counter() - started
     if code == pytest.ExitCode.INTERRUPTED:  # stopped (a write failed, said on stderr; or ^C): no report
+        print(f"\nrun directory: {run_dir}  ({measured_s:.0f} s)")
         return 2
     if (run_dir / CSV_NAME).exists():
-        print(summary(run_dir / CSV_NAME))
+        print("\n" + summary(run_dir / CSV_NAME))
         from bench.readers.report import write_report
 
         try:
-            print(f"report: {write_report([run_dir])}")
+            report = write_report([run_dir])
         except RunError as exc:  # the measurements stand; say why there is no report
             print(f"lstm-bench: error: no report: {exc}", file=sys.stderr)
             return int(code) or 2
+        report_s = time.perf_counter() - started - measured_s
+        env = read_json(run_dir / ENV_NAME) or {}
+        by_process = (env.get("processes") or {}).get("time_by_phase_s") or (
+            {"0": env["time_by_phase_s"]} if "time_by_phase_s" in env else {})
+        if by_process:
+            write_environment(run_dir, env | {"report_s": round(report_s, 3)})
+            print("\nwhere the time went (s):\n" + time_table(by_process, report_s))
+        print(f"\nreport: {report}")
+    print(f"run directory: {run_dir}  ({time.perf_counter() - started:.0f} s)")
     return int(code)
 
 
@@ -400,6 +416,9 @@ def build_parser() -> argparse.ArgumentParser:
                           "settled (about 2 standard errors of their typical figure within 2.5%%), up to this many "
                           f"in all (default: {DEFAULT_MAX_PROCESSES['cpu']}; with --processes N alone: N, none "
                           "added)")
+    run.add_argument("-v", "--verbose", action="store_true", help="show the worker processes' pytest output (pytest's "
+                     "lines and pytest-benchmark's tables), not only a line per cell; it is in each process's "
+                     f"{PROCESSES_DIR}/K/pytest.log either way")
     run.set_defaults(func=_run)
 
     check = sub.add_parser("check", help="each implementation's max abs error against nn.LSTM (float64)")
@@ -429,10 +448,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     ab = sub.add_parser("ab", help="is new faster than base? two git revisions or two implementations measured "
                         "in alternating fresh processes until the answer is clear; exit 1 when a cell is slower")
-    ab.add_argument("--base", default=None, help="a git revision of this checkout (with --impls: what to measure)")
+    ab.add_argument("--base", default=None, help="a git revision of the repository ab is run in (see --repo; with "
+                    "--impls: what to measure)")
     ab.add_argument("--new", default=None, help="a git revision (default: the working tree)")
     ab.add_argument("--impls", default=None, help="with --base: the implementations to measure; without: A,B, "
-                    "two implementations (names or module:Class) to compare")
+                    "two implementations (names or module:Class) to compare in the repository's working tree (outside "
+                    "any lstm-bench repository and without --repo: in the installed lstm-bench)")
+    ab.add_argument("--repo", type=path_arg, default=None, help="the lstm-bench git repository whose revisions (or "
+                    "working tree) are measured, each revision from a temporary git worktree of it (default: the one "
+                    "the current directory is in, not the installed lstm-bench's); the first line names it and the "
+                    "commits")
     for name in AB_GRID:
         ab.add_argument(f"--{name}", default=None, help=OPTIONS[name][1])
     ab.add_argument("--cells", type=path_arg, default=None, help="with --base: measure these cells (pytest node "
@@ -581,23 +606,37 @@ def _ab(args: argparse.Namespace) -> int:
     if args.min_pairs < 2 or args.max_pairs < args.min_pairs:
         raise OptionError("--min-pairs must be at least 2 (an interval needs two pairs) and at most --max-pairs")
     argv = [a for name, value in grid.items() if value is not None for a in (f"--{name}", value)]
+
+    def log(line: str) -> None:
+        print(line, file=sys.stderr, flush=True)
+
     try:
         with contextlib.ExitStack() as stack:
-            if args.base is None:
-                base = ab.Side("base", impls[0], ab.ROOT, impls[0])
-                new = ab.Side("new", impls[1], ab.ROOT, impls[1])
-            else:
-                trees = [stack.enter_context(ab.revision_tree(rev)) for rev in (args.base, args.new)]
+            if args.base is None:  # two implementations: one tree, the repository's working tree or the installed one
+                tree, where = ab.impls_tree(args.repo)
+                about = f"{where}: base {impls[0]}, new {impls[1]}"
+                log(about)
+                base = ab.Side("base", impls[0], tree, impls[0])
+                new = ab.Side("new", impls[1], tree, impls[1])
+            else:  # two revisions of the repository ab runs in (or --repo), each from a worktree of its own
+                repo = ab.repository(args.repo)
+                revs = (args.base, args.new)
+                commits = [ab.resolve(repo, rev) for rev in revs]
+                about = ab.revisions_line(repo, revs, commits)
+                log(about)  # before the worktrees: says at once what is compared
+                trees = [stack.enter_context(ab.revision_tree(repo, commit)) for commit in commits]
                 names = ",".join(impls)
-                base = ab.Side("base", args.base, trees[0], names)
-                new = ab.Side("new", args.new or "the working tree", trees[1], names)
+                base, new = (ab.Side(label, f"{rev}, {commit[:7]}" if commit else "the working tree", tree, names,
+                                     commit) for label, rev, commit, tree in zip(("base", "new"), revs, commits, trees))
+            for side in (base, new):
+                ab.check_imports(side)
             cells = ab.measure(base, new, argv, budget_s=args.budget_s, threshold=args.threshold,
                                min_pairs=args.min_pairs, max_pairs=args.max_pairs, max_time_s=args.max_time,
-                               seed=args.seed, cells_ids=cells_ids,
-                               log=lambda line: print(line, file=sys.stderr, flush=True))
+                               seed=args.seed, cells_ids=cells_ids, log=log)
     except ab.ABError as exc:
         raise OptionError(str(exc)) from None
-    print(ab.as_json(cells, args.threshold) if args.json else ab.render(cells, base, new, args.threshold))
+    print(ab.as_json(cells, args.threshold, base, new, about) if args.json
+          else ab.render(cells, base, new, args.threshold, about))
     return 1 if any(c.verdict(args.threshold, final=True) == "slower" for c in cells.values()) else 0
 
 

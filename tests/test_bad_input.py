@@ -171,6 +171,10 @@ def grid_cases(command: str) -> list[tuple[list[str], str]]:
     return cases
 
 
+#: what `ab --repo` refuses: no git repository there (its git's reason after the colon), or no path
+REPOS = [("/nonexistent", "--repo /nonexistent: not a git repository"), ("{runs}", "--repo .*: not a git repository"),
+         ("{file}", "--repo .*a-file: not a git repository"), ("/proc", "--repo /proc: not a git repository"),
+         ("", "is not a path")]
 #: ab's two sides, given first: a case the validation let through would measure one tiny cell twice
 TINY_AB = ["--impls", "scratch,scratch", "--device", "cpu", "--batch-sizes", "1", "--hidden-sizes", "1", "--seq-len",
            "1", "--min-pairs", "2", "--max-pairs", "2", "--max-time", "0.01"]
@@ -180,8 +184,15 @@ CASES: dict[str, list[tuple[list[str], str]]] = {
     "ab": [(["ab", *TINY_AB, option, value], option) for option, values in GRID_OPTIONS if option != "--impls"
            for value in values]
     + [(["ab", *TINY_AB, "--impls", value], "--impls") for value in ("nope", "scratch", ",", "a:b", "x,y,z")]
-    + [(["ab", "--base", value, "--impls", "scratch", "--device", "cpu"], what) for value, what in [
-        ("no-such-revision", "not a git revision"), ("", "not a git revision"), ("HEAD~100000", "not a git revision")]]
+    + [(["ab", "--base", value, "--impls", "scratch", "--device", "cpu", "--repo", str(ROOT)], what)
+       for value, what in [("no-such-revision", "not a git revision"), ("", "not a git revision"),
+                           ("HEAD~100000", "not a git revision")]]
+    + [(["ab", "--base=--all", "--impls", "scratch", "--device", "cpu", "--repo", str(ROOT)], "not a git revision")]
+    # the sandbox's directory is no git repository: ab measures the repository it runs in, or --repo DIR's
+    + [(["ab", "--base", "HEAD", "--impls", "scratch", "--device", "cpu"], "/cwd is not in a git repository .*--repo")]
+    + [(["ab", "--base", "HEAD", "--impls", "scratch", "--device", "cpu", "--repo", value], what)
+       for value, what in REPOS]
+    + [(["ab", *TINY_AB, "--repo", value], what) for value, what in REPOS]
     + [(["ab", "--base", "HEAD", "--cells", value, "--device", "cpu"], what) for value, what in [
         ("{file}", "node ids"), ("{runs}", "cannot be read"), ("no-such.txt", "cannot be read"), ("", "path")]]
     + [(["ab", *TINY_AB, option, value], option) for option in ("--budget-s", "--threshold", "--max-time")
