@@ -170,8 +170,10 @@ def full_worker(request: pytest.FixtureRequest) -> bool:
 @pytest.fixture(scope="session")
 def runtimes_started(request: pytest.FixtureRequest) -> None:
     """The device's libraries and the grid's compilers started once, before the first cell is timed."""
-    options = request.config.stash[_STATE]["options"]
-    start_runtimes(torch.device(options.device), {lstm_impls.get(name).runtime for name in options.impls})
+    state = request.config.stash[_STATE]
+    with state["stopwatch"].phase("start-up"):
+        start_runtimes(torch.device(state["options"].device), {lstm_impls.get(name).runtime
+                                                                for name in state["options"].impls})
 
 
 class Recorder:

@@ -24,10 +24,13 @@ DEFAULT_GRID = {
 #: fresh processes that each time every cell (`lstm-bench run --processes`; bench/workers.py), and torch's CPU
 #: threads when --threads is not given (None: torch's own choice). One thread on a CPU, as torch.utils.benchmark
 #: does: a second thread on a shared 2-core machine made the same cell's median move 1.65x between runs.
-DEFAULT_PROCESSES = {"cpu": 3, "cuda": 3}
+#: Two, then more only where they change a figure: every process pays TorchScript's optimization of each scripted
+#: cell again (about 10 s a cell on the project's 2-core CPU) and its start-up, so a third process for every cell
+#: cost a default run 110 s where two already pinned most cells (docs/measuring.md has the figures).
+DEFAULT_PROCESSES = {"cpu": 2, "cuda": 2}
 #: and at most this many in all: past the first ones, `lstm-bench run` adds a process at a time for the cells whose
 #: processes have not settled (bench/readers/stats.py SETTLED_WITHIN), timing those only (`--max-processes`)
-DEFAULT_MAX_PROCESSES = {"cpu": 5, "cuda": 5}
+DEFAULT_MAX_PROCESSES = {"cpu": 4, "cuda": 4}
 #: timed rounds per cell at least, however long a step (pytest-benchmark's 5 says little about a spread): in one
 #: process, or split between a run's processes; --benchmark-min-rounds=N sets another, per process
 MIN_ROUNDS = 20

@@ -15,8 +15,7 @@ from bench.instruments.measure import (
     Stopwatch,
     Subject,
     breakdown,
-    compile_reset,
-    fresh_compile_caches,
+    cell_caches,
     make_probe,
     measure_memory,
     relative_rounds,
@@ -39,17 +38,25 @@ def measure(cell: Cell, benchmark, config: pytest.Config, full: bool = True, clo
 
     The cell runs inside fresh compile caches, and its implementation is built (and scripted or
     compiled) anew, so its first-call cost is the same whatever ran before it. A worker that only
-    times (not `full`: bench/workers.py) compiles with the caches as they are: its first call is not
-    reported, and a warm cache spares the run minutes. `clock` sums the time of each phase (TIME_PHASES).
+    times (not `full`: bench/workers.py) compiles from the cell's caches as the first worker left them
+    (measure.cell_caches): its first call is not reported, and a warm cache spares the run minutes. `clock` sums
+    the time of each phase (TIME_PHASES).
     """
     clock = clock or Stopwatch()
-    with fresh_compile_caches() if full else compile_reset():
+    caches = cell_caches(cell, full)
+    with clock.phase("caches"):
+        caches.__enter__()
+    try:
         with clock.phase("build"):
             subject = Subject(cell)
         try:
             return measure_subject(subject, benchmark, config, full, clock)
         finally:
-            subject.release()
+            with clock.phase("release"):
+                subject.release()
+    finally:
+        with clock.phase("caches"):
+            caches.__exit__(None, None, None)
 
 
 def measure_subject(subject: Subject, benchmark, config: pytest.Config, full: bool = True,
@@ -126,10 +133,12 @@ def test_cell(cell: Cell, benchmark, recorder: Recorder, run_info: dict, runtime
     except Exception as exc:
         status = failure_status(exc)
         release_memory()
-        recorder.write(row | {"status": status, "error": one_line(exc)})
+        with stopwatch.phase("row"):
+            recorder.write(row | {"status": status, "error": one_line(exc)})
         if status == "oom":
             pytest.skip(f"out of memory: {one_line(exc)}")
         raise
-    recorder.write(row)
+    with stopwatch.phase("row"):
+        recorder.write(row)
     if row["status"] == "nonfinite":
         pytest.skip(row["error"])

@@ -25,12 +25,13 @@ import os
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 from .console import Progress, split_row_line
 from .grid import MIN_ROUNDS, Cell
-from .instruments.measure import relative_rounds
+from .instruments.measure import COMPILE_CACHE_ENV, relative_rounds
 from .readers import stats
 from .results import (
     CSV_NAME,
@@ -88,51 +89,57 @@ def run_workers(run_dir: Path, count: int, suite_argv: list[str], log=print, max
     extra: dict[int, int] = {}  # a worker past count -> how many cells it timed
     phases: dict[str, dict[str, float]] = {}  # a worker -> its time by phase (s)
     progress = Progress(cells, count)
-    for k in range(max_count):
-        targets = [suite]
-        if k >= count:  # past the first count: only the cells whose processes still disagree
-            ids = unsettled(run_dir)
-            if not ids:
+    # each cell's compile caches for the run: cold in worker 0, warm in the others (measure.cell_caches)
+    caches = tempfile.TemporaryDirectory(prefix="lstm-bench-compile-")
+    worker_env = os.environ | {COMPILE_CACHE_ENV: caches.name}
+    with caches:
+        for k in range(max_count):
+            targets = [suite]
+            if k >= count:  # past the first count: only the cells whose processes still disagree
+                ids = unsettled(run_dir)
+                if not ids:
+                    break
+                targets, extra[k] = [f"{Path(suite) / SUITE_FILE}::test_cell[{i}]" for i in ids], len(ids)
+                progress.start_process(len(ids), added=True)
+            else:
+                progress.start_process(cells)
+            argv = [sys.executable, "-m", "pytest", *targets, *options, "--results-dir", str(run_dir / PROCESSES_DIR),
+                    "--run-id", str(k), f"--worker={k}/{max_count}", *rounds_options(count, suite_argv)]
+            if k < count:
+                log(f"lstm-bench run: process {k + 1} of {count}" + (" (times, memory, FLOPs, first call)" if k == 0
+                                                                      else " (times only)"))
+            else:
+                log(f"lstm-bench run: process {k + 1} (of at most {max_count}): times only the {len(ids)} cells whose "
+                    "processes have not settled")
+            returncode = _run_worker(argv, worker_env, worker_dir(run_dir, k),
+                                     lambda line, k=k: _console(line, k, progress, log, verbose))
+            if returncode == 2:  # stopped (a write failed, said on its stderr; or ^C): nothing more
+                code = 2
                 break
-            targets, extra[k] = [f"{Path(suite) / SUITE_FILE}::test_cell[{i}]" for i in ids], len(ids)
-            progress.start_process(len(ids), added=True)
-        else:
-            progress.start_process(cells)
-        argv = [sys.executable, "-m", "pytest", *targets, *options, "--results-dir", str(run_dir / PROCESSES_DIR),
-                "--run-id", str(k), f"--worker={k}/{max_count}", *rounds_options(count, suite_argv)]
-        if k < count:
-            log(f"lstm-bench run: process {k + 1} of {count}" + (" (times, memory, FLOPs, first call)" if k == 0
-                                                                  else " (times only)"))
-        else:
-            log(f"lstm-bench run: process {k + 1} (of at most {max_count}): times only the {len(ids)} cells whose "
-                "processes have not settled")
-        returncode = _run_worker(argv, worker_dir(run_dir, k), lambda line, k=k: _console(line, k, progress, log,
-                                                                                          verbose))
-        if returncode == 2:  # stopped (a write failed, said on its stderr; or ^C): nothing more
-            return 2
-        if returncode not in (0, 2):
-            log(f"lstm-bench run: process {k + 1} exited with {returncode}: see {worker_dir(run_dir, k) / LOG_NAME}")
-        code = max(code, returncode)
-        combine(run_dir)
-        first = worker_dir(run_dir, 0)
-        phases[str(k)] = (read_json(worker_dir(run_dir, k) / ENV_NAME) or {}).get("time_by_phase_s", {})
-        how = {"count": count, "max_count": max_count, "finished": k + 1, "extra_cells": extra,
-               "started_unix": started, "load_average_start": load_start, "load_average_end": os.getloadavg(),
-               "wall_s": time.time() - started, "time_by_phase_s": phases}
-        env = {k: v for k, v in (read_json(first / ENV_NAME) or {}).items() if k != "time_by_phase_s"}
-        write_environment(run_dir, env | {"processes": how})
-        write_json(run_dir / GRID_NAME, read_json(first / GRID_NAME) or [], indent=0)
+            if returncode:
+                log(f"lstm-bench run: process {k + 1} exited with {returncode}: its output is in "
+                    f"{worker_dir(run_dir, k) / LOG_NAME}")
+            code = max(code, returncode)
+            combine(run_dir)
+            first = worker_dir(run_dir, 0)
+            phases[str(k)] = (read_json(worker_dir(run_dir, k) / ENV_NAME) or {}).get("time_by_phase_s", {})
+            how = {"count": count, "max_count": max_count, "finished": k + 1, "extra_cells": extra,
+                   "started_unix": started, "load_average_start": load_start, "load_average_end": os.getloadavg(),
+                   "wall_s": time.time() - started, "time_by_phase_s": phases}
+            run_env = {key: v for key, v in (read_json(first / ENV_NAME) or {}).items() if key != "time_by_phase_s"}
+            write_environment(run_dir, run_env | {"processes": how})
+            write_json(run_dir / GRID_NAME, read_json(first / GRID_NAME) or [], indent=0)
     return code
 
 
 LOG_NAME = "pytest.log"  # a worker's pytest output, in its directory
 
 
-def _run_worker(argv: list[str], where: Path, each_line) -> int:
+def _run_worker(argv: list[str], env: dict[str, str], where: Path, each_line) -> int:
     """One worker's pytest session, its output line by line into where/pytest.log and to each_line; its exit code."""
     where.mkdir(parents=True, exist_ok=True)
     with (where / LOG_NAME).open("a", encoding="utf-8") as log_file, subprocess.Popen(
-            argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
+            argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1, env=env,
             preexec_fn=_die_with_parent) as proc:
         for line in proc.stdout:
             log_file.write(line)

@@ -185,9 +185,9 @@ def test_two_revisions_on_the_cells_compare_lists(tmp_path, capsys):
     cells = tmp_path / "flagged.txt"
     cells.write_text("bench/test_suite.py::test_cell[scratch-cpu-float32-train-B2-H4-T3-V28]\n")
     head = ab.resolve(ROOT, "HEAD")[:7]  # before the run, as ab resolves it: a commit made meanwhile moves HEAD
-    code = main(["ab", "--base", "HEAD", "--new", "HEAD", "--cells", str(cells), "--batch-sizes", "2",
-                 "--hidden-sizes", "4", "--seq-len", "3", "--device", "cpu", "--threads", "1", "--min-pairs", "2",
-                 "--max-pairs", "2", "--max-time", "0.02", "--repo", str(ROOT / "tests")])
+    code = main(["ab", "--base", "HEAD", "--new", "HEAD", "--cells", str(cells), "--impls", "scratch",
+                 "--batch-sizes", "2", "--hidden-sizes", "4", "--seq-len", "3", "--device", "cpu", "--threads", "1",
+                 "--min-pairs", "2", "--max-pairs", "2", "--max-time", "0.02", "--repo", str(ROOT / "tests")])
     out, err = capsys.readouterr()
     about = f"ab: repository {ROOT}, base {head} (HEAD), new {head} (HEAD)"
     assert code == 0 and out.splitlines()[0] == err.splitlines()[0] == about, out + err

@@ -389,7 +389,7 @@ def test_a_resumed_run_sets_the_torn_row_aside_and_measures_its_cell(tmp_path):
     """End to end: the real suite, a torn last row, the same command again."""
     argv = [sys.executable, "-m", "bench.cli", "run", "--device", "cpu", "--impls", "scratch", "--batch-sizes", "2,3",
             "--hidden-sizes", "4", "--seq-len", "3", "--results-dir", str(tmp_path), "--run-id", "r",
-            "--benchmark-max-time=0.001", "--benchmark-min-rounds=3", "--max-processes", "3"]
+            "--benchmark-max-time=0.001", "--benchmark-min-rounds=3", "--processes", "2"]
     first = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert first.returncode == 0, first.stdout[-2000:] + first.stderr[-2000:]
     worker = tmp_path / "r" / "processes" / "0"  # the rows are written one by one in the worker processes' files
@@ -402,7 +402,7 @@ def test_a_resumed_run_sets_the_torn_row_aside_and_measures_its_cell(tmp_path):
     assert "0 cells to measure (2 recorded ok before: skipped)" in again.stdout  # the other workers had finished
     run = load_run(tmp_path / "r")
     assert sorted(run.measurements.batch_size) == [2, 3] and (run.measurements.status == "ok").all()
-    assert (run.measurements.processes == 3).all()
+    assert (run.measurements.processes == 2).all()
     assert (tmp_path / "r" / "report.md").is_file() and (worker / (CSV_NAME + ".torn")).is_file()
     assert (worker / ".benchmarks").is_dir()  # pytest-benchmark's storage: in the run directory, not ./
 

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from bench.cli import main
-from bench.grid import COLUMNS, Cell
+from bench.grid import COLUMNS, DEFAULT_MAX_PROCESSES, DEFAULT_PROCESSES, Cell
 from bench.instruments.flops import count_flops, step_flops
 from bench.instruments.malloc import STEADY_TEXT, steady_unavailable
 from bench.instruments.measure import (
@@ -196,7 +196,7 @@ def test_run_writes_ok_oom_error_and_unsupported_rows_and_goes_on(tmp_path):
     proc = run_cli(tmp_path, "--impls", "scratch,broken_impl:BrokenLSTM,broken_impl:CudaOnlyLSTM,cudnn",
                    "--batch-sizes", "2", "--hidden-sizes", "8,1048576", "--seq-len", "4", "--device", "cpu",
                    "--benchmark-min-rounds=40", "--benchmark-max-time=0.02",  # pytest-benchmark options pass
-                   "--max-processes", "3")  # exactly the first three: none added for cells that have not settled
+                   "--processes", "3")  # exactly three: none added for cells that have not settled
     assert proc.returncode == 1, proc.stdout[-3000:] + proc.stderr[-3000:]  # the broken cells fail the run
     run_dir = tmp_path / "r"
     df = pd.read_csv(run_dir / "measurements.csv")
@@ -287,7 +287,8 @@ def test_a_killed_run_keeps_every_finished_row(tmp_path):
     env = dict(os.environ, PYTHONPATH=str(TESTS.parent))
     proc = subprocess.Popen([sys.executable, "-m", "bench.cli", "run", "--results-dir", str(tmp_path),
                              "--run-id", "k", "--impls", "scratch", "--batch-sizes", "1,2,3,4,5,6,7,8,9,10,11,12",
-                             "--hidden-sizes", "4", "--seq-len", "3", "--device", "cpu"],
+                             "--hidden-sizes", "4", "--seq-len", "3", "--device", "cpu", "--processes", "1",
+                             "--benchmark-max-time=0.001", "--benchmark-min-rounds=3"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
     path = tmp_path / "k" / "measurements.csv"
     deadline = time.time() + 300
@@ -382,17 +383,18 @@ def test_rounds_default_to_twenty_without_gc_and_a_user_can_lower_them(tmp_path)
     assert row.relative_step_median == pytest.approx(float(np.median(relative)))
     assert row.warmup_steps >= 3 and pd.notna(row.startup_ms) and pd.notna(row.first_step_ms)
     assert row.description.endswith("ran: eager ATen ops") and row.library_bytes == 0 and pd.isna(row.notes)
-    lowered = run_cli(tmp_path, *grid, "--benchmark-min-rounds=3", "--threads", "2", "--max-processes", "3",
+    lowered = run_cli(tmp_path, *grid, "--benchmark-min-rounds=3", "--threads", "2", "--processes", "2",
                       run_id="lowered")
     assert lowered.returncode == 0, lowered.stdout[-3000:]
     row = pd.read_csv(tmp_path / "lowered" / "measurements.csv").iloc[0]
-    assert row.rounds == 3 * 3 and row.threads == 2  # 3 a process, 3 processes
-    # by default a run's 20 rounds are split between its processes, but each times at least 10; 3 processes, and up
-    # to 5 where they have not settled
+    assert row.rounds == 3 * 2 and row.threads == 2  # 3 a process, 2 processes
+    # by default a run's 20 rounds are split between its processes, but each times at least 10; 2 processes, and up
+    # to 4 where they have not settled
     split = run_cli(tmp_path, *grid, run_id="split")
     assert split.returncode == 0, split.stdout[-3000:]
     row = pd.read_csv(tmp_path / "split" / "measurements.csv").iloc[0]
-    assert 3 <= row.processes <= 5 and row.rounds == 10 * row.processes and row.threads == 1  # one thread on a CPU
+    assert DEFAULT_PROCESSES["cpu"] <= row.processes <= DEFAULT_MAX_PROCESSES["cpu"]
+    assert row.rounds == 10 * row.processes and row.threads == 1  # one thread on a CPU
 
 
 def test_a_cell_settles_when_its_processes_pin_their_typical_figure():

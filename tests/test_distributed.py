@@ -64,7 +64,7 @@ def test_bad_shard_is_one_line_exit_2(text, capsys, tmp_path):
 def runs(tmp_path_factory) -> Path:
     """One unsharded run and the same grid under torchrun with 2 ranks."""
     root = tmp_path_factory.mktemp("runs")
-    whole = cli("run", *TINY_GRID, "--results-dir", str(root), "--run-id", "whole")
+    whole = cli("run", *TINY_GRID, "--results-dir", str(root), "--run-id", "whole", "--processes", "1")
     assert whole.returncode == 0, whole.stdout[-2000:] + whole.stderr[-2000:]
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
                 "-m", "bench.cli", "run", *TINY_GRID, "--results-dir", str(root), "--run-id", "ranked"]
@@ -124,7 +124,7 @@ def test_a_resumed_run_measures_failed_cells_again_without_duplicates(tmp_path):
     """Rows of a finished cell stay; a failed cell is measured again and its old row replaced."""
     grid = ["--impls", "scratch,broken_impl:BrokenLSTM", "--batch-sizes", "1,2,3", "--hidden-sizes", "4",
             "--seq-len", "3", "--device", "cpu", "--results-dir", str(tmp_path), "--run-id", "again",
-            "--benchmark-max-time=0.02"]
+            "--benchmark-max-time=0.02", "--processes", "1"]
     first = cli("run", *grid)
     assert first.returncode == 1  # the broken cells fail
     second = cli("run", *grid)
@@ -142,7 +142,8 @@ def test_a_resumed_session_keeps_the_earlier_sessions_rounds(tmp_path):
 
 def test_a_diverged_cell_is_flagged_not_silently_timed(tmp_path):
     proc = cli("run", "--impls", "broken_impl:DivergingLSTM", "--batch-sizes", "2", "--hidden-sizes", "4",
-               "--seq-len", "3", "--device", "cpu", "--results-dir", str(tmp_path), "--run-id", "nan")
+               "--seq-len", "3", "--device", "cpu", "--results-dir", str(tmp_path), "--run-id", "nan",
+               "--processes", "1")
     assert proc.returncode == 0, proc.stdout[-2000:]
     row = pd.read_csv(tmp_path / "nan" / "measurements.csv").iloc[0]
     assert row.status == "nonfinite" and "not finite" in row.error

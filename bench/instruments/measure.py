@@ -12,11 +12,13 @@ import contextlib
 import gc
 import math
 import os
+import shutil
 import statistics
 import time
 import warnings
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import Tensor
@@ -59,12 +61,13 @@ class PhaseClock:
             times.clear()
 
 
-#: where a session's time goes, in the order a cell meets them: building the model (TorchScript scripts here), its
-#: first call (Inductor compiles here), warm-up to steady steps, what ran (the profiler), the timed rounds and the
-#: machine-speed probe between them, the memory pass, the memory model's prediction, FLOP counting; "other" is the
-#: rest of the session's wall time (start-up, imports, collection, writing rows)
-TIME_PHASES = ("build", "first call", "warm-up", "what ran", "timed rounds", "probe", "memory pass", "memory model",
-               "FLOP counting", "other")
+#: where a session's time goes: starting the runtimes once (bench/instruments/measure.py start_runtimes); then in the
+#: order a cell meets them: its compile caches made ready (and reset after), building the model (TorchScript scripts
+#: here), its first call (Inductor compiles here), warm-up to steady steps, what ran (the profiler), the timed rounds
+#: and the machine-speed probe between them, the memory pass, the memory model's prediction, FLOP counting, releasing
+#: its tensors, writing its row; "other" is the rest of the session's wall time (collection, pytest-benchmark)
+TIME_PHASES = ("start-up", "caches", "build", "first call", "warm-up", "what ran", "timed rounds", "probe",
+               "memory pass", "memory model", "FLOP counting", "release", "row", "other")
 
 
 class Stopwatch:
@@ -234,6 +237,48 @@ def fresh_compile_caches() -> Iterator[None]:
     torch.compiler.reset()
 
 
+#: set by `lstm-bench run` for its worker processes (bench/workers.py): a directory where each cell's compile caches
+#: live for the run, so that the first process compiles each cell cold and the others warm from its cache
+COMPILE_CACHE_ENV = "LSTM_BENCH_COMPILE_CACHE"
+
+
+@contextlib.contextmanager
+def cell_compile_caches(where: Path, cold: bool) -> Iterator[None]:
+    """Inductor's and Triton's on-disk caches in `where` for the duration (emptied first when `cold`: a compile pays
+    its full cost), torch.compile's in-memory state reset before and after. A run's first process compiles a cell
+    cold into its directory and the later ones warm from it: cold, each later process paid Inductor again (60 s of
+    a default run's second process on the project's 2-core CPU), as no cache outlived the first's cells."""
+    from torch._inductor.utils import clear_caches
+
+    if cold:
+        shutil.rmtree(where, ignore_errors=True)
+    where.mkdir(parents=True, exist_ok=True)
+    saved = {k: os.environ.get(k) for k in ("TORCHINDUCTOR_CACHE_DIR", "TRITON_CACHE_DIR")}
+    torch.compiler.reset()
+    clear_caches()
+    os.environ |= {"TORCHINDUCTOR_CACHE_DIR": str(where), "TRITON_CACHE_DIR": str(where / "triton")}
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        torch.compiler.reset()
+        clear_caches()
+
+
+def cell_caches(cell: Cell, full: bool):
+    """The compile caches a cell runs in: in `lstm-bench run`, its own directory of the run's (COMPILE_CACHE_ENV),
+    cold in the process that measures everything (`full`) and warm in the others; else fresh for a full
+    measurement (its first call cold) and as they are on disk for timing only."""
+    shared = os.environ.get(COMPILE_CACHE_ENV)
+    if shared:
+        return cell_compile_caches(Path(shared) / cell.id, cold=full)
+    return fresh_compile_caches() if full else compile_reset()
+
+
 @contextlib.contextmanager
 def compile_reset() -> Iterator[None]:
     """torch.compile's in-memory state reset before and after (each cell compiles for its own shape, and no
@@ -251,7 +296,8 @@ def start_runtimes(device: torch.device, runtimes: Iterable[str] = ()) -> None:
     On CUDA: the context, cuBLAS handles for the forward's thread and for autograd's backward thread,
     cuDNN's handle; their workspaces stay allocated and count as library_bytes. For the runtimes
     named (LSTMImpl.runtime): TorchScript's and Inductor's first use (imports, pass registration,
-    the C++ toolchain probe).
+    the C++ toolchain probe). The toy compiles through the on-disk caches as they are: cold it cost 12-14 s in
+    every process, which no cell's figure needs (a cell's own compile is cold or warm as its caches decide).
     """
     def toy(x: Tensor) -> Tensor:
         return torch.sigmoid(x @ x) * x
@@ -260,7 +306,7 @@ def start_runtimes(device: torch.device, runtimes: Iterable[str] = ()) -> None:
     lstm = torch.nn.LSTM(8, 8, device=device)
     lstm(x.unsqueeze(1))[0].sum().backward()
     if "inductor" in runtimes:
-        with fresh_compile_caches():
+        with compile_reset():
             torch.compile(toy)(x).sum().backward()
     if "torchscript" in runtimes:
         with warnings.catch_warnings():  # TorchScript is deprecated in torch 2.13; this start-up is ours
