@@ -24,13 +24,14 @@ DEFAULT_GRID = {
 #: fresh processes that each time every cell (`lstm-bench run --processes`; bench/workers.py), and torch's CPU
 #: threads when --threads is not given (None: torch's own choice). One thread on a CPU, as torch.utils.benchmark
 #: does: a second thread on a shared 2-core machine made the same cell's median move 1.65x between runs.
-#: Two, then more only where they change a figure: every process pays TorchScript's optimization of each scripted
-#: cell again (about 10 s a cell on the project's 2-core CPU) and its start-up, so a third process for every cell
-#: cost a default run 110 s where two already pinned most cells (docs/measuring.md has the figures).
-DEFAULT_PROCESSES = {"cpu": 2, "cuda": 2}
+#: Three: every process pays TorchScript's optimization of each scripted cell again (about 10 s a cell on the
+#: project's 2-core CPU), so two would be 100 s cheaper, but with two (and up to 4 where they disagreed) three
+#: default runs agreed within 5% in 23 of 30 cells, and two processes that agree by chance settle a cell they
+#: should not (docs/measuring.md has the figures).
+DEFAULT_PROCESSES = {"cpu": 3, "cuda": 3}
 #: and at most this many in all: past the first ones, `lstm-bench run` adds a process at a time for the cells whose
 #: processes have not settled (bench/readers/stats.py SETTLED_WITHIN), timing those only (`--max-processes`)
-DEFAULT_MAX_PROCESSES = {"cpu": 4, "cuda": 4}
+DEFAULT_MAX_PROCESSES = {"cpu": 5, "cuda": 5}
 #: timed rounds per cell at least, however long a step (pytest-benchmark's 5 says little about a spread): in one
 #: process, or split between a run's processes; --benchmark-min-rounds=N sets another, per process
 MIN_ROUNDS = 20

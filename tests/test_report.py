@@ -32,7 +32,7 @@ def real_run(tmp_path_factory) -> Path:
     proc = subprocess.run(
         [sys.executable, "-m", "bench.cli", "run", "--device", "cpu", "--impls", "scratch,cudnn",
          "--batch-sizes", "2,4", "--hidden-sizes", "8,16", "--seq-len", "3", "--results-dir", str(results),
-         "--run-id", "x", "--benchmark-max-time=0.02", "--benchmark-min-rounds=3"],
+         "--run-id", "x", "--benchmark-max-time=0.02", "--benchmark-min-rounds=3", "--processes", "2"],
         cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return results / "x"
@@ -117,7 +117,7 @@ def test_bytes_per_sequence_on_the_real_run_is_the_least_squares_line(real_run):
 
 def test_error_bars_come_from_the_raw_rounds(real_run):
     run = combine([real_run])
-    data = {}  # every round of the run's three worker processes
+    data = {}  # every round of the run's two worker processes
     for worker in sorted((real_run / "processes").iterdir()):
         for b in json.loads((worker / "benchmark.json").read_text())["benchmarks"]:
             data.setdefault(b["param"], []).extend(b["stats"]["data"])
