@@ -400,12 +400,13 @@ def test_counted_gemm_scratchpad_is_onednn_s(gemm):
     assert c.gemm_scratch(gemm) == Probe().gemm_bytes(gemm)
 
 
-# (impl, B, H, T, dtype, amp, optimizer): every kernel family's GEMMs in training (the fused sequence's addmm into a
-# given buffer and with a transposed operand, the chapter's products of transposed views, the output layer's
-# addmm with nn.Linear's bias), in bfloat16 and under bfloat16 autocast
+# (impl, B, H, T, dtype, amp, optimizer): the GEMMs of training steps (the fused sequence's addmm into a given
+# buffer and with a transposed operand, the chapter's products of transposed views, eager and under TorchScript,
+# the output layer's addmm with nn.Linear's bias), in bfloat16 and under bfloat16 autocast
 GEMM_CELLS = [("scratch", 3, 40, 9, "bfloat16", "none", "adam"), ("fused", 5, 24, 10, "bfloat16", "none", "sgd"),
               ("cudnn", 5, 24, 10, "bfloat16", "none", "sgd"), ("fused", 3, 40, 9, "float32", "bfloat16", "adam"),
-              ("scratch", 40, 8, 10, "float32", "bfloat16", "momentum")]
+              ("scratch", 40, 8, 10, "float32", "bfloat16", "momentum"),
+              ("scripted", 3, 40, 9, "bfloat16", "none", "sgd")]
 
 
 @pytest.mark.parametrize("impl,B,H,T,dtype,amp,optimizer", GEMM_CELLS, ids=["-".join(map(str, c)) for c in GEMM_CELLS])

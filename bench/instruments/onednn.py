@@ -14,7 +14,9 @@ which are its outputs and float32 copies, counted by the model), inside `aten::m
 (inference or training forward) and `aten::mkldnn_rnn_layer_backward`; and a bfloat16 matmul's scratchpad,
 asked as the step asks it (`Gemm`: mm or addmm, which operand is a transposed view, the bias's shape, a
 result written into a given tensor): with bfloat16 instructions oneDNN's brgemm packs a transposed operand
-and accumulates by other blocks, so the same (M, K, N) takes buffers up to 15x apart by layout.
+and accumulates by other blocks, so its buffers follow the layout as well as the shape (read as torch.mm of
+two contiguous operands, 13 of 66 bfloat16 and autocast cells recorded on an AVX512-BF16 CPU came out 5.6-10.8%
+under their measured peak).
 """
 
 from __future__ import annotations
