@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import lstm_impls
-from bench.grid import MIN_ROUNDS, OPTIONS, OptionError, parse_options, parse_worker
+from bench.grid import MIN_ROUNDS, OPTIONS, Cell, OptionError, parse_options, parse_worker
 from bench.instruments.env import environment, pin_tf32
 from bench.instruments.malloc import set_malloc
 from bench.instruments.measure import Stopwatch, start_runtimes
@@ -192,7 +192,6 @@ class Recorder:
             self.csv.write(row)
             if state["worker"][1] > 1:  # one of `lstm-bench run`'s workers: the run's own CSV has the row too
                 from bench.console import row_line
-                from bench.grid import Cell
                 from bench.workers import combine
 
                 combine(state["run_dir"].parent.parent)

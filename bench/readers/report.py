@@ -23,7 +23,7 @@ from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter, NullLoca
 from scipy.stats import linregress
 
 from bench.grid import CELL_KEY, D2L, DDP_MODE, DTYPES, MODES, STATUSES, Cell
-from bench.readers.stats import SETTLED_WITHIN, between_pct, typical_interval
+from bench.readers.stats import SETTLED_WITHIN, settle_pct, typical_interval
 from bench.results import Run, RunError, load_run, process_medians, writable_dir
 from lstm_impls.base import CONFIG_DEFAULTS
 
@@ -695,8 +695,7 @@ def noise_lines(ok: pd.DataFrame) -> list[str]:
         return [f"{noisy} of {len(ok)} cells are noisier than {100 * NOISY_FRACTION:.0f}% (IQR / median, in one "
                 "process)" + (": their times say less than their digits." if noisy else "."), ""]
     # each cell's uncertainty: two standard errors of its processes' typical relative step, in %
-    uncertain = pd.Series([2 * between_pct(v) / math.sqrt(len(v)) for v in map(process_medians,
-                                                                                 timed["relative_step_processes"])])
+    uncertain = pd.Series([settle_pct(process_medians(v)) for v in timed["relative_step_processes"]])
     loose = int((uncertain > 200 * SETTLED_WITHIN).sum())
     rule = ("their typical step relative to the machine-speed probe, the figure `compare` judges, pinned within "
             f"±{100 * SETTLED_WITHIN:.1f}% (two standard errors)")

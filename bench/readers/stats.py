@@ -149,8 +149,12 @@ def typical_interval(values: Sequence[float], confidence: float = CONFIDENCE) ->
 SETTLED_WITHIN = 0.025
 
 
-def settled(values: list[float]) -> bool:
+def settle_pct(values: Sequence[float]) -> float:
+    """How closely a cell's per-process figures pin their typical value: two standard errors (2 sd / sqrt(n) of their
+    logs), in percent; NaN below two."""
+    return 2 * between_pct(values) / math.sqrt(len(values)) if len(values) >= 2 else math.nan
+
+
+def settled(values: Sequence[float]) -> bool:
     """Whether a cell's per-process figures pin their typical value within SETTLED_WITHIN (see there)."""
-    if len(values) < 2:
-        return False
-    return 2 * between_pct(values) / 100 / math.sqrt(len(values)) <= SETTLED_WITHIN
+    return len(values) >= 2 and settle_pct(values) / 100 <= SETTLED_WITHIN
