@@ -17,9 +17,9 @@ from collections.abc import Callable
 
 import torch
 
-from .base import CONFIG_DEFAULTS, LSTMImpl, State, Unsupported
+from .base import CONFIG_DEFAULTS, LSTMImpl, State, Unsupported, reuse_compiled
 
-__all__ = ["LSTMImpl", "State", "Unsupported", "create", "get", "names", "register"]
+__all__ = ["LSTMImpl", "State", "Unsupported", "create", "get", "names", "register", "reuse_compiled"]
 
 # name -> class, or "module:Class" imported on first use (torch.compile's imports are slow).
 _REGISTRY: dict[str, type[LSTMImpl] | str] = {

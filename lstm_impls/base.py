@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import ClassVar
 
 import torch
@@ -16,6 +18,27 @@ FLOATS = frozenset({torch.float32, torch.float64, torch.bfloat16, torch.float16}
 #: nn.LSTM's configuration keywords beyond the sizes, with their defaults (the single-layer LSTM of the chapter).
 CONFIG_DEFAULTS: dict[str, object] = {"num_layers": 1, "bidirectional": False, "proj_size": 0, "batch_first": False,
                                       "dropout": 0.0}
+
+
+_reusing_compiled = False
+
+
+@contextlib.contextmanager
+def reuse_compiled() -> Iterator[None]:
+    """Within it, a new module may run what an earlier module of this process compiled (TorchScript's optimized
+    plan), instead of compiling afresh. For callers that do not report the first calls' cost: a timing-only worker
+    of `lstm-bench run` otherwise paid TorchScript's ~10 s of optimizing passes again in every scripted cell."""
+    global _reusing_compiled
+    before, _reusing_compiled = _reusing_compiled, True
+    try:
+        yield
+    finally:
+        _reusing_compiled = before
+
+
+def reusing_compiled() -> bool:
+    """Whether a `reuse_compiled()` is open: implementations that compile read it when they do."""
+    return _reusing_compiled
 
 
 class Unsupported(ValueError):

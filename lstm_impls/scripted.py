@@ -8,6 +8,7 @@ import torch
 from torch import Tensor
 
 from . import cell
+from .base import reusing_compiled
 from .scratch import ScratchLSTM
 
 # torch.jit.script keeps one compiled function per Python function for the whole process, and with
@@ -18,8 +19,22 @@ for _fn in (cell.lstm, cell.lstm_cell, cell.lstmp, cell.lstmp_cell):
     _fn.__disable_jit_function_caching__ = True
 
 
+_reused: dict[object, torch.jit.ScriptFunction] = {}  # under base.reuse_compiled(): one per function, per process
+
+
 def script_lstm(fn=cell.lstm) -> torch.jit.ScriptFunction:
-    """A new TorchScript compilation of the chapter's loop (and the cell it calls); `cell.lstmp` for proj_size."""
+    """A new TorchScript compilation of the chapter's loop (and the cell it calls); `cell.lstmp` for proj_size.
+    Under `lstm_impls.reuse_compiled()`, the one compiled for an earlier module instead: its optimized plan, once
+    the profiling executor made it, serves every shape (the plans of a fresh and a reused function at another shape
+    are the same graph, shapes aside), so only the first cell of a process pays the optimizing passes."""
+    if reusing_compiled():
+        if fn not in _reused:
+            _reused[fn] = _script(fn)
+        return _reused[fn]
+    return _script(fn)
+
+
+def _script(fn) -> torch.jit.ScriptFunction:
     # TorchScript is deprecated in torch 2.13 but still works; the warning is ours to silence,
     # here only, so users of the other implementations still see theirs.
     with warnings.catch_warnings():

@@ -30,6 +30,7 @@ from bench.instruments.measure import (
     startup_ms,
 )
 from bench.results import CsvRecorder, load_run
+from bench.workers import rounds_options
 
 TESTS = Path(__file__).resolve().parent
 MiB = 1 << 20
@@ -383,18 +384,16 @@ def test_rounds_default_to_twenty_without_gc_and_a_user_can_lower_them(tmp_path)
     assert row.relative_step_median == pytest.approx(float(np.median(relative)))
     assert row.warmup_steps >= 3 and pd.notna(row.startup_ms) and pd.notna(row.first_step_ms)
     assert row.description.endswith("ran: eager ATen ops") and row.library_bytes == 0 and pd.isna(row.notes)
-    lowered = run_cli(tmp_path, *grid, "--benchmark-min-rounds=3", "--threads", "2", "--processes", "2",
-                      run_id="lowered")
+    # a user's rounds hold per process, in the default 3 processes (up to 5 where they have not settled)
+    lowered = run_cli(tmp_path, *grid, "--benchmark-min-rounds=3", "--threads", "2", run_id="lowered")
     assert lowered.returncode == 0, lowered.stdout[-3000:]
     row = pd.read_csv(tmp_path / "lowered" / "measurements.csv").iloc[0]
-    assert row.rounds == 3 * 2 and row.threads == 2  # 3 a process, 2 processes
-    # by default a run's 20 rounds are split between its processes, but each times at least 10; 3 processes, and up
-    # to 5 where they have not settled
-    split = run_cli(tmp_path, *grid, run_id="split")
-    assert split.returncode == 0, split.stdout[-3000:]
-    row = pd.read_csv(tmp_path / "split" / "measurements.csv").iloc[0]
     assert DEFAULT_PROCESSES["cpu"] <= row.processes <= DEFAULT_MAX_PROCESSES["cpu"]
-    assert row.rounds == 10 * row.processes and row.threads == 1  # one thread on a CPU
+    assert row.rounds == 3 * row.processes and row.threads == 2
+    # by default a run's 20 rounds are split between its processes, but each times at least 10 (and 0.5 s)
+    assert rounds_options(3, []) == ["--benchmark-min-rounds=10", "--benchmark-max-time=0.5"]
+    assert rounds_options(1, []) == ["--benchmark-min-rounds=20", "--benchmark-max-time=1"]
+    assert rounds_options(3, ["--benchmark-min-rounds=3"]) == ["--benchmark-max-time=0.5"]
 
 
 def test_a_cell_settles_when_its_processes_pin_their_typical_figure():

@@ -23,6 +23,8 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+import lstm_impls
+
 from ..d2l.model import RNNModel, d2l_init_, forward_step, make_optimizer, train_step
 from ..grid import Cell
 from .env import nvml_handle
@@ -269,14 +271,19 @@ def cell_compile_caches(where: Path, cold: bool) -> Iterator[None]:
         clear_caches()
 
 
-def cell_caches(cell: Cell, full: bool):
+@contextlib.contextmanager
+def cell_caches(cell: Cell, full: bool) -> Iterator[None]:
     """The compile caches a cell runs in: in `lstm-bench run`, its own directory of the run's (COMPILE_CACHE_ENV),
     cold in the process that measures everything (`full`) and warm in the others; else fresh for a full
-    measurement (its first call cold) and as they are on disk for timing only."""
+    measurement (its first call cold) and as they are on disk for timing only. Timing only, TorchScript's plans
+    are reused from the process's earlier cells too (lstm_impls.reuse_compiled)."""
     shared = os.environ.get(COMPILE_CACHE_ENV)
     if shared:
-        return cell_compile_caches(Path(shared) / cell.id, cold=full)
-    return fresh_compile_caches() if full else compile_reset()
+        caches = cell_compile_caches(Path(shared) / cell.id, cold=full)
+    else:
+        caches = fresh_compile_caches() if full else compile_reset()
+    with caches, contextlib.nullcontext() if full else lstm_impls.reuse_compiled():
+        yield
 
 
 @contextlib.contextmanager
