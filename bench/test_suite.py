@@ -26,7 +26,9 @@ from bench.instruments.measure import (
     warm_up,
 )
 from bench.instruments.memory_model import predicted_columns
-from bench.instruments.what_ran import what_ran
+from bench.instruments.peak import compute_dtype
+from bench.instruments.profiling import profiled_step, row_columns
+from bench.instruments.what_ran import summarize
 from bench.results import failure_status, one_line
 
 if TYPE_CHECKING:
@@ -72,8 +74,10 @@ def measure_subject(subject: Subject, benchmark, config: pytest.Config, full: bo
         warmup_s = warm_up(subject.step)
     row["warmup_steps"] = len(warmup_s)
     if full:
-        with clock.phase("what ran"):
-            row["description"] = f"{subject.model.rnn.describe()}; {what_ran(subject.step, subject.device)}"
+        with clock.phase("what ran"):  # one profiled step: what ran, its op calls and where its time went
+            ran = profiled_step(subject)
+            row["description"] = f"{subject.model.rnn.describe()}; ran: {summarize(ran.names)}"
+            row |= row_columns(ran)
     benchmark.extra_info.update(cell.columns())
     probe, probe_s = make_probe(subject.device, cell.hidden_size), []
     rounds = timed_rounds(statistics.median(warmup_s[-3:]), float(config.getoption("benchmark_max_time")),
@@ -122,7 +126,8 @@ def measure_subject(subject: Subject, benchmark, config: pytest.Config, full: bo
 
 
 def test_cell(cell: Cell, benchmark, recorder: Recorder, run_info: dict, runtimes_started: None,
-              full_worker: bool, stopwatch: Stopwatch, pytestconfig: pytest.Config) -> None:
+              full_worker: bool, stopwatch: Stopwatch, pytestconfig: pytest.Config,
+              gemm_peaks: dict[str, float]) -> None:
     row = cell.columns() | run_info
     reason = lstm_impls.get(cell.impl).unsupported_reason(cell.device, cell.torch_dtype, **cell.config)
     if reason:
@@ -130,6 +135,9 @@ def test_cell(cell: Cell, benchmark, recorder: Recorder, run_info: dict, runtime
         pytest.skip(reason)
     try:
         row |= measure(cell, benchmark, pytestconfig, full_worker, stopwatch)
+        peak = gemm_peaks.get(compute_dtype(cell))
+        if peak and row.get("achieved_gflops"):  # the distance to the limit: the share of the device's GEMM peak
+            row["peak_share"] = row["achieved_gflops"] / peak
     except Exception as exc:
         status = failure_status(exc)
         release_memory()

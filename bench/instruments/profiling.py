@@ -21,11 +21,13 @@ from pathlib import Path
 import torch
 from torch._C._profiler import RecordScope, _EventType
 from torch.autograd.profiler import record_function
-from torch.profiler import ProfilerActivity, profile
+from torch.profiler import ProfilerActivity, profile, schedule
 
-from ..grid import Cell
+from ..grid import TIME_PARTS, Cell
 from .measure import Subject, _quiet_native_stderr, optimizer_tensors, sync, warm_up
 from .memory_model import Prediction, predict  # the memory model's public face: the only import of it here
+from .peak import recurrence_floor_ms
+from .what_ran import event_names
 
 STEP = "lstm_bench::step"
 FORWARD, LOSS, BACKWARD, OPTIMIZER = "forward", "loss", "backward", "optimizer"
@@ -33,8 +35,7 @@ PHASE_RANGES = (FORWARD, LOSS, BACKWARD, OPTIMIZER)
 OUTPUT = "lstm_bench::output_layer"
 
 #: where a step's wall time goes: parts that do not overlap and add up to it (CSV columns part_<name>_ms)
-CATEGORIES = ("input_gemm", "recurrent_gemm", "output_layer", "rnn_library", "pointwise", "copies", "optimizer",
-              "other_ops", "rest")
+CATEGORIES = TIME_PARTS
 CATEGORY_LABELS = {
     "input_gemm": "input-projection GEMM", "recurrent_gemm": "recurrent GEMMs", "output_layer": "output layer",
     "rnn_library": "RNN library call", "pointwise": "pointwise math", "copies": "copies and casts",
@@ -121,7 +122,7 @@ class StepParts:
     op_calls: int  # every ATen op dispatched, nested ones included
     kernel_ms: float | None = None  # CUDA: the union of the step's device activity
     kernels: int | None = None
-    names: Counter = field(default_factory=Counter)
+    names: Counter = field(default_factory=Counter)  # every event's name (profiled_step: what_ran's marks too)
 
 
 def _is_op(node) -> bool:
@@ -321,12 +322,19 @@ class CellProfile:
             "gpu_idle_share": None if kernel is None else max(1 - kernel / self.profiled_ms, 0.0),
             "flops_per_step": self.flops, "achieved_gflops": achieved, "peak_gflops": self.peak_gflops,
             "peak_share": achieved / self.peak_gflops if self.peak_gflops else None,
+            "recurrence_floor_ms": recurrence_floor_ms(self.cell, self.peak_gflops) if self.peak_gflops else None,
             "verdict": self.verdict(), "trace": self.trace.name if self.trace else None,
         }
 
 
 def activities(device: torch.device) -> list[ProfilerActivity]:
     return [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+
+
+def warmed(steps: int):
+    """The profiler's schedule: one step under the profiler unrecorded (its own start-up costs land there: the first
+    profiled step took up to 3x a later one), then `steps` recorded."""
+    return schedule(wait=0, warmup=1, active=steps, repeat=1)
 
 
 def profile_subject(subject: Subject, *, steps: int = 3, rounds: int = 20, trace: Path | None = None,
@@ -343,9 +351,11 @@ def profile_subject(subject: Subject, *, steps: int = 3, rounds: int = 20, trace
             start = time.perf_counter()
             step()
             times.append(time.perf_counter() - start)
-        with _quiet_native_stderr(), profile(activities=activities(subject.device), record_shapes=True) as prof:
-            for _ in range(steps):
+        with _quiet_native_stderr(), profile(activities=activities(subject.device), record_shapes=True,
+                                             schedule=warmed(steps)) as prof:
+            for _ in range(1 + steps):
                 step()
+                prof.step()
         if trace is not None:
             prof.export_chrome_trace(str(trace))
     finally:
@@ -362,12 +372,16 @@ def profiled_step(subject: Subject) -> StepParts:
     and the parts for its row)."""
     clock = subject.clock = RangeClock(subject)  # type: ignore[assignment]
     try:
-        with _quiet_native_stderr(), profile(activities=activities(subject.device), record_shapes=True) as prof:
-            ranged_step(subject)()
+        with _quiet_native_stderr(), profile(activities=activities(subject.device), record_shapes=True,
+                                             schedule=warmed(1)) as prof:
+            for _ in range(2):
+                ranged_step(subject)()
+                prof.step()
     finally:
         clock.remove()
         subject.clock = None
     (parts,) = attribute(prof, subject.cell.input_size)
+    parts.names = event_names(prof)
     if subject.device.type == "cuda":
         device_figures(prof, [parts])
     return parts
