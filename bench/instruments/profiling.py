@@ -51,8 +51,10 @@ POINTWISE = {"add", "add_", "sub", "sub_", "rsub", "mul", "mul_", "div", "div_",
              "relu", "threshold_backward", "where", "clamp", "clamp_min", "lerp", "reciprocal", "sqrt", "pow"}
 FUSION_MARKS = ("FusionGroup", "TensorExprGroup", "CudaFusionGroup", "fused", "triton")
 COMPILED_GRAPH = "## Call CompiledFxGraph"
-#: profiled over unprofiled step time above which the parts are scaled to the unprofiled step
-SCALE_ABOVE = 1.05
+#: the verdict: launches/dispatch when this share of the wall is outside ops (CPU) or the GPU idles (CUDA), or when
+#: a top-level op lasts under SHORT_OP_US on average (each op's cost is then mostly its dispatch)
+DISPATCH_SHARE = 0.5
+SHORT_OP_US = 10.0
 
 
 def _enter(name: str) -> record_function:
@@ -275,31 +277,33 @@ class CellProfile:
 
     @property
     def scale(self) -> float:
-        """The factor the parts are multiplied by: the unprofiled step over the profiled one where the profiler
-        adds more than SCALE_ABOVE, else 1."""
-        return 1 / self.overhead if self.overhead > SCALE_ABOVE else 1.0
+        """What the readers multiply the parts by to show them in the unprofiled step's milliseconds: the profiler's
+        overhead spread over the parts in proportion to their size (its cost is per op and per range, so it
+        overstates the parts with many small ops a little)."""
+        return 1 / self.overhead
 
     def mean(self, get: Callable[[StepParts], float | None]) -> float | None:
         values = [get(s) for s in self.steps]
         return None if any(v is None for v in values) else statistics.fmean(values)
 
     def parts_ms(self) -> dict[str, float]:
-        """Each part's mean over the profiled steps, scaled (see scale): they add up to the step."""
-        return {c: self.mean(lambda s, c=c: s.parts_ms[c]) * self.scale for c in CATEGORIES}
+        """Each part's mean over the profiled steps (profiled ms): they add up to the profiled step's mean wall."""
+        return {c: self.mean(lambda s, c=c: s.parts_ms[c]) for c in CATEGORIES}
 
     def verdict(self) -> str:
         """launches/dispatch, arithmetic, or memory traffic (docs/profiling.md has the rule)."""
         parts = self.parts_ms()
-        total = sum(parts.values())
-        gemm = sum(parts[c] for c in ("input_gemm", "recurrent_gemm", "output_layer", "rnn_library"))
+        total = sum(parts.values()) or 1.0
+        gemm = sum(parts[c] for c in ("input_gemm", "recurrent_gemm", "output_layer", "rnn_library")) / total
         kernel = self.mean(lambda s: s.kernel_ms)
         if kernel is not None:  # CUDA: the GPU waits for the host more than it works
-            if 1 - kernel / self.profiled_ms >= 0.5:
+            if 1 - kernel / self.profiled_ms >= DISPATCH_SHARE:
                 return "launches/dispatch"
-        elif parts["rest"] / total >= 0.5 or self.profiled_ms * 1e3 / max(self.mean(lambda s: s.top_level_ops), 1) < 10:
-            return "launches/dispatch"  # most of the wall is outside ops, or an op lasts under 10 us on average
-        share = self.peak_share_of_gemm_time(gemm / 1e3 * (self.profiled_ms / total if kernel is None else 1))
-        if gemm / total >= 0.5 and share is not None and share >= 0.5:
+        elif (parts["rest"] / total >= DISPATCH_SHARE
+              or total * 1e3 / max(self.mean(lambda s: s.top_level_ops), 1) < SHORT_OP_US):
+            return "launches/dispatch"  # most of the wall is outside ops, or an op lasts a few microseconds
+        share = self.peak_share_of_gemm_time(gemm * self.step_ms / 1e3)
+        if gemm >= 0.5 and share is not None and share >= 0.5:
             return "arithmetic"
         return "memory traffic"
 
@@ -339,23 +343,29 @@ def warmed(steps: int):
 
 def profile_subject(subject: Subject, *, steps: int = 3, rounds: int = 20, trace: Path | None = None,
                     flops: int, peak_gflops: float | None) -> CellProfile:
-    """After the suite's warm-up: `rounds` unprofiled steps timed (their median), then `steps` steps under the
-    profiler (input shapes recorded), exported as a Chrome/Perfetto trace when `trace` ends in .json.gz."""
+    """After the suite's warm-up: `rounds` unprofiled steps timed (their median; half before and half after the
+    profiled ones), and `steps` steps under the profiler (input shapes recorded, one unrecorded step first), exported
+    as a Chrome/Perfetto trace to `trace` (gzipped where it ends in .gz)."""
     clock = subject.clock = RangeClock(subject)  # type: ignore[assignment]
     try:
         step = ranged_step(subject)
         subject.settle_scaler()
         warm_up(step)
-        times = []
-        for _ in range(rounds):  # as the suite times: the step alone, after warm-up, its median
-            start = time.perf_counter()
-            step()
-            times.append(time.perf_counter() - start)
+        times: list[float] = []
+
+        def timed(n: int) -> None:  # as the suite times: the step alone, after warm-up; the median of all
+            for _ in range(n):
+                start = time.perf_counter()
+                step()
+                times.append(time.perf_counter() - start)
+
+        timed((rounds + 1) // 2)  # half before the profiled steps and half after: a drift in the machine's speed
         with _quiet_native_stderr(), profile(activities=activities(subject.device), record_shapes=True,
                                              schedule=warmed(steps)) as prof:
             for _ in range(1 + steps):
                 step()
                 prof.step()
+        timed(rounds // 2)  # meets both
         if trace is not None:
             prof.export_chrome_trace(str(trace))
     finally:
