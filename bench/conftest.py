@@ -162,6 +162,12 @@ def stopwatch(request: pytest.FixtureRequest) -> Stopwatch:
 
 
 @pytest.fixture(scope="session")
+def run_dir(request: pytest.FixtureRequest) -> Path:
+    """This session's run directory (a worker's own under `lstm-bench run`: RUN_DIR/processes/K)."""
+    return request.config.stash[_STATE]["run_dir"]
+
+
+@pytest.fixture(scope="session")
 def full_worker(request: pytest.FixtureRequest) -> bool:
     """Whether this process measures everything (memory, FLOPs, first call, what ran) or times only."""
     return request.config.stash[_STATE]["worker"][0] == 0

@@ -11,6 +11,7 @@ kernels per step, idle share) come from the profiler's own device events; HTA is
 
 from __future__ import annotations
 
+import json
 import statistics
 import time
 from collections import Counter
@@ -23,7 +24,7 @@ from torch._C._profiler import RecordScope, _EventType
 from torch.autograd.profiler import record_function
 from torch.profiler import ProfilerActivity, profile, schedule
 
-from ..grid import TIME_PARTS, Cell
+from ..grid import D2L, TIME_PARTS, Cell
 from .measure import Subject, _quiet_native_stderr, optimizer_tensors, sync, warm_up
 from .memory_model import Prediction, predict  # the memory model's public face: the only import of it here
 from .peak import recurrence_floor_ms
@@ -424,6 +425,18 @@ class Timeline:
     @property
     def peak_bytes(self) -> int:
         return max(sum(v[i] for v in self.bytes_by_holder.values()) for i in range(len(self.times_ms)))
+
+    def write(self, out_dir: Path) -> Path:
+        """memory-<cell id>.json in out_dir (bench/readers/profiling.py draws it)."""
+        path = out_dir / f"memory-{self.cell_id}.json"
+        path.write_text(json.dumps(vars(self) | {"peak_bytes": self.peak_bytes}) + "\n", encoding="utf-8")
+        return path
+
+
+def is_d2l(cell: Cell) -> bool:
+    """The chapter's sizes (batch 32, T 35, hidden 256, vocabulary 28), where every run draws memory through a step."""
+    return (cell.batch_size, cell.seq_len, cell.hidden_size, cell.vocab_size) == (
+        D2L["batch_size"], D2L["seq_len"], D2L["hidden_size"], D2L["vocab_size"])
 
 
 def _ptr(t: torch.Tensor) -> int:

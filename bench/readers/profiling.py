@@ -265,7 +265,5 @@ def _memory(runs: Sequence, out_dir: Path) -> list[str]:
 
 def write_timeline(timeline, out_dir: Path) -> tuple[Path, Path]:
     """A Timeline (bench/instruments/profiling.py) as memory-<cell id>.json and its picture beside it."""
-    data = vars(timeline) | {"peak_bytes": timeline.peak_bytes}
-    path = out_dir / f"memory-{timeline.cell_id}.json"
-    path.write_text(json.dumps(data) + "\n")
-    return path, plot_memory(data, path.with_suffix(".png"))
+    path = timeline.write(out_dir)
+    return path, plot_memory(json.loads(path.read_text()), path.with_suffix(".png"))
