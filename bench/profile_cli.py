@@ -37,11 +37,22 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     profile.add_argument("--tf32", action="store_true", help="allow TF32 in cuBLAS and cuDNN (pinned off by default)")
     profile.add_argument("--out", type=_path, required=True, help="the directory for its files (a run directory: its "
                          "report then shows them)")
-    profile.add_argument("--steps", type=int, default=3, help="profiled steps per cell, after one unrecorded "
+    profile.add_argument("--steps", type=_count, default=3, help="profiled steps per cell, after one unrecorded "
                          "(default: 3)")
-    profile.add_argument("--rounds", type=int, default=20, help="unprofiled steps timed per cell, for the profiler's "
-                            "overhead (default: 20)")
+    profile.add_argument("--rounds", type=_count, default=20, help="unprofiled steps timed per cell, for the "
+                         "profiler's overhead (default: 20)")
     profile.set_defaults(func=run)
+
+
+def _count(text: str) -> int:
+    """argparse type: a count from 1 to 1000 (profiled steps each hold every event in memory)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if not 1 <= value <= 1000:
+        raise argparse.ArgumentTypeError(f"{text!r} must be from 1 to 1000")
+    return value
 
 
 def _path(text: str) -> Path:
@@ -78,18 +89,18 @@ def run(args: argparse.Namespace) -> int:
     import lstm_impls
     from bench.instruments.env import environment, pin_tf32
     from bench.instruments.flops import cell_flops
+    from bench.instruments.malloc import set_malloc
     from bench.instruments.measure import compile_reset, settled_subject, start_runtimes
     from bench.instruments.peak import PEAK_SIZE, compute_dtype, gemm_peak_gflops
     from bench.instruments.profiling import memory_timeline, profile_subject
     from bench.readers.profiling import parts_table, plot_parts, terminal_table, write_timeline
 
-    if args.steps < 1 or args.rounds < 1:
-        raise OptionError("--steps and --rounds must be at least 1")
     cells, options = cells_to_profile(args)
     out = writable_dir(args.out, "--out")
     if options.threads:
         torch.set_num_threads(options.threads)
     pin_tf32(args.tf32)
+    malloc = set_malloc(options.malloc)  # as the suite times: the C allocator's policy set before any cell
     device = torch.device(options.device)
     print(f"lstm-bench profile: {len(cells)} cells on {device}, into {out}", flush=True)
     start_runtimes(device, {lstm_impls.get(c.impl).runtime for c in cells})
@@ -97,7 +108,7 @@ def run(args: argparse.Namespace) -> int:
     peaks = {dtype: gemm_peak_gflops(options.device, dtype) for dtype in dtypes}
     print("measured GEMM peak: " + ", ".join(f"{d} {v:.4g} GFLOP/s" for d, v in peaks.items())
           + f" ({PEAK_SIZE[device.type]}-square matmul)", flush=True)
-    env = read_json(out / ENV_NAME) or environment(options.device)  # a run directory's own environment is kept
+    env = read_json(out / ENV_NAME) or (environment(options.device) | {"malloc": malloc})  # a run's own is kept
     env.setdefault("gemm_peak_gflops", {})
     env["gemm_peak_gflops"] = {**peaks, **env["gemm_peak_gflops"]}
     env.setdefault("gemm_peak_size", PEAK_SIZE[device.type])
