@@ -15,7 +15,7 @@ import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from ..grid import D2L, TIME_PARTS, Cell
+from ..grid import CELL_KEY, D2L, TIME_PARTS, Cell
 from ..instruments.peak import recurrence_floor_ms
 
 PART_LABELS = {
@@ -145,14 +145,17 @@ def plot_memory(timeline: dict, path: Path) -> Path:
 def cost_per_time_step(ok: pd.DataFrame) -> pd.DataFrame:
     """Per implementation (and device, dtype, mode, batch, hidden) measured at two or more sequence lengths: a line
     fitted to step time against T: its slope (ms per extra time step) and intercept (the fixed cost, ms)."""
-    key = ["device", "dtype", "mode", "batch_size", "hidden_size", "impl"]
+    key = [k for k in CELL_KEY if k in ok and k != "seq_len"]
+    timed = ok[ok["step_ms_median"].notna()]
     out = []
-    for values, part in ok.groupby(key):
+    for values, part in timed.groupby(key, dropna=False):
         if part["seq_len"].nunique() < 2:
             continue
         slope, intercept = np.polyfit(part["seq_len"].astype(float), part["step_ms_median"].astype(float), 1)
-        out.append(dict(zip(key, values)) | {"lengths": ",".join(str(int(t)) for t in sorted(part["seq_len"])),
-                                             "slope_ms": slope, "intercept_ms": intercept})
+        shown = {k: v for k, v in zip(key, values) if k in ("impl", "device", "dtype", "mode", "batch_size",
+                                                              "hidden_size")}
+        out.append(shown | {"T": ",".join(str(int(t)) for t in sorted(part["seq_len"])), "slope_ms": slope,
+                            "intercept_ms": intercept})
     return pd.DataFrame(out)
 
 
@@ -201,8 +204,7 @@ def sections(runs: Sequence, ok: pd.DataFrame, out_dir: Path) -> list[str]:
         md += ["", "## Cost per time step", "", "Step time against the sequence length T: a line fitted per "
                "implementation, its slope the cost of one more time step and its intercept the fixed cost (the "
                "output layer, the loss, the optimizer, the call itself). Measure it with `--seq-len 10,35,100`.", "",
-               _md(cost.rename(columns={"slope_ms": "ms per time step", "intercept_ms": "fixed ms",
-                                        "lengths": "T"}))]
+               _md(cost.rename(columns={"slope_ms": "ms per time step", "intercept_ms": "fixed ms"}))]
     md += _memory(runs, out_dir)
     return md
 
