@@ -52,6 +52,8 @@ POINTWISE = {"add", "add_", "sub", "sub_", "rsub", "mul", "mul_", "div", "div_",
              "relu", "threshold_backward", "where", "clamp", "clamp_min", "lerp", "reciprocal", "sqrt", "pow"}
 FUSION_MARKS = ("FusionGroup", "TensorExprGroup", "CudaFusionGroup", "fused", "triton")
 COMPILED_GRAPH = "## Call CompiledFxGraph"
+#: kineto's activity types of the device's own work (kernels launched per step count "kernel" only)
+DEVICE_WORK = ("kernel", "gpu_memcpy", "gpu_memset")
 #: the verdict: launches/dispatch when this share of the wall is outside ops (CPU) or the GPU idles (CUDA), or when
 #: a top-level op lasts under SHORT_OP_US on average (each op's cost is then mostly its dispatch)
 DISPATCH_SHARE = 0.5
@@ -238,14 +240,17 @@ def device_figures(prof: profile, steps: list[StepParts]) -> None:
     events = prof.profiler.kineto_results.events()
     windows = sorted((e.start_ns(), e.end_ns()) for e in events if e.name() == STEP
                      and e.device_type() == torch.autograd.DeviceType.CPU)
-    device = sorted((e.start_ns(), e.end_ns(), e.name()) for e in events
-                    if e.device_type() == torch.autograd.DeviceType.CUDA)
+    # the device's own work: kernels, copies and fills (not the ranges kineto mirrors onto the GPU's timeline,
+    # gpu_user_annotation, which span whole phases)
+    device = sorted((e.start_ns(), e.end_ns(), e.activity_type()) for e in events
+                    if e.device_type() == torch.autograd.DeviceType.CUDA and not e.is_user_annotation()
+                    and e.activity_type() in DEVICE_WORK)
     for parts, (start, end) in zip(steps, windows):
         busy, covered, kernels = 0, start, 0
-        for a, b, name in device:
+        for a, b, kind in device:
             if a < start or a > end:
                 continue
-            kernels += not name.startswith(("Memcpy", "Memset"))
+            kernels += kind == "kernel"
             a, b = max(a, covered), min(b, end)
             if b > a:
                 busy += b - a
