@@ -93,7 +93,15 @@ def run(args: argparse.Namespace) -> int:
     from bench.instruments.measure import compile_reset, settled_subject, start_runtimes
     from bench.instruments.peak import PEAK_SIZE, compute_dtype, gemm_peak_gflops
     from bench.instruments.profiling import memory_timeline, profile_subject
-    from bench.readers.profiling import parts_table, plot_parts, terminal_table, write_timeline
+    from bench.readers.profiling import (
+        cost_per_time_step,
+        md_table,
+        parts_table,
+        plot_parts,
+        profile_as_rows,
+        terminal_table,
+        write_timeline,
+    )
 
     cells, options = cells_to_profile(args)
     out = writable_dir(args.out, "--out")
@@ -153,6 +161,14 @@ def run(args: argparse.Namespace) -> int:
             plot = plot_parts(part, "step_ms", f"{device} {dtype} {mode}",
                               out / f"plot-time-parts-{device.type}-{dtype}-{mode}.png")
             md += [f"## {dtype} {mode}", "", parts_table(part), "", f"![{plot.stem}]({plot.name})", ""]
+    cost = cost_per_time_step(profile_as_rows(table)) if not table.empty else table
+    if not cost.empty:  # several sequence lengths: the cost of one more time step, and the fixed cost
+        print("\ncost per time step (a line through step time against T; ms):\n"
+              + cost.round(4).to_string(index=False))
+        shown = cost.assign(slope_ms=cost["slope_ms"].map("{:.3g}".format),
+                            intercept_ms=cost["intercept_ms"].map("{:.3g}".format))
+        md += ["## Cost per time step", "", md_table(shown.rename(columns={"slope_ms": "ms per time step",
+                                                                         "intercept_ms": "fixed ms"})), ""]
     md += [f"![memory {c}]({MEMORY_PNG.format(c.id)})" for c in cells if (out / MEMORY_PNG.format(c.id)).exists()]
     (out / "profile.md").write_text("\n".join(md) + "\n", encoding="utf-8")
     print(f"\nwrote {out / PROFILE_CSV}, {out / 'profile.md'}, traces (trace-*.json.gz: ui.perfetto.dev, TensorBoard) "

@@ -159,7 +159,13 @@ def cost_per_time_step(ok: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(out)
 
 
-def _md(df: pd.DataFrame) -> str:
+def profile_as_rows(rows: pd.DataFrame) -> pd.DataFrame:
+    """profile.csv's rows read as measurements (their unprofiled step as the median step), for the same fits."""
+    return rows.rename(columns={"step_ms": "step_ms_median"})
+
+
+def md_table(df: pd.DataFrame) -> str:
+    """A DataFrame as a Markdown table."""
     head = "| " + " | ".join(df.columns) + " |\n| " + " | ".join("---" for _ in df.columns) + " |\n"
     return head + "\n".join("| " + " | ".join(map(str, r)) + " |" for r in df.itertuples(index=False))
 
@@ -198,13 +204,14 @@ def sections(runs: Sequence, ok: pd.DataFrame, out_dir: Path) -> list[str]:
         md += ["", f"### {title}", "", parts_table(at.drop_duplicates("impl"), "step_ms_median"), "",
                f"![{plot.stem}]({plot.name})"]
     md += _distance(runs, ok, out_dir)
-    cost = cost_per_time_step(ok)
+    cost = pd.concat([cost_per_time_step(ok), *(cost_per_time_step(profile_as_rows(p)) for p in profiled)],
+                     ignore_index=True)
     if not cost.empty:
         cost = cost.assign(slope_ms=cost["slope_ms"].map(_sig), intercept_ms=cost["intercept_ms"].map(_sig))
         md += ["", "## Cost per time step", "", "Step time against the sequence length T: a line fitted per "
                "implementation, its slope the cost of one more time step and its intercept the fixed cost (the "
                "output layer, the loss, the optimizer, the call itself). Measure it with `--seq-len 10,35,100`.", "",
-               _md(cost.rename(columns={"slope_ms": "ms per time step", "intercept_ms": "fixed ms"}))]
+               md_table(cost.rename(columns={"slope_ms": "ms per time step", "intercept_ms": "fixed ms"}))]
     md += _memory(runs, out_dir)
     return md
 
@@ -236,7 +243,7 @@ def _distance(runs: Sequence, ok: pd.DataFrame, out_dir: Path) -> list[str]:
                          "share of peak": f"{r.achieved_gflops / gflops:.2%}" if gflops and pd.notna(
                              r.achieved_gflops) else "–",
                          "floor (ms)": _sig(floor), "step ÷ floor": _sig(r.step_ms_median / floor) if floor else "–"})
-        md += ["", f"### {device} {dtype} {mode}", "", _md(pd.DataFrame(rows))]
+        md += ["", f"### {device} {dtype} {mode}", "", md_table(pd.DataFrame(rows))]
         gflops = peak.get(dtype)
         plotted = part[part["op_calls_per_step"].notna() & part["achieved_gflops"].notna()] if (
             "op_calls_per_step" in part) else part.iloc[:0]
