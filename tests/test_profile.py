@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import gzip
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -26,6 +29,7 @@ from bench.instruments.profiling import (
 )
 from bench.readers.profiling import cost_per_time_step, write_timeline
 
+ROOT = Path(__file__).resolve().parents[1]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 CUDA_REASON = "CUDA: kernel time, kernels per step, GPU idle share and the allocator's history need a GPU"
 
@@ -148,3 +152,27 @@ def test_profile_on_cuda_has_kernels_idle_share_and_a_snapshot(tmp_path):
         cell_id = tiny(impl, "cuda").id
         assert (out / f"memory-snapshot-{cell_id}.pickle").is_file()
         assert (out / f"memory-{cell_id}.png").read_bytes()[:8] == PNG_MAGIC
+
+
+def test_every_run_has_op_calls_the_peak_share_the_parts_and_memory_through_the_step(tmp_path):
+    """`lstm-bench run` at the d2l sizes (cudnn: the fastest to build): the row's new columns, the GEMM peak in
+    environment.json, and the report's profiling sections with their PNGs."""
+    proc = subprocess.run([sys.executable, "-m", "bench.cli", "run", "--device", "cpu", "--impls", "cudnn",
+                           "--batch-sizes", "32", "--hidden-sizes", "256", "--processes", "1", "--results-dir",
+                           str(tmp_path), "--run-id", "r", "--benchmark-max-time=0.02", "--benchmark-min-rounds=3"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    run_dir = tmp_path / "r"
+    row = pd.read_csv(run_dir / "measurements.csv").iloc[0]
+    assert row.status == "ok" and row.op_calls_per_step > 0 and 0 < row.peak_share < 1
+    assert row.part_rnn_library_ms > 0 and row.part_rest_ms >= 0
+    env = json.loads((run_dir / "environment.json").read_text())
+    assert row.peak_share == pytest.approx(row.achieved_gflops / env["gemm_peak_gflops"]["float32"])
+    report = (run_dir / "report.md").read_text()
+    for section in ("## Where the time goes", "## Distance to the limit", "## Memory through the step"):
+        assert section in report, section
+    cell_id = Cell("cudnn", "cpu", "float32", "train", 32, 256, 35, 28).id
+    assert (run_dir / f"memory-{cell_id}.json").is_file()
+    for name in (f"memory-{cell_id}.png", "plot-time-parts-cpu-float32-train.png",
+                 "plot-roofline-cpu-float32-train.png"):
+        assert f"({name})" in report and (run_dir / name).read_bytes()[:8] == PNG_MAGIC, name
