@@ -42,6 +42,15 @@ def _sig(value, digits: int = 3) -> str:
     return f"{value:.{digits}g}"
 
 
+def labels(rows: pd.DataFrame) -> list[str]:
+    """Each row's implementation, with what else varies between the rows (B, H, T, layers, lengths, autocast)."""
+    marks = [(key, short) for key, short in (("batch_size", "B"), ("hidden_size", "H"), ("seq_len", "T"),
+                                             ("num_layers", "L"), ("lengths", ""), ("amp", "amp "))
+             if key in rows and rows[key].nunique() > 1]
+    return [" ".join([str(r["impl"]), *(f"{short}{r[key]}" for key, short in marks)])
+            for r in rows.to_dict("records")]
+
+
 def scaled_parts(rows: pd.DataFrame, step_column: str) -> pd.DataFrame:
     """Each row's parts (ms) scaled so that they add up to its step_column (the unprofiled step): the profiler's
     overhead spread over the parts in proportion to their size."""
@@ -53,16 +62,16 @@ def scaled_parts(rows: pd.DataFrame, step_column: str) -> pd.DataFrame:
 def parts_table(rows: pd.DataFrame, step_column: str = "step_ms") -> str:
     """impl, step, each part in ms and share, op calls, verdict where there is one: Markdown."""
     parts = scaled_parts(rows, step_column)
-    table = pd.DataFrame({"impl": rows["impl"], "step (ms)": rows[step_column].map(_sig)})
+    table = pd.DataFrame({"impl": labels(rows), "step (ms)": list(rows[step_column].map(_sig))})
     for column, part in zip(PART_COLUMNS, TIME_PARTS):
         table[PART_LABELS[part]] = [f"{_sig(v)} ({100 * v / s:.0f}%)" if s and pd.notna(v) else "–"
                                     for v, s in zip(parts[column], rows[step_column])]
-    table["op calls"] = rows["op_calls_per_step"].map(lambda v: _sig(v, 4))
+    table["op calls"] = list(rows["op_calls_per_step"].map(lambda v: _sig(v, 4)))
     for column, label in (("kernels_per_step", "kernels"), ("gpu_idle_share", "GPU idle"), ("verdict", "bound by")):
         if column in rows and rows[column].notna().any():
             percent = column == "gpu_idle_share"
-            table[label] = rows[column].map(lambda v, percent=percent: f"{v:.0%}" if isinstance(v, float) and percent
-                                            else _sig(v, 4) if isinstance(v, float) else str(v))
+            table[label] = list(rows[column].map(lambda v, percent=percent: f"{v:.0%}" if isinstance(v, float)
+                                                 and percent else _sig(v, 4) if isinstance(v, float) else str(v)))
     head = "| " + " | ".join(table.columns) + " |\n| " + " | ".join("---" for _ in table.columns) + " |\n"
     return head + "\n".join("| " + " | ".join(map(str, r)) + " |" for r in table.itertuples(index=False))
 
@@ -71,8 +80,12 @@ def terminal_table(rows: pd.DataFrame) -> str:
     """The same for the terminal: a column per part (ms, scaled to the unprofiled step)."""
     parts = scaled_parts(rows, "step_ms").round(3)
     parts.columns = [c.removeprefix("part_").removesuffix("_ms") for c in parts.columns]
-    table = pd.concat([rows[["impl", "batch_size", "hidden_size", "seq_len"]].rename(
-        columns={"batch_size": "B", "hidden_size": "H", "seq_len": "T"}), rows[["step_ms"]].round(3), parts,
+    cells = rows[["impl", "batch_size", "hidden_size", "seq_len"]].rename(
+        columns={"batch_size": "B", "hidden_size": "H", "seq_len": "T"})
+    for key in ("mode", "lengths", "amp"):  # where the rows differ in them
+        if rows[key].nunique() > 1:
+            cells[key] = rows[key]
+    table = pd.concat([cells, rows[["step_ms"]].round(3), parts,
         rows[["op_calls_per_step", "profiler_overhead", "peak_share", "verdict"]].round(4)], axis=1)
     return table.to_string(index=False, na_rep="-")
 
@@ -88,7 +101,7 @@ def plot_parts(rows: pd.DataFrame, step_column: str, title: str, path: Path) -> 
         values = parts[column].fillna(0.0).to_numpy()
         ax.bar(x, values, bottom=bottom, color=PART_COLORS[part], label=PART_LABELS[part])
         bottom += values
-    ax.set_xticks(x, list(rows["impl"]), rotation=20)
+    ax.set_xticks(x, labels(rows), rotation=20, ha="right")
     ax.set_ylabel("ms per step")
     ax.set_title(title, fontsize=10)
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
