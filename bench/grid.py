@@ -53,9 +53,10 @@ DDP_MODE = "ddp"  # rows of `lstm-bench ddp`: a training step under DistributedD
 STATUSES = ("ok", "oom", "error", "unsupported", "nonfinite")  # nonfinite: the loss became inf or nan
 
 #: where a step's wall time goes (bench/instruments/profiling.py attribute): parts that do not overlap and add up to
-#: it; "rest" is the wall time inside no op (Python, dispatch, the autograd engine)
+#: it; "device_wait" is the host waiting for the GPU at the phases' ends (0 on a CPU), "rest" the wall time inside no
+#: op (Python, dispatch, the autograd engine)
 TIME_PARTS = ("input_gemm", "recurrent_gemm", "output_layer", "rnn_library", "pointwise", "copies", "optimizer",
-              "other_ops", "rest")
+              "other_ops", "device_wait", "rest")
 
 # One row per cell of measurements.csv. Units are in the names; empty means "not measured here".
 COLUMNS = (
@@ -114,7 +115,8 @@ PROFILE_COLUMNS = (
     "num_layers", "bidirectional", "proj_size", "dropout", "batch_first", "lengths", "amp", "status", "error",
     "step_ms", "profiled_step_ms", "profiler_overhead", "scale", "profiled_steps",
     *(f"part_{part}_ms" for part in TIME_PARTS),
-    "op_calls_per_step", "top_level_ops_per_step", "kernel_ms", "kernels_per_step", "gpu_idle_share",
+    "op_calls_per_step", "top_level_ops_per_step", "kernel_ms", "gemm_kernel_ms", "kernels_per_step",
+    "gpu_idle_share",
     "flops_per_step", "achieved_gflops", "peak_gflops", "peak_share", "recurrence_floor_ms", "verdict", "trace",
 )  # fmt: skip
 PROFILE_CSV = "profile.csv"

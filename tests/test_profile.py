@@ -147,6 +147,7 @@ def test_profile_on_cuda_has_kernels_idle_share_and_a_snapshot(tmp_path):
                  "--out", str(out)]) == 0
     df = pd.read_csv(out / PROFILE_CSV)
     assert (df["status"] == "ok").all() and (df["kernels_per_step"] > 0).all()
+    assert (df["part_device_wait_ms"] > 0).all() and (df["gemm_kernel_ms"] <= df["kernel_ms"]).all()
     assert ((df["gpu_idle_share"] >= 0) & (df["gpu_idle_share"] <= 1)).all()
     for impl in ("cudnn", "fused"):
         cell_id = tiny(impl, "cuda").id

@@ -34,14 +34,10 @@ STEP = "lstm_bench::step"
 FORWARD, LOSS, BACKWARD, OPTIMIZER = "forward", "loss", "backward", "optimizer"
 PHASE_RANGES = (FORWARD, LOSS, BACKWARD, OPTIMIZER)
 OUTPUT = "lstm_bench::output_layer"
+DEVICE_WAIT = "lstm_bench::device_wait"  # the host waiting for the GPU at a phase's end (CUDA only)
 
 #: where a step's wall time goes: parts that do not overlap and add up to it (CSV columns part_<name>_ms)
 CATEGORIES = TIME_PARTS
-CATEGORY_LABELS = {
-    "input_gemm": "input-projection GEMM", "recurrent_gemm": "recurrent GEMMs", "output_layer": "output layer",
-    "rnn_library": "RNN library call", "pointwise": "pointwise math", "copies": "copies and casts",
-    "optimizer": "optimizer", "other_ops": "other ops", "rest": "rest (Python, dispatch, autograd engine)",
-}
 GEMMS = {"mm", "addmm", "matmul", "linear", "bmm", "baddbmm", "addbmm", "mv", "addmv", "dot", "_addmm_activation"}
 RNN_LIBRARY = {"lstm", "mkldnn_rnn_layer", "mkldnn_rnn_layer_backward", "_cudnn_rnn", "_cudnn_rnn_backward",
                "_thnn_fused_lstm_cell", "_thnn_fused_lstm_cell_backward_impl", "lstm_cell"}
@@ -54,6 +50,8 @@ FUSION_MARKS = ("FusionGroup", "TensorExprGroup", "CudaFusionGroup", "fused", "t
 COMPILED_GRAPH = "## Call CompiledFxGraph"
 #: kineto's activity types of the device's own work (kernels launched per step count "kernel" only)
 DEVICE_WORK = ("kernel", "gpu_memcpy", "gpu_memset")
+#: a GEMM kernel's name holds one of these (cuBLAS, cuBLASLt, CUTLASS and their sm90 xmma kernels, Triton's matmuls)
+GEMM_KERNEL_MARKS = ("gemm", "cutlass", "xmma", "cublas", "matmul", "_mm_")
 #: the verdict: launches/dispatch when this share of the wall is outside ops (CPU) or the GPU idles (CUDA), or when
 #: a top-level op lasts under SHORT_OP_US on average (each op's cost is then mostly its dispatch)
 DISPATCH_SHARE = 0.5
@@ -92,11 +90,16 @@ class RangeClock:
         if name:
             self.open.append(_enter(name))
 
+    def _sync(self) -> None:
+        if self.device.type == "cuda":  # the wait for the GPU's queued work, in a range of its own
+            with record_function(DEVICE_WAIT):
+                sync(self.device)
+
     def start(self) -> None:
-        sync(self.device)
+        self._sync()
 
     def mark(self, phase: str) -> None:
-        sync(self.device)
+        self._sync()
         self._switch({"forward": BACKWARD if self.train else None, "backward": OPTIMIZER}.get(phase))
 
     def remove(self) -> None:
@@ -126,6 +129,7 @@ class StepParts:
     top_level_ops: int
     op_calls: int  # every ATen op dispatched, nested ones included
     kernel_ms: float | None = None  # CUDA: the union of the step's device activity
+    gemm_kernel_ms: float | None = None  # CUDA: the part of it in GEMM kernels (by name: GEMM_KERNEL_MARKS)
     kernels: int | None = None
     names: Counter = field(default_factory=Counter)  # every event's name (profiled_step: what_ran's marks too)
 
@@ -191,6 +195,9 @@ def attribute(prof: profile, input_size: int) -> list[StepParts]:
         if node.tag != _EventType.TorchOp:
             return
         names[node.name] += 1
+        if node.name == DEVICE_WAIT:
+            spans.append((node.start_time_ns, node.end_time_ns, "device_wait"))
+            return
         if _is_op(node):
             start = node.start_time_ns
             category = ("output_layer" if output else "optimizer" if any(a <= start <= b for a, b in optimizer)
@@ -242,20 +249,21 @@ def device_figures(prof: profile, steps: list[StepParts]) -> None:
                      and e.device_type() == torch.autograd.DeviceType.CPU)
     # the device's own work: kernels, copies and fills (not the ranges kineto mirrors onto the GPU's timeline,
     # gpu_user_annotation, which span whole phases)
-    device = sorted((e.start_ns(), e.end_ns(), e.activity_type()) for e in events
+    device = sorted((e.start_ns(), e.end_ns(), e.activity_type(), e.name()) for e in events
                     if e.device_type() == torch.autograd.DeviceType.CUDA and not e.is_user_annotation()
                     and e.activity_type() in DEVICE_WORK)
     for parts, (start, end) in zip(steps, windows):
-        busy, covered, kernels = 0, start, 0
-        for a, b, kind in device:
+        busy, gemm, covered, kernels = 0, 0, start, 0
+        for a, b, kind, name in device:
             if a < start or a > end:
                 continue
             kernels += kind == "kernel"
             a, b = max(a, covered), min(b, end)
             if b > a:
                 busy += b - a
+                gemm += (b - a) if kind == "kernel" and any(m in name.lower() for m in GEMM_KERNEL_MARKS) else 0
                 covered = b
-        parts.kernel_ms, parts.kernels = busy / 1e6, kernels
+        parts.kernel_ms, parts.gemm_kernel_ms, parts.kernels = busy / 1e6, gemm / 1e6, kernels
 
 
 # ----------------------------------------------------------------------------- one cell
@@ -302,10 +310,15 @@ class CellProfile:
         total = sum(parts.values()) or 1.0
         gemm = sum(parts[c] for c in ("input_gemm", "recurrent_gemm", "output_layer", "rnn_library")) / total
         kernel = self.mean(lambda s: s.kernel_ms)
-        if kernel is not None:  # CUDA: the GPU waits for the host more than it works
+        if kernel is not None:  # CUDA: the GPU waits for the host more than it works; else its GEMM kernels' share
             if 1 - kernel / self.profiled_ms >= DISPATCH_SHARE:
                 return "launches/dispatch"
-        elif (parts["rest"] / total >= DISPATCH_SHARE
+            gemm_kernel = self.mean(lambda s: s.gemm_kernel_ms) or 0.0
+            share = self.peak_share_of_gemm_time(gemm_kernel / 1e3 * self.step_ms / self.profiled_ms)
+            if kernel and gemm_kernel / kernel >= 0.5 and share is not None and share >= 0.5:
+                return "arithmetic"
+            return "memory traffic"
+        if (parts["rest"] / total >= DISPATCH_SHARE
               or total * 1e3 / max(self.mean(lambda s: s.top_level_ops), 1) < SHORT_OP_US):
             return "launches/dispatch"  # most of the wall is outside ops, or an op lasts a few microseconds
         share = self.peak_share_of_gemm_time(gemm * self.step_ms / 1e3)
@@ -328,7 +341,7 @@ class CellProfile:
             **{f"part_{c}_ms": v for c, v in self.parts_ms().items()},
             "op_calls_per_step": self.mean(lambda s: s.op_calls), "top_level_ops_per_step":
                 self.mean(lambda s: s.top_level_ops),
-            "kernel_ms": kernel, "kernels_per_step": kernels,
+            "kernel_ms": kernel, "gemm_kernel_ms": self.mean(lambda s: s.gemm_kernel_ms), "kernels_per_step": kernels,
             "gpu_idle_share": None if kernel is None else max(1 - kernel / self.profiled_ms, 0.0),
             "flops_per_step": self.flops, "achieved_gflops": achieved, "peak_gflops": self.peak_gflops,
             "peak_share": achieved / self.peak_gflops if self.peak_gflops else None,

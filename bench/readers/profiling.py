@@ -21,10 +21,12 @@ from ..instruments.peak import recurrence_floor_ms
 PART_LABELS = {
     "input_gemm": "input-projection GEMM", "recurrent_gemm": "recurrent GEMMs", "output_layer": "output layer",
     "rnn_library": "RNN library call", "pointwise": "pointwise math", "copies": "copies and casts",
-    "optimizer": "optimizer", "other_ops": "other ops", "rest": "rest (Python, dispatch, autograd engine)",
+    "optimizer": "optimizer", "other_ops": "other ops", "device_wait": "waiting for the GPU",
+    "rest": "rest (Python, dispatch, autograd engine)",
 }
 PART_COLORS = {"input_gemm": "C0", "recurrent_gemm": "C1", "output_layer": "C2", "rnn_library": "C3",
-               "pointwise": "C4", "copies": "C5", "optimizer": "C6", "other_ops": "C8", "rest": "C7"}
+               "pointwise": "C4", "copies": "C5", "optimizer": "C6", "other_ops": "C8", "device_wait": "C9",
+               "rest": "C7"}
 HOLDER_COLORS = {"parameters": "C0", "gradients": "C1", "optimizer state": "C2", "activations": "C3", "other": "C7"}
 PART_COLUMNS = [f"part_{p}_ms" for p in TIME_PARTS]
 MIB = 2**20
@@ -67,7 +69,8 @@ def parts_table(rows: pd.DataFrame, step_column: str = "step_ms") -> str:
         table[PART_LABELS[part]] = [f"{_sig(v)} ({100 * v / s:.0f}%)" if s and pd.notna(v) else "–"
                                     for v, s in zip(parts[column], rows[step_column])]
     table["op calls"] = list(rows["op_calls_per_step"].map(lambda v: _sig(v, 4)))
-    for column, label in (("kernels_per_step", "kernels"), ("gpu_idle_share", "GPU idle"), ("verdict", "bound by")):
+    for column, label in (("kernel_ms", "GPU kernels (ms)"), ("gemm_kernel_ms", "GEMM kernels (ms)"),
+                          ("kernels_per_step", "kernels"), ("gpu_idle_share", "GPU idle"), ("verdict", "bound by")):
         if column in rows and rows[column].notna().any():
             percent = column == "gpu_idle_share"
             table[label] = list(rows[column].map(lambda v, percent=percent: f"{v:.0%}" if isinstance(v, float)
