@@ -69,6 +69,8 @@ def parts_table(rows: pd.DataFrame, step_column: str = "step_ms") -> str:
         table[PART_LABELS[part]] = [f"{_sig(v)} ({100 * v / s:.0f}%)" if s and pd.notna(v) else "–"
                                     for v, s in zip(parts[column], rows[step_column])]
     table["op calls"] = list(rows["op_calls_per_step"].map(lambda v: _sig(v, 4)))
+    if "profiler_overhead" in rows:  # profile's own rows: how much the profiler added, which the scaling took out
+        table["profiled ÷ unprofiled"] = list(rows["profiler_overhead"].map(lambda v: f"{v:.2f}"))
     for column, label in (("kernel_ms", "GPU kernels (ms)"), ("gemm_kernel_ms", "GEMM kernels (ms)"),
                           ("kernels_per_step", "kernels"), ("gpu_idle_share", "GPU idle"), ("verdict", "bound by")):
         if column in rows and rows[column].notna().any():
@@ -120,9 +122,12 @@ def plot_roofline(rows: pd.DataFrame, peak_gflops: float, title: str, path: Path
         x = part["flops_per_step"].astype(float) / part["op_calls_per_step"].astype(float)
         ax.scatter(x, part["achieved_gflops"].astype(float), color=f"C{i % 10}", label=impl, s=18)
     ax.axhline(peak_gflops, color="k", linestyle="--", linewidth=1)
-    ax.text(ax.get_xlim()[0], peak_gflops, f" measured GEMM peak {peak_gflops:.3g} GFLOP/s", va="bottom", fontsize=7)
     ax.set_xscale("log")
     ax.set_yscale("log")
+    low = float(rows["achieved_gflops"].astype(float).min())
+    ax.set_ylim(min(low, peak_gflops) / 2, peak_gflops * 2)
+    ax.text(0.01, peak_gflops, f"measured GEMM peak {peak_gflops:.3g} GFLOP/s", va="bottom", fontsize=7,
+            transform=ax.get_yaxis_transform())
     ax.set_xlabel("FLOPs per op call (flops_per_step / op_calls_per_step)")
     ax.set_ylabel("achieved GFLOP/s")
     ax.set_title(title, fontsize=10)
