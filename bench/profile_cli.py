@@ -3,7 +3,7 @@ through it, per cell (bench/instruments/profiling.py collects; bench/readers/pro
 
 Into --out: profile.csv (a row per cell, PROFILE_COLUMNS), profile.md (the tables), environment.json (the device's
 GEMM peak beside the environment; a run directory's own is kept, the peak added), per cell a Chrome/Perfetto trace
-(trace-<cell id>.json.gz) and the bytes alive through a training step (memory-<cell id>.json and .png; on CUDA also
+(<cell id>.pt.trace.json.gz) and the bytes alive through a training step (memory-<cell id>.json and .png; on CUDA also
 memory-snapshot-<cell id>.pickle for pytorch.org/memory_viz). `lstm-bench report` of a directory holding them shows
 them.
 """
@@ -129,7 +129,7 @@ def run(args: argparse.Namespace) -> int:
             try:
                 with compile_reset(), settled_subject(cell) as subject:
                     profiled = profile_subject(subject, steps=args.steps, rounds=args.rounds,
-                                               trace=out / f"trace-{cell.id}.json.gz",
+                                               trace=out / f"{cell.id}.pt.trace.json.gz",
                                                flops=cell_flops(cell, cell.mode, subject.real_tokens),
                                                peak_gflops=peaks.get(compute_dtype(cell)))
                     row = profiled.row()
@@ -171,6 +171,6 @@ def run(args: argparse.Namespace) -> int:
                                                                          "intercept_ms": "fixed ms"})), ""]
     md += [f"![memory {c}]({MEMORY_PNG.format(c.id)})" for c in cells if (out / MEMORY_PNG.format(c.id)).exists()]
     (out / "profile.md").write_text("\n".join(md) + "\n", encoding="utf-8")
-    print(f"\nwrote {out / PROFILE_CSV}, {out / 'profile.md'}, traces (trace-*.json.gz: ui.perfetto.dev, TensorBoard) "
-          "and memory pictures (memory-*.png)")
+    print(f"\nwrote {out / PROFILE_CSV}, {out / 'profile.md'}, traces (*.pt.trace.json.gz: ui.perfetto.dev, "
+          "TensorBoard) and memory pictures (memory-*.png)")
     return 1 if failed else 0

@@ -110,7 +110,7 @@ def test_profile_command_writes_its_files(tmp_path, capsys):
     assert parts.iloc[0] == pytest.approx(df["profiled_step_ms"].iloc[0], rel=1e-6)
     assert 0 < df["peak_share"].iloc[0] < 1 and df["recurrence_floor_ms"].iloc[0] > 0
     cell_id = tiny("fused").id
-    for name in (f"trace-{cell_id}.json.gz", f"memory-{cell_id}.png", "profile.md",
+    for name in (f"{cell_id}.pt.trace.json.gz", f"memory-{cell_id}.png", "profile.md",
                  "plot-time-parts-cpu-float32-train.png"):
         assert (out / name).is_file(), name
     env = json.loads((out / "environment.json").read_text())
