@@ -3,9 +3,9 @@ through it, per cell (bench/instruments/profiling.py collects; bench/readers/pro
 
 Into --out: profile.csv (a row per cell, PROFILE_COLUMNS), profile.md (the tables), environment.json (the device's
 GEMM peak beside the environment; a run directory's own is kept, the peak added), per cell a Chrome/Perfetto trace
-(<cell id>.pt.trace.json.gz) and the bytes alive through a training step (memory-<cell id>.json and .png; on CUDA also
-memory-snapshot-<cell id>.pickle for pytorch.org/memory_viz). `lstm-bench report` of a directory holding them shows
-them.
+(<cell id>.pt.trace.json.gz) and the bytes alive through a training step (memory-<cell id>.json.gz and .png; on CUDA
+also memory-snapshot-<cell id>.pickle for pytorch.org/memory_viz). `lstm-bench report` of a directory holding them
+shows them.
 """
 
 from __future__ import annotations

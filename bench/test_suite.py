@@ -45,7 +45,7 @@ def measure(cell: Cell, benchmark, config: pytest.Config, full: bool = True, clo
     times (not `full`: bench/workers.py) compiles from the cell's caches as the first worker left them
     (measure.cell_caches): its first call is not reported, and a warm cache spares the run minutes. `clock` sums
     the time of each phase (TIME_PHASES). With `timelines`, a training cell at the d2l sizes also writes the bytes
-    alive through one step there (memory-<cell id>.json: every report draws it).
+    alive through one step there (memory-<cell id>.json.gz: every report draws it).
     """
     clock = clock or Stopwatch()
     caches = cell_caches(cell, full)

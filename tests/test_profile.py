@@ -27,7 +27,7 @@ from bench.instruments.profiling import (
     profiled_step,
     row_columns,
 )
-from bench.readers.profiling import cost_per_time_step, write_timeline
+from bench.readers.profiling import cost_per_time_step, read_timeline, write_timeline
 
 ROOT = Path(__file__).resolve().parents[1]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -94,7 +94,7 @@ def test_memory_through_the_step_by_holder(tmp_path):
     assert held["parameters"][0] == params and max(held["activations"]) > 0 and held["gradients"][-1] == params
     assert timeline.peak_bytes > params and set(timeline.phases_ms) == set(PHASE_RANGES)
     path, png = write_timeline(timeline, tmp_path)
-    assert json.loads(path.read_text())["peak_bytes"] == timeline.peak_bytes
+    assert read_timeline(path)["peak_bytes"] == timeline.peak_bytes
     assert png.read_bytes()[:8] == PNG_MAGIC
 
 
@@ -173,7 +173,7 @@ def test_every_run_has_op_calls_the_peak_share_the_parts_and_memory_through_the_
     for section in ("## Where the time goes", "## Distance to the limit", "## Memory through the step"):
         assert section in report, section
     cell_id = Cell("cudnn", "cpu", "float32", "train", 32, 256, 35, 28).id
-    assert (run_dir / f"memory-{cell_id}.json").is_file()
+    assert (run_dir / f"memory-{cell_id}.json.gz").is_file()
     for name in (f"memory-{cell_id}.png", "plot-time-parts-cpu-float32-train.png",
                  "plot-roofline-cpu-float32-train.png"):
         assert f"({name})" in report and (run_dir / name).read_bytes()[:8] == PNG_MAGIC, name

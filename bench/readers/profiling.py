@@ -4,6 +4,7 @@ step by holder. `lstm-bench profile` and `lstm-bench report` both draw from here
 
 from __future__ import annotations
 
+import gzip
 import json
 import math
 import textwrap
@@ -30,6 +31,7 @@ PART_COLORS = {"input_gemm": "C0", "recurrent_gemm": "C1", "output_layer": "C2",
 HOLDER_COLORS = {"parameters": "C0", "gradients": "C1", "optimizer state": "C2", "activations": "C3", "other": "C7"}
 PART_COLUMNS = [f"part_{p}_ms" for p in TIME_PARTS]
 MIB = 2**20
+TIMELINES = "memory-*.json.gz"  # the bytes alive through a step (bench/instruments/profiling.py Timeline)
 
 
 def _save(fig: Figure, path: Path) -> Path:
@@ -199,7 +201,7 @@ def _d2l_rows(ok: pd.DataFrame) -> pd.DataFrame:
 
 def sections(runs: Sequence, ok: pd.DataFrame, out_dir: Path) -> list[str]:
     """report.md's profiling sections: where the time goes, the distance to the limit, the cost per time step, and
-    memory through the step (from the runs' rows, their environment.json, profile.csv and memory-*.json)."""
+    memory through the step (from the runs' rows, their environment.json, profile.csv and memory-*.json.gz)."""
     md: list[str] = []
     profiled = [pd.read_csv(run.path / "profile.csv") for run in runs if (run.path / "profile.csv").is_file()]
     profiled = [p[p["status"] == "ok"] for p in profiled]
@@ -276,10 +278,10 @@ def _distance(runs: Sequence, ok: pd.DataFrame, out_dir: Path) -> list[str]:
 
 
 def _memory(runs: Sequence, out_dir: Path) -> list[str]:
-    """One picture per timeline (memory-*.json) in the runs' directories (or their first process's)."""
+    """One picture per timeline (memory-*.json.gz) in the runs' directories (or their first process's)."""
     found: dict[str, Path] = {}
     for run in runs:
-        for path in sorted([*run.path.glob("memory-*.json"), *run.path.glob("processes/0/memory-*.json")]):
+        for path in sorted([*run.path.glob(TIMELINES), *run.path.glob(f"processes/0/{TIMELINES}")]):
             found.setdefault(path.name, path)
     if not found:
         return []
@@ -287,13 +289,18 @@ def _memory(runs: Sequence, out_dir: Path) -> list[str]:
           "(on a CPU from the profiler's allocation events, on CUDA from the caching allocator's history), the "
           "phases' starts dotted, the memory model's predicted peak dashed where it counts the cell."]
     for name, path in found.items():
-        timeline = json.loads(path.read_text())
-        plot = plot_memory(timeline, out_dir / (Path(name).stem + ".png"))
+        plot = plot_memory(read_timeline(path), out_dir / name.replace(".json.gz", ".png"))
         md += ["", f"![{plot.stem}]({plot.name})"]
     return md
 
 
 def write_timeline(timeline, out_dir: Path) -> tuple[Path, Path]:
-    """A Timeline (bench/instruments/profiling.py) as memory-<cell id>.json and its picture beside it."""
+    """A Timeline (bench/instruments/profiling.py) as memory-<cell id>.json.gz and its picture beside it."""
     path = timeline.write(out_dir)
-    return path, plot_memory(json.loads(path.read_text()), path.with_suffix(".png"))
+    return path, plot_memory(read_timeline(path), out_dir / path.name.replace(".json.gz", ".png"))
+
+
+def read_timeline(path: Path) -> dict:
+    """A memory-<cell id>.json.gz, as Timeline.write wrote it."""
+    with gzip.open(path, "rt", encoding="utf-8") as f:
+        return json.load(f)
