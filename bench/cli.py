@@ -31,6 +31,7 @@ from bench.grid import (
     parse_sizes,
 )
 from bench.memory_cli import add_parser as add_memory_parser
+from bench.profile_cli import add_parser as add_profile_parser
 from bench.results import PROCESSES_DIR, OutputError, RunError, writable_dir, writable_file
 
 
@@ -548,6 +549,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.set_defaults(func=_train)
 
     add_memory_parser(sub)  # `lstm-bench memory`: bench/memory_cli.py
+    add_profile_parser(sub)  # `lstm-bench profile`: bench/profile_cli.py
     return parser
 
 

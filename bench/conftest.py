@@ -162,6 +162,12 @@ def stopwatch(request: pytest.FixtureRequest) -> Stopwatch:
 
 
 @pytest.fixture(scope="session")
+def run_dir(request: pytest.FixtureRequest) -> Path:
+    """This session's run directory (a worker's own under `lstm-bench run`: RUN_DIR/processes/K)."""
+    return request.config.stash[_STATE]["run_dir"]
+
+
+@pytest.fixture(scope="session")
 def full_worker(request: pytest.FixtureRequest) -> bool:
     """Whether this process measures everything (memory, FLOPs, first call, what ran) or times only."""
     return request.config.stash[_STATE]["worker"][0] == 0
@@ -174,6 +180,28 @@ def runtimes_started(request: pytest.FixtureRequest) -> None:
     with state["stopwatch"].phase("start-up"):
         start_runtimes(torch.device(state["options"].device), {lstm_impls.get(name).runtime
                                                                 for name in state["options"].impls})
+
+
+@pytest.fixture(scope="session")
+def gemm_peaks(request: pytest.FixtureRequest, runtimes_started: None) -> dict[str, float]:
+    """The device's own GEMM peak (GFLOP/s) per compute dtype of the grid, measured once per run by the process that
+    measures everything (worker 0) and written into environment.json (gemm_peak_gflops); {} in the others."""
+    from bench.instruments.peak import PEAK_SIZE, gemm_peak_gflops
+
+    state = request.config.stash[_STATE]
+    if state["worker"][0] != 0:
+        return {}
+    options = state["options"]
+    dtypes = dict.fromkeys([*options.dtypes, *(amp for amp in options.amps if amp != "none")])
+    with state["stopwatch"].phase("start-up"):
+        peaks = {dtype: gemm_peak_gflops(options.device, dtype) for dtype in dtypes}
+    size = PEAK_SIZE[torch.device(options.device).type]
+    state["env"] |= {"gemm_peak_gflops": peaks, "gemm_peak_size": size}
+    try:
+        write_environment(state["run_dir"], state["env"])
+    except OutputError as exc:
+        stop(request.config, exc)
+    return peaks
 
 
 class Recorder:

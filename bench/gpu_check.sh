@@ -2,7 +2,7 @@
 # The GPU check, for a machine with one NVIDIA GPU, torch with CUDA installed and no network (within 8 minutes:
 # GPU time comes in short windows): the tests' CUDA cases (the CPU ones are CI's), `lstm-bench check --device
 # cuda`, a small GPU grid of every implementation in two processes, packed and autocast cells, the error along T
-# per precision, and the report of the grid.
+# per precision, `lstm-bench profile` of the d2l config, and the report of the grid.
 # Runs from a checkout; no install needed.
 # Usage: bash bench/gpu_check.sh [RESULTS_DIR]      (PYTHON=/path/to/python to choose the interpreter)
 # Exit status: 0 when every part passed; else 1, after running every part. Each part's exit is printed.
@@ -56,6 +56,17 @@ part check-packed "$python" -m bench.cli check --device cuda --lengths uniform:0
 part accuracy "$python" -m bench.cli check --device cuda --accuracy --impls cudnn,scratch,fused,triton \
   --batch-size 8 --hidden-size 128 \
   --out "$results/gpu-check" || failed=1
+# Why a GPU step takes what it takes: `lstm-bench profile` at the d2l config into the grid's run directory (its report
+# then shows it): kernel time against wall time, kernels per step, the GPU's idle share, a verdict per cell, the
+# traces, and the caching allocator's history (memory-snapshot-*.pickle, for pytorch.org/memory_viz); the compiled
+# implementations are left out (each compiles afresh).
+if "$python" -m bench.cli profile --help >/dev/null 2>&1; then
+  part profile "$python" -m bench.cli profile --device cuda --impls cudnn,scratch,fused,triton \
+    --out "$results/gpu-check" || failed=1
+else
+  echo "== profile: skipped (this checkout has no \`lstm-bench profile\`)"
+  summary+=("profile=skipped")
+fi
 # The report of that grid (`lstm-bench run` writes one too; this is the command on its own). Tolerated where
 # this checkout predates `lstm-bench report`.
 if "$python" -m bench.cli report --help >/dev/null 2>&1; then

@@ -52,6 +52,12 @@ FULL_LENGTHS = "full"  # --lengths: every sequence T steps long; "uniform:F" dra
 DDP_MODE = "ddp"  # rows of `lstm-bench ddp`: a training step under DistributedDataParallel, per world size
 STATUSES = ("ok", "oom", "error", "unsupported", "nonfinite")  # nonfinite: the loss became inf or nan
 
+#: where a step's wall time goes (bench/instruments/profiling.py attribute): parts that do not overlap and add up to
+#: it; "device_wait" is the host waiting for the GPU at the phases' ends (0 on a CPU), "rest" the wall time inside no
+#: op (Python, dispatch, the autograd engine)
+TIME_PARTS = ("input_gemm", "recurrent_gemm", "output_layer", "rnn_library", "pointwise", "copies", "optimizer",
+              "other_ops", "device_wait", "rest")
+
 # One row per cell of measurements.csv. Units are in the names; empty means "not measured here".
 COLUMNS = (
     # the cell
@@ -81,6 +87,12 @@ COLUMNS = (
     "predicted_peak_bytes", "predicted_activation_bytes",
     # work; for ddp rows, tokens/s of all ranks over world_size times one rank's alone
     "flops_per_step", "flops_counted", "achieved_gflops", "scaling_efficiency",
+    # distance to the limit: achieved_gflops over the device's own GEMM peak in the cell's compute dtype (measured
+    # once per run, environment.json gemm_peak_gflops); ATen ops a step dispatches (nested ones included)
+    "peak_share", "op_calls_per_step",
+    # where the time goes, from the `what ran` profiled step: its wall time in parts that add up to it (TIME_PARTS;
+    # profiled milliseconds, the profiler's overhead included: the report scales them to the step's median)
+    *(f"part_{part}_ms" for part in TIME_PARTS),
     # pinned settings, and what the row cannot say
     "tf32", "threads", "run_id", "notes",
 )  # fmt: skip
@@ -93,6 +105,21 @@ ACCURACY_COLUMNS = (
     "outputs_max_rel", "outputs_mean_rel", "grads_max_rel", "grads_mean_rel", "worst",
 )  # fmt: skip
 ACCURACY_CSV = "accuracy.csv"
+
+# One row per cell of `lstm-bench profile`'s profile.csv (bench/instruments/profiling.py CellProfile.row): the step
+# unprofiled (median after the suite's warm-up) and profiled, the parts of the profiled steps' mean (scaled by `scale`
+# to the unprofiled step where the profiler adds more than 5%), op counts, CUDA's kernel figures, the distance to the
+# GEMM peak, the verdict, the trace's file name.
+PROFILE_COLUMNS = (
+    "impl", "device", "dtype", "mode", "batch_size", "hidden_size", "input_size", "seq_len", "world_size",
+    "num_layers", "bidirectional", "proj_size", "dropout", "batch_first", "lengths", "amp", "status", "error",
+    "step_ms", "profiled_step_ms", "profiler_overhead", "scale", "profiled_steps",
+    *(f"part_{part}_ms" for part in TIME_PARTS),
+    "op_calls_per_step", "top_level_ops_per_step", "kernel_ms", "gemm_kernel_ms", "kernels_per_step",
+    "gpu_idle_share",
+    "flops_per_step", "achieved_gflops", "peak_gflops", "peak_share", "recurrence_floor_ms", "verdict", "trace",
+)  # fmt: skip
+PROFILE_CSV = "profile.csv"
 
 #: the columns that name a cell: two rows with equal values here measure the same thing.
 CELL_KEY = ("impl", "device", "dtype", "mode", "batch_size", "hidden_size", "input_size", "seq_len", "world_size",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import statistics
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
@@ -26,21 +27,25 @@ from bench.instruments.measure import (
     warm_up,
 )
 from bench.instruments.memory_model import predicted_columns
-from bench.instruments.what_ran import what_ran
+from bench.instruments.peak import compute_dtype
+from bench.instruments.profiling import is_d2l, memory_timeline, profiled_step, row_columns
+from bench.instruments.what_ran import summarize
 from bench.results import failure_status, one_line
 
 if TYPE_CHECKING:
     from bench.conftest import Recorder
 
 
-def measure(cell: Cell, benchmark, config: pytest.Config, full: bool = True, clock: Stopwatch | None = None) -> dict:
+def measure(cell: Cell, benchmark, config: pytest.Config, full: bool = True, clock: Stopwatch | None = None,
+            timelines: Path | None = None) -> dict:
     """Every column of an ok row: first call, warm-up, timed rounds, memory pass, FLOPs.
 
     The cell runs inside fresh compile caches, and its implementation is built (and scripted or
     compiled) anew, so its first-call cost is the same whatever ran before it. A worker that only
     times (not `full`: bench/workers.py) compiles from the cell's caches as the first worker left them
     (measure.cell_caches): its first call is not reported, and a warm cache spares the run minutes. `clock` sums
-    the time of each phase (TIME_PHASES).
+    the time of each phase (TIME_PHASES). With `timelines`, a training cell at the d2l sizes also writes the bytes
+    alive through one step there (memory-<cell id>.json.gz: every report draws it).
     """
     clock = clock or Stopwatch()
     caches = cell_caches(cell, full)
@@ -50,7 +55,7 @@ def measure(cell: Cell, benchmark, config: pytest.Config, full: bool = True, clo
         with clock.phase("build"):
             subject = Subject(cell)
         try:
-            return measure_subject(subject, benchmark, config, full, clock)
+            return measure_subject(subject, benchmark, config, full, clock, timelines)
         finally:
             with clock.phase("release"):
                 subject.release()
@@ -60,7 +65,7 @@ def measure(cell: Cell, benchmark, config: pytest.Config, full: bool = True, clo
 
 
 def measure_subject(subject: Subject, benchmark, config: pytest.Config, full: bool = True,
-                    clock: Stopwatch | None = None) -> dict:
+                    clock: Stopwatch | None = None, timelines: Path | None = None) -> dict:
     """Time the rounds, each after the machine-speed probe; then (when `full`) what ran, memory and FLOPs."""
     cell, clock = subject.cell, clock or Stopwatch()
     with clock.phase("first call"):
@@ -72,8 +77,10 @@ def measure_subject(subject: Subject, benchmark, config: pytest.Config, full: bo
         warmup_s = warm_up(subject.step)
     row["warmup_steps"] = len(warmup_s)
     if full:
-        with clock.phase("what ran"):
-            row["description"] = f"{subject.model.rnn.describe()}; {what_ran(subject.step, subject.device)}"
+        with clock.phase("what ran"):  # one profiled step: what ran, its op calls and where its time went
+            ran = profiled_step(subject)
+            row["description"] = f"{subject.model.rnn.describe()}; ran: {summarize(ran.names)}"
+            row |= row_columns(ran)
     benchmark.extra_info.update(cell.columns())
     probe, probe_s = make_probe(subject.device, cell.hidden_size), []
     rounds = timed_rounds(statistics.median(warmup_s[-3:]), float(config.getoption("benchmark_max_time")),
@@ -111,6 +118,8 @@ def measure_subject(subject: Subject, benchmark, config: pytest.Config, full: bo
     with clock.phase("memory pass"):
         memory = measure_memory(subject)
         row |= vars(memory) | vars(breakdown(subject, memory.peak_bytes, memory.library_bytes))
+        if timelines is not None and is_d2l(cell) and cell.mode == "train":
+            memory_timeline(subject).write(timelines)
     with clock.phase("memory model"):
         row |= predicted_columns(cell)  # the memory model beside the measurement: every run checks it
     flops = cell_flops(cell, cell.mode, subject.real_tokens)
@@ -122,14 +131,18 @@ def measure_subject(subject: Subject, benchmark, config: pytest.Config, full: bo
 
 
 def test_cell(cell: Cell, benchmark, recorder: Recorder, run_info: dict, runtimes_started: None,
-              full_worker: bool, stopwatch: Stopwatch, pytestconfig: pytest.Config) -> None:
+              full_worker: bool, stopwatch: Stopwatch, pytestconfig: pytest.Config,
+              gemm_peaks: dict[str, float], run_dir: Path) -> None:
     row = cell.columns() | run_info
     reason = lstm_impls.get(cell.impl).unsupported_reason(cell.device, cell.torch_dtype, **cell.config)
     if reason:
         recorder.write(row | {"status": "unsupported", "error": reason})
         pytest.skip(reason)
     try:
-        row |= measure(cell, benchmark, pytestconfig, full_worker, stopwatch)
+        row |= measure(cell, benchmark, pytestconfig, full_worker, stopwatch, run_dir if full_worker else None)
+        peak = gemm_peaks.get(compute_dtype(cell))
+        if peak and row.get("achieved_gflops"):  # the distance to the limit: the share of the device's GEMM peak
+            row["peak_share"] = row["achieved_gflops"] / peak
     except Exception as exc:
         status = failure_status(exc)
         release_memory()

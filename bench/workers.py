@@ -281,4 +281,6 @@ def between(per_process: dict[str, list[float]], rounds_s: list[list[float]], re
                  "step_ms_stddev": statistics.stdev(ms) if len(ms) > 1 else 0.0, "rounds": len(ms)}
     if row.get("flops_per_step"):
         cols["achieved_gflops"] = float(row["flops_per_step"]) / (median / 1e3) / 1e9
+        if row.get("peak_share") and row.get("achieved_gflops"):  # the same peak, the pooled median's rate
+            cols["peak_share"] = float(row["peak_share"]) * cols["achieved_gflops"] / float(row["achieved_gflops"])
     return cols

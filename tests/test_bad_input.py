@@ -269,6 +269,14 @@ CASES: dict[str, list[tuple[list[str], str]]] = {
     + [(["train", *TINY_TRAIN, "--data", "tiny.txt", "--impl", "broken_impl:CudaOnlyLSTM"], "does not run on cpu"),
        (["train", *TINY_TRAIN, "--data", "tiny.txt", "--impl", "broken_impl:CudaOnlyLSTM", "--device", "cuda",
          "--num-layers", "2"], "does not support num_layers|cuda")],
+    "profile": [(["profile", "--out", "{runs}/p", *TINY_GRID, option, value], option)
+                for option, values in GRID_OPTIONS for value in values]
+    + [(["profile", *TINY_GRID, "--out", value], what) for value, what in UNWRITABLE]
+    + [(["profile", "--out", "{runs}/p", *TINY_GRID, option, value], option) for option in ("--steps", "--rounds")
+       for value in ("0", "-1", "x", HUGE)]
+    + [(["profile", "--out", "{runs}/p", *TINY_GRID, "--impls", "triton"], "--impls triton: does not run"),
+       (["profile", "--out", "{runs}/p", *TINY_GRID, "--run-id", "x"], "unrecognized arguments"),
+       (["profile", *TINY_GRID], "--out")],
     "memory": [(["memory", option, value], option) for option in ("--batch-size", "--hidden-size", "--seq-len",
                                                                    "--vocab-size") for value in (HUGE, "-1", "0", "x")]
     + [(["memory", "--budget", value], "--budget") for value in ("1", "-1GiB", "", "8 lightyears", "1B", "nanGiB")]

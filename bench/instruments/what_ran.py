@@ -27,6 +27,11 @@ def profile_step(step: Callable[[], object], device: torch.device) -> Counter[st
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     with profile(activities=activities, record_shapes=True) as prof:
         step()
+    return event_names(prof)
+
+
+def event_names(prof: profile) -> Counter[str]:
+    """Every event's name in a finished profile (input shapes recorded), counted, with this module's marks."""
     names: Counter[str] = Counter()
     flattened = []
     for event in prof.events():

@@ -23,6 +23,7 @@ from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter, NullLoca
 from scipy.stats import linregress
 
 from bench.grid import CELL_KEY, D2L, DDP_MODE, DTYPES, MODES, STATUSES, Cell
+from bench.readers.profiling import sections as profiling_sections
 from bench.readers.stats import SETTLED_WITHIN, settle_pct, typical_interval
 from bench.results import Run, RunError, load_run, process_medians, writable_dir
 from lstm_impls.base import CONFIG_DEFAULTS
@@ -1005,6 +1006,8 @@ def write_report(run_dirs: Sequence[str | Path], out_dir: str | Path | None = No
         md += ["", "## Packed against padded", "", "Real tokens/s of a packed batch (each sequence its own length, "
                "the padding not computed) ÷ the same cell with every sequence T long: above 1.00 packing pays.", "",
                packed]
+    if not ok.empty:  # where the time goes, the distance to the limit, the cost per time step, memory through a step
+        md += profiling_sections(combined.runs, ok, out_dir)
     md += _accuracy(combined.runs, out_dir)
     md += ["", "## Cells that did not finish ok (failed, out of memory, unsupported, non-finite)", "", _failures(rows)]
     notes = rows["notes"].dropna().value_counts()
