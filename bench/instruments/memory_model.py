@@ -1557,14 +1557,16 @@ def predict_sizes(impl: str, sizes: Sizes, *, device: str = "cpu", dtype: str = 
         fitted=tuple(fitted), notes=tuple(notes))
 
 
-def predict(cell: Cell, optimizer: str = "sgd") -> Prediction:
-    """The prediction for one grid cell (what the suite writes beside its measurement)."""
+def predict(cell: Cell, optimizer: str = "sgd", *, cpu: CpuDispatch | None = None,
+            onednn: OneDNNBuffers | None = None) -> Prediction:
+    """The prediction for one grid cell (what the suite writes beside its measurement); `cpu`, `onednn`: as
+    predict_sizes' (this machine's unless given)."""
     if cell.packed:
         raise NotModelled(f"{cell.impl}: a packed batch of sequences of their own lengths ({cell.lengths}) is not "
                           "counted")
     return predict_sizes(cell.impl, Sizes(cell.batch_size, cell.hidden_size, cell.seq_len, cell.vocab_size),
                          device=cell.device, dtype=cell.dtype, mode=cell.mode, optimizer=optimizer, config=cell.config,
-                         amp=cell.amp)
+                         amp=cell.amp, cpu=cpu, onednn=onednn)
 
 
 def predicted_columns(cell: Cell, optimizer: str = "sgd") -> dict[str, int | None]:
