@@ -25,7 +25,7 @@ from bench.instruments.measure import (
     timed_rounds,
     warm_up,
 )
-from bench.instruments.memory_model import predicted_columns
+from bench.instruments.memory import predicted_columns
 from bench.instruments.what_ran import what_ran
 from bench.results import failure_status, one_line
 

@@ -24,7 +24,7 @@ import pytest
 from bench.grid import Cell
 from bench.instruments import timelines
 from bench.instruments.env import CpuDispatch
-from bench.instruments.memory_model import (
+from bench.instruments.memory import (
     NotModelled,
     Sizes,
     largest_batch,

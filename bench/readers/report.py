@@ -770,9 +770,9 @@ def _pivot_md(table: pd.DataFrame, marked: pd.DataFrame | None = None, percent: 
 
 def _memory_model(group: Group, part: pd.DataFrame, runs: Sequence[Run]) -> str | None:
     """How far the memory model's prediction lies from the measured peak here, and which path it counted
-    for the CPU each run recorded (bench/instruments/memory_model.py path_of)."""
+    for the CPU each run recorded (bench/instruments/memory path_of)."""
     from bench.instruments.env import CpuDispatch
-    from bench.instruments.memory_model import NotModelled, kernel_of, path_of
+    from bench.instruments.memory import NotModelled, kernel_of, path_of
 
     rows = part.dropna(subset=["predicted_peak_bytes", "peak_bytes"])
     if rows.empty:
