@@ -42,19 +42,22 @@ CPU_KINDS = ("cpu-avx2", "cpu-avx512-emulated-bf16", "cpu-avx512-bf16-threads2")
 
 
 class Synthetic:
-    """oneDNN's own buffers made up, deterministically: each shape and layout its own multiple of 64 B."""
+    """oneDNN's own buffers made up, deterministically, of a plausible size (a float32 copy of the result, of the
+    gates) and each shape and layout its own: a call for other sizes or another layout gives other bytes."""
 
     source = "synthetic (the record's stand-in for oneDNN)"
 
     @staticmethod
-    def _bytes(*key: object) -> int:
-        return 64 * (1 + int(hashlib.sha256(repr(key).encode()).hexdigest()[:5], 16))
+    def _hash(*key: object) -> int:
+        return int(hashlib.sha256(repr(key).encode()).hexdigest()[:4], 16)
 
     def rnn_bytes(self, what: str, T: int, B: int, H: int, I: int, dtype: str = "bfloat16") -> int:
-        return self._bytes("rnn", what, T, B, H, I, dtype)
+        h = self._hash("rnn", what, T, B, H, I, dtype)
+        return (1 + h % 4) * 4 * B * H * 4 + 64 * (h // 4 % 128)
 
     def gemm_bytes(self, gemm: Gemm) -> int:
-        return self._bytes("gemm", gemm)
+        h = self._hash("gemm", gemm)
+        return (h % 3) * gemm.M * gemm.N * 4 + 64 * (h // 3 % 128)
 
 
 def _timelines() -> dict[str, dict]:
