@@ -10,9 +10,12 @@ suite measures (bench/instruments/measure.py): param_bytes, grad_bytes, optimize
 activation_bytes (storages autograd saves, parameters excluded), workspace_bytes (the rest of the
 peak), library_bytes (CUDA: cuBLAS/cuBLASLt workspaces kept across steps) and peak_bytes.
 
-How: a step is a sequence of moments (end of forward, a point in backward, the optimizer step,
-...). For each moment the model lists the tensors alive then, as (count, bytes each), from what the
-code allocates and what autograd keeps; the peak is the largest moment. Nothing is fitted to the
+How: every count follows the program allocation by allocation (walk.Step, one walk per kernel family:
+predict.WALKS): LSTMImpl.forward_stacked around each implementation's sequence, each layer and direction in
+turn (the chapter's LSTM is one layer in one direction), then the output layer and the loss, backward top
+down, the optimizer step. At each moment that can be the peak (end of forward, a point in backward, a GEMM
+with its scratchpad, ...) it snapshots the tensors alive then, as (count, bytes each), from what the code
+allocates and what autograd keeps; the peak is the largest moment. Nothing is fitted to the
 totals. The few constants that are measured rather than derived are in FITTED, each with the
 measurement it came from, and a prediction that uses one lists it in `fitted`.
 
@@ -35,7 +38,7 @@ What each kernel saves for backward (activation_bytes), per step t of T:
   gates buffer, the previous h and c, tanh(c)); plus the one-hot input (T, B, V), the stacked
   outputs (T, B, H), log-softmax (T*B, V), the int64 target and a scalar total weight.
 - TorchScript (scripted): the same tensors (autodiff's differentiable graphs capture them).
-- Inductor (compiled, cell scope): what the min-cut partitioner saves per call; see ops.inductor_cells.
+- Inductor (compiled, cell scope): what the min-cut partitioner saves per call; see ops.inductor_walk.
 - oneDNN (nn.LSTM, float32 on a CPU): the training workspace (onednn_rnn.onednn_workspace_bytes), the input,
   the carried state, the outputs and the final h, c.
 - cuDNN: the reserve space (fitted, see FITTED), input, state, outputs.
@@ -61,10 +64,9 @@ Where the peak happens (Prediction.peak_at, with what is alive then in Predictio
 - Adam on a CPU with small batches: the optimizer step (sqrt and quotient of the largest parameter);
 - inference: torch.stack of the outputs (the list and the stacked copy), or inside mkldnn_rnn_layer.
 
-With layers, directions, a projection or dropout (nn.LSTM's keywords, Cell.config) the count follows the
-program allocation by allocation (walk.Step): LSTMImpl.forward_stacked around each implementation's one-layer
-sequence, each layer and direction counted as one layer is (predict.STACKED_COUNTERS), the peak the fullest moment.
-Under torch.autocast (Cell.amp) the counts are the autocast module's.
+Under torch.autocast (Cell.amp) the counts are the autocast module's: for one layer and direction, its own
+walk around the low-precision counts of the fused sequence (fused.fused_sequence) and of oneDNN
+(onednn_rnn.onednn_bf16).
 """
 
 

@@ -5,38 +5,13 @@ from __future__ import annotations
 from .counts import Counts, Moment, Term
 
 
-def cudnn_lstm(c: Counts) -> tuple[dict[str, Term], list[Moment]]:
-    """nn.LSTM on cuDNN (aten/src/ATen/native/cudnn/RNN.cpp): flat weights; reserve kept for backward."""
-    T, B, H, I, s = c.T, c.B, c.H, c.I, c.s
-    reserve = 5 * T * B * H * s  # fitted: cudnn_reserve
-    workspace = T * B * 4 * H * s  # fitted: cudnn_workspace
-    # flatten_parameters skips bfloat16 (cudnn.CUDNN_TENSOR_DTYPES): each call copies the weights, saved for backward
-    weight_copy = {"weight copy (bfloat16 is not flattened)": (1, c.P_lstm)} if c.dtype == "bfloat16" else {}
-    base = c.model() | c.batch_and_state()
-    if not c.train:
-        live = base | {"one-hot input": (1, c.TBV), "outputs (T, B, H)": (1, c.TBH), "h_n, c_n": (2, c.u),
-                       "cuDNN workspace": (1, workspace)} | weight_copy
-        return {}, [Moment("inside _cudnn_rnn (inference)", live)]
-    acts = {"one-hot input": (1, c.TBV), "carried state h, c": (2, c.u), "outputs (T, B, H)": (1, c.TBH),
-            "cuDNN reserve": (1, reserve), "log-softmax": (1, c.TBV), "target (int64)": (1, 8 * c.TB),
-            "total weight": (1, c.s)} | weight_copy
-    forward = Moment("inside _cudnn_rnn (training forward)", base | {
-        "one-hot input": (1, c.TBV), "outputs (T, B, H)": (1, c.TBH), "h_n, c_n": (2, c.u),
-        "cuDNN reserve": (1, reserve), "cuDNN workspace": (1, workspace)} | weight_copy)
-    live = {k: v for k, v in base.items() if k != "gradients"} | {
-        "gradients of the output layer": (1, c.P_lin), "one-hot input and logits": (2, c.TBV),
-        "outputs and dY (T, B, H)": (2, c.TBH), "cuDNN reserve": (1, reserve), "new state, zero grad_hy, grad_cy":
-        (4, c.u), "loss and its gradient": (2, c.s), "dx (T, B, I)": (1, T * B * I * s), "dhx, dcx": (2, c.u),
-        "flat dw": (1, c.P_lstm), "cuDNN workspace": (1, workspace)} | weight_copy
-    return acts, [forward, Moment("inside _cudnn_rnn_backward (weights)", live), c.optimizer_step()]
-
-
-def cudnn_stacked(c: Counts) -> tuple[dict[str, Term], list[Moment]]:
-    """nn.LSTM on cuDNN with layers, directions, a projection or dropout: one _cudnn_rnn call for the whole stack
-    (flat weights, one reserve, the output (T, B, D * H_out), the state (L * D, B, ...)), counted as cudnn_lstm counts
-    one layer. The reserve is FITTED's cudnn_reserve for L layers, (6L - 1) elements per (t, b, h), taken per
-    direction; with dropout cuDNN's masks are assumed inside it, and its dropout states (cudnnDropoutGetStatesSize)
-    are not counted. Unmeasured: counted for a GPU this project has not had."""
+def cudnn_walk(c: Counts) -> tuple[dict[str, Term], list[Moment]]:
+    """nn.LSTM on cuDNN: one _cudnn_rnn call for the whole stack (flat weights; the reserve kept for backward; the
+    output (T, B, D * H_out), the state (L * D, B, ...)); the chapter's LSTM is one layer. One opaque call: its
+    moments are inside it (forward, and backward's weights), not a walk. The reserve is FITTED's cudnn_reserve
+    for L layers, (6L - 1) elements per (t, b, h), taken per direction; with dropout cuDNN's masks are assumed
+    inside it, and its dropout states (cudnnDropoutGetStatesSize) are not counted. Unmeasured: counted for a GPU
+    this project has not had."""
     T, B, H, I, s, L, D = c.T, c.B, c.H, c.I, c.s, c.L, c.D
     reserve = D * (6 * L - 1) * T * B * H * s  # fitted: cudnn_reserve, per direction (assumed)
     workspace = D * T * B * 4 * H * s  # fitted: cudnn_workspace, one layer's input projections per direction

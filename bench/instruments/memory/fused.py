@@ -92,10 +92,10 @@ def fused_sequence(c: Counts) -> tuple[dict[str, Term], list[Moment]]:
     return acts, moments
 
 
-def fused_stacked(c: Counts) -> tuple[dict[str, Term], list[Moment]]:
-    """fused, fused_compiled and triton with layers or directions: forward_stacked around the fused sequence,
+def fused_walk(c: Counts) -> tuple[dict[str, Term], list[Moment]]:
+    """fused, fused_compiled and triton: forward_stacked around the fused sequence (the chapter's LSTM is one layer),
     each layer and direction counted as fused_sequence counts one (the input projection, the buffers, backward's
-    factors; the gates' gradients and the weights' at the end of its backward), glued as ops_stacked glues
+    factors; the gates' gradients and the weights' at the end of its backward), glued as eager_walk glues
     the chapter's loop (flipped input and outputs, concatenation, dropout's noise, the stacked state). Its
     backward also computes the input's gradient (T, B, I) in one GEMM, where the layer's input needs one, and
     makes a slice of a bidirectional layer's output gradient contiguous."""
@@ -193,6 +193,8 @@ def fused_stacked(c: Counts) -> tuple[dict[str, Term], list[Moment]]:
     top = layer_input
     acts = loss_and_output_layer(sim, c, set(state) | set(c.batch_and_state()))
     acts["carried state h (each sequence saves its h0)"] = (1, c.L * c.D * c.uo)
+    if triton:  # and its c0: the kernels read every c from c0 on
+        acts["carried state c (each sequence saves its c0)"] = (1, c.L * c.D * u)
     grad_out = GRAD_OUT
     if D == 2:
         sim.free(top)  # the concatenation; a one-direction top layer's y stays saved by its sequence
@@ -209,6 +211,8 @@ def fused_stacked(c: Counts) -> tuple[dict[str, Term], list[Moment]]:
                 "a step's temporaries": (bwd_temps, u)})
             sim.moment(f"layer {lay}{' reverse' if d else ''} backward, step T-2: dh's GEMM", {
                 "dh": (1, u), "oneDNN GEMM scratchpad": (1, scratch(Gemm.addmm(B, H4, H, "full", b_t=True)))})
+            sim.moment(f"layer {lay}{' reverse' if d else ''} backward, W_h's gradient: h_0's term", {
+                "W_h gradient: h_0's term": (1, H4H), "oneDNN GEMM scratchpad": (1, scratch(Gemm(H, B, H4, a_t=True)))})
             sim.moment(f"layer {lay}{' reverse' if d else ''} backward, W_h's gradient: h_0's term and the sum", {
                 "W_h gradient: h_0's term and the sum": (2, H4H),
                 "oneDNN GEMM scratchpad": (1, scratch(Gemm.addmm(H, c.TB - B, H4, "full", a_t=True)))})

@@ -6,36 +6,13 @@ from .counts import Counts, Moment, Term
 from .walk import GRAD_OUT, apply_dropout, dropout_backward, layer_name, loss_and_output_layer, step_start
 
 
-def aten_native(c: Counts) -> tuple[dict[str, Term], list[Moment]]:
-    """nn.LSTM on ATen's native CPU kernels (RNN.cpp): the input projection of all steps at once
-    (T, B, 4H), then per step gates = linear_hh(h) + that, in-place sigmoid/tanh on its chunks."""
-    B4H = c.B * 4 * c.H * c.s
-    if not c.train:
-        return {}, c.forward_moments({"one-hot input": (1, c.TBV), "input projection (T, B, 4H)": (1, c.T * B4H),
-                                      "outputs h_1..h_T": (c.T, c.u), "last c": (1, c.u),
-                                      "stacked outputs": (1, c.TBH)})
-    acts = c.ops_activations()
-    forward = Moment("forward, torch.stack of the outputs", c.model() | c.batch_and_state() | {
-        "one-hot input": (1, c.TBV), "input projection (T, B, 4H)": (1, c.T * B4H),
-        "per-step gates (B, 4H)": (c.T, B4H), "per-step c, tanh(c), h": (3 * c.T, c.u),
-        "stacked outputs": (1, c.TBH)})
-    H4H = c.H * 4 * c.H * c.s
-    backward = Moment("backward, step T-2: W_hh gradient summed out of place", {
-        "parameters": (1, c.P), **({"optimizer state": (1, c.O)} if c.O else {}),
-        "gradients so far (output layer, W_hh, b_hh)": (1, c.P_lin + H4H + 4 * c.H * c.s),
-        **c.batch_and_state(), "one-hot input and logits": (2, c.TBV), "loss and its gradient": (2, c.s),
-        "per-step gates and their gradients (B, 4H)": (c.T, B4H),
-        "saved h, c, tanh(c) left, new state, in flight": (3 * c.T - 4, c.u),
-        "dY (T, B, H)": (1, c.TBH), "W_hh gradient term and the sum (4H, H)": (2, H4H)})
-    return acts, [forward, *c.loss_backward(acts, {"new state h, c": (2, c.u)}), backward, c.optimizer_step()]
-
-
-def aten_native_stacked(c: Counts) -> tuple[dict[str, Term], list[Moment]]:
-    """nn.LSTM on ATen's native CPU kernels with layers, directions or a projection (RNN.cpp's layer stack):
-    per layer and direction the input projection of all steps (T, B, 4H), then per step the gates (B, 4H), c,
-    tanh(c), h (and with a projection h W_hr, (B, P)), each step's gates kept; the reverse direction walks the
+def native_walk(c: Counts) -> tuple[dict[str, Term], list[Moment]]:
+    """nn.LSTM on ATen's native CPU kernels (RNN.cpp's layer stack; the chapter's LSTM is one layer): per layer
+    and direction the input projection of all steps at once (T, B, 4H), then per step gates = linear_hh(h) + that
+    (B, 4H), in-place sigmoid/tanh on its chunks, c, tanh(c), h (with a projection h W_hr, (B, P)), each step's
+    gates kept; the reverse direction walks the
     steps backwards (no copy); the outputs stacked, a bidirectional layer's concatenated; dropout between
-    layers. Backward per layer and direction as aten_native's: each step swaps its gates for their gradients,
+    layers. Backward per layer and direction: each step swaps its gates for their gradients,
     which the input projection's backward stacks at the end."""
     T, B, H, s, u, uo, Hout, L, D = c.T, c.B, c.H, c.s, c.u, c.uo, c.H_out, c.L, c.D
     B4H, H4 = B * 4 * H * s, 4 * H
@@ -115,7 +92,7 @@ def aten_native_stacked(c: Counts) -> tuple[dict[str, Term], list[Moment]]:
         for d in reversed(range(D)):
             sim.alloc(name(lay, d, "W_hh and b_hh gradients"), 1, H4H + H4 * s + H * c.proj * s)
             gates, hcs = saved(lay, d)[:2]
-            sim.free(hcs[0], 4)  # step T-1's backward is done (as aten_native's 3T - 4 with the new state)
+            sim.free(hcs[0], 4)  # step T-1's backward is done (3T - 4 with the new state)
             sim.moment(f"layer {lay}{' reverse' if d else ''} backward, step T-2: W_hh's gradient summed out of place",
                        {"W_hh gradient term and the sum (4H, H_out)": (2, H4H)})
             for what, _, _ in saved(lay, d)[1:]:

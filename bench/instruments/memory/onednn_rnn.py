@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import copy
 
-from .counts import Counts, Moment, NotModelled, Term, good_ld, page, round_up
+from .counts import Counts, Moment, Term, good_ld, page, round_up
 from .walk import GRAD_OUT, apply_dropout, dropout_backward, layer_name, loss_and_output_layer, step_start
 
 
@@ -27,52 +27,17 @@ def onednn_workspace_bytes(c: Counts) -> int:
     return sum(page(r) for r in regions)
 
 
-def onednn_lstm(c: Counts) -> tuple[dict[str, Term], list[Moment]]:
-    """nn.LSTM through oneDNN (aten mkldnn_rnn_layer): workspace from oneDNN's layout rules."""
-    T, B, H, I, s, f32 = c.T, c.B, c.H, c.I, c.s, 4
-    bias_sum = (1, 4 * H * s)
-    if s != f32 and c.onednn:
-        return onednn_bf16(c)
-    if not c.train:  # inference: brgemm kernels; weights reordered to ldgOi16o; scratchpad holds the states
-        n16 = round_up(H, 16)
-        scratch = (page(2 * (T + 1) * B * good_ld(max(I, H), s) * s) + page(2 * (T + 1) * B * H * f32)
-                   + page(B * good_ld(4 * H, f32) * f32) + page(B * good_ld(H, s) * s) + 4952)
-        live = c.model() | c.batch_and_state() | {
-            "one-hot input": (1, c.TBV), "outputs (T, B, H)": (1, c.TBH), "h_n, c_n": (2, c.u), "bias sum": bias_sum,
-            "weights reordered (ldgOi16o)": (1, 4 * n16 * (I + H) * s), "oneDNN scratchpad": (1, scratch)}
-        return {}, [Moment("inside mkldnn_rnn_layer (inference)", live)]
-    W = onednn_workspace_bytes(c)
-    acts = {"one-hot input": (1, c.TBV), "carried state h, c": (2, c.u), "outputs (T, B, H)": (1, c.TBH),
-            "h_n, c_n (layer outputs)": (2, c.u), "oneDNN workspace": (1, W), "log-softmax": (1, c.TBV),
-            "target (int64)": (1, 8 * c.TB), "total weight": (1, c.s)}
-    scratch = (page(T * B * good_ld(4 * H, f32) * f32) + 2 * page(B * good_ld(H, f32) * f32) + 4664)
-    live = c.model() | c.batch_and_state()
-    live["gradients"] = (1, c.G - 4 * H * s)  # the clone of diff_b (bias_hh's gradient) comes after
-    live |= {
-        "one-hot input and logits": (2, c.TBV), "outputs and dY (T, B, H)": (2, c.TBH),
-        "h_n, c_n, returned state, zero grad_hy, grad_cy": (6, c.u), "oneDNN workspace": (1, W),
-        "loss and its gradient": (2, c.s), "diff_x (T, B, I) float32": (1, T * B * I * f32),
-        "diff_hx, diff_cx float32": (2, B * H * f32), "bias sum, and oneDNN's bias copy": (2, 4 * H * s),
-        "weights reordered for forward (ldigo)": (1, (I + H) * good_ld(4 * H, s) * s),
-        # ldgoi with a good leading dimension is torch's own (4H, K) layout unless good_ld(K) != K
-        "weights reordered for backward (ldgoi)": (1, sum(good_ld(k, s) * 4 * H * s for k in (I, H)
-                                                          if good_ld(k, s) != k)),
-        "oneDNN scratchpad": (1, scratch)}
-    return acts, [Moment("inside mkldnn_rnn_layer_backward (its scratchpad allocated)", live),
-                  *c.loss_backward(acts, {"returned state h, c": (2, c.u)}), c.optimizer_step()]
-
-
-def onednn_stacked(c: Counts) -> tuple[dict[str, Term], list[Moment]]:
-    """nn.LSTM through oneDNN with layers or directions: one mkldnn_rnn_layer per layer and
-    direction (the reverse one reads its input backwards, no copy), each with the workspace, reordered weights
-    and scratchpad of a one-layer LSTM whose input is that layer's (onednn_lstm's counts, onednn_workspace_bytes);
+def onednn_walk(c: Counts) -> tuple[dict[str, Term], list[Moment]]:
+    """nn.LSTM through oneDNN (aten mkldnn_rnn_layer; the chapter's LSTM is one layer): one call per layer and
+    direction (the reverse one reads its input backwards, no copy), each with the workspace from oneDNN's layout
+    rules (onednn_workspace_bytes), reordered weights and scratchpad of a one-layer LSTM whose input is that layer's;
     a bidirectional layer concatenates both outputs, dropout between layers keeps its noise. Backward runs
     the layers top down, reverse direction first, each in mkldnn_rnn_layer_backward as in one layer."""
     T, B, H, s, u, L, D = c.T, c.B, c.H, c.s, c.u, c.L, c.D
     f32 = 4
-    low = s != f32  # bfloat16: oneDNN's own buffers read off oneDNN per layer's shape, as onednn_bf16 reads them
-    if low and not c.onednn:
-        raise NotModelled(f"oneDNN's own {c.dtype} buffers are not read off oneDNN for this CPU")
+    # bfloat16: oneDNN's own buffers read off oneDNN per layer's shape, as onednn_bf16 reads them; where they are not
+    # (a CPU given without them), estimated with the float32 rules (the prediction says so)
+    low = s != f32 and c.onednn is not None
     own = "oneDNN's own buffers (reordered weights, GEMM buffers, scratchpad)"
     p_drop = float(c.config["dropout"])
 
@@ -104,7 +69,7 @@ def onednn_stacked(c: Counts) -> tuple[dict[str, Term], list[Moment]]:
                 sim.moment(f"inside mkldnn_rnn_layer (layer {lay}{' reverse' if d else ''}, training)", {
                     "bias sum": (1, 4 * H * s), own: (1, c.onednn.rnn_bytes("forward", T, B, H, n_in, c.dtype))}
                     if low else reorders(n_in) | {"oneDNN scratchpad": (1, scratch)})
-            else:  # inference, as onednn_lstm's: brgemm kernels, weights reordered to ldgOi16o, states in scratchpad
+            else:  # inference: brgemm kernels, weights reordered to ldgOi16o, the states in the scratchpad
                 sim.alloc(name(lay, d, "outputs (T, B, H)"), 1, c.TBH)
                 sim.alloc(name(lay, d, "h_n, c_n (layer outputs)"), 2, u)
                 scratch = (page(2 * (T + 1) * B * good_ld(max(n_in, H), s) * s) + page(2 * (T + 1) * B * H * f32)

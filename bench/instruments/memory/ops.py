@@ -8,50 +8,25 @@ from .counts import Counts, Moment, Term
 from .walk import GRAD_OUT, apply_dropout, dropout_backward, layer_name, loss_and_output_layer, step_start
 
 
-def autograd_ops(c: Counts) -> tuple[dict[str, Term], list[Moment]]:
-    """scratch: the chapter's cell op by op in eager autograd."""
-    if not c.train:
-        return {}, c.forward_moments({"one-hot input": (1, c.TBV), "outputs list h_1..h_T": (c.T, c.u),
-                                      "last c": (1, c.u), "stacked outputs": (1, c.TBH)})
-    acts = c.ops_activations()
-    end_of_forward = Moment("end of forward (loss computed, before zero_grad)", c.model() | c.batch_and_state()
-                             | acts | {"new state h, c": (2, c.u), "logits": (1, c.TBV), "loss": (1, c.s)})
-    # Backward, second-to-last time step, first gate's matmul backward: all new gradients exist
-    # (the last step allocated them), step T-1's saved tensors, the stack, log-softmax and the
-    # target are freed; dY (T, B, H) is alive, and the (H, H) weight-gradient term of this step
-    # waits to be added into W_h's buffer, with 4 (B, H) gradients of the step in flight.
-    saved_left = dict(acts)
-    for key in ("stacked outputs", "log-softmax", "target (int64)", "total weight"):
-        del saved_left[key]
-    saved_left["per-step saved h, c, gates, tanh(c)"] = (7 * c.T - 2 - 7, c.u)
-    backward = Moment("backward, step T-2: W_h gradient term before it is added", c.model() | c.batch_and_state()
-                       | saved_left | {
-        "new state h, c": (2, c.u), "logits": (1, c.TBV), "loss and its gradient": (2, c.s),
-        "dY (T, B, H)": (1, c.TBH), "(B, H) gradients in flight": (4, c.u),
-        "W_h gradient term (H, H)": (1, c.H * c.H * c.s), "its GEMM's oneDNN scratchpad": (1, c.gemm_scratch(
-            Gemm(c.H, c.B, c.H, a_t=True)))})
-    return acts, [end_of_forward, *c.loss_backward(acts, {"new state h, c": (2, c.u)}), backward,
-                  c.optimizer_step()]
+def torchscript_walk(c: Counts) -> tuple[dict[str, Term], list[Moment]]:
+    """scripted: forward_stacked (Python) around the scripted loop, which keeps what the eager loop keeps.
+    TorchScript's profiling executor unrolls the loop by 8 (loop_unrolling.cpp kUnrollFactor) and differentiates
+    each unrolled body as one graph: in backward each layer's and direction's last body holds its 8 steps'
+    weight-gradient terms (8 x its parameters) until it sums them."""
+    return eager_walk(c, unrolled=True)
 
 
-def torchscript_stacked(c: Counts) -> tuple[dict[str, Term], list[Moment]]:
-    """scripted with layers, directions or a projection: forward_stacked (Python) around the scripted loop,
-    which keeps what the eager loop keeps; in backward each layer's and direction's last unrolled 8-step body
-    holds 8 steps' weight-gradient terms until it sums them (torchscript_bodies)."""
-    return ops_stacked(c, unrolled=True)
+def inductor_walk(c: Counts) -> tuple[dict[str, Term], list[Moment]]:
+    """compiled (cell scope): forward_stacked around the chapter's loop of compiled cells. Each call's forward
+    graph returns what the min-cut partitioner saves, counted on torch 2.13 (INDUCTOR_COUNTED_ON): the previous h
+    and c and the four gates (tanh(c) is recomputed; with proj_size the projected h too), and the last step's c;
+    a step's backward graph returns its weight gradients at once, which autograd then adds into their buffers."""
+    return eager_walk(c, inductor=True)
 
 
-def inductor_stacked(c: Counts) -> tuple[dict[str, Term], list[Moment]]:
-    """compiled (cell scope) with layers, directions or a projection: forward_stacked around the chapter's loop
-    of compiled cells; each call saves what the partitioner saves (inductor_cells: h, c and the four gates; tanh(c)
-    is recomputed; with proj_size the projected h too) and its backward returns the step's weight gradients
-    at once."""
-    return ops_stacked(c, inductor=True)
-
-
-def ops_stacked(c: Counts, unrolled: bool = False, inductor: bool = False) -> tuple[dict[str, Term], list[Moment]]:
-    """scratch with layers, directions or a projection: LSTMImpl.forward_stacked around the chapter's loop, op
-    by op in eager autograd, followed allocation by allocation (Step).
+def eager_walk(c: Counts, unrolled: bool = False, inductor: bool = False) -> tuple[dict[str, Term], list[Moment]]:
+    """scratch: LSTMImpl.forward_stacked around the chapter's loop, op by op in eager autograd, followed
+    allocation by allocation (Step); the chapter's LSTM is its one layer in one direction.
 
     Per layer, direction and time step the chapter's cell keeps 7 (B, H) tensors for backward (I, F, O, C~,
     c, tanh(c) and h = O * tanh(c)); with a projection h = (O * tanh(c)) W_hr is one (B, P) more. The reverse
@@ -130,6 +105,9 @@ def ops_stacked(c: Counts, unrolled: bool = False, inductor: bool = False) -> tu
             out = apply_dropout(sim, c, layer, out, noise_of, at_next_run)
         layer_input = out
     state = {f"new state {k}": v for k, v in c.state().items()}
+    last_c_saved = inductor and not (c.stacked or c.proj)  # the partitioner saves the last c: the state's own
+    if last_c_saved:
+        state = {"new state h": (1, u)}
     if c.stacked:
         for k, v in state.items():
             sim.alloc(k, *v)
@@ -172,7 +150,9 @@ def ops_stacked(c: Counts, unrolled: bool = False, inductor: bool = False) -> tu
             for what, count, _ in per_step:  # step T-1's backward is done: its 7 (+1) are freed
                 sim.free(what, count // T)
             if inductor:  # and 3 more at the next step's backward, its gradients in flight included (measured:
-                sim.free(per_step[0][0], 3)  # 6T - 10 (B, H) then, as inductor_cells's 6T - 8 with the new state)
+                sim.free(per_step[0][0], 3)  # 6T - 10 (B, H) then, 6T - 8 with the new state)
+            if last_c_saved:  # the last c, no longer saved, is the returned state's
+                sim.alloc("new state c", 1, u)
             pieces = name(layer, d, "its input's per-step gradients (B, I)")
             if layer:
                 sim.alloc(pieces, 1, B * width * s)
@@ -225,51 +205,4 @@ def ops_stacked(c: Counts, unrolled: bool = False, inductor: bool = False) -> tu
         grad_out = dropout_backward(sim, c, layer, grad_in, noise_of)
     return acts, [*sim.moments, c.optimizer_step()]
 
-
-def torchscript_bodies(c: Counts) -> tuple[dict[str, Term], list[Moment]]:
-    """scripted: TorchScript's profiling executor unrolls the loop by 8 (loop_unrolling.cpp kUnrollFactor)
-    and differentiates each unrolled body as one graph: its backward holds the 8 steps' per-step
-    weight-gradient terms (8 x the LSTM's parameters) until it sums them at its end."""
-    if not c.train:
-        return autograd_ops(c)
-    acts, moments = autograd_ops(c)
-    # K steps run in unrolled bodies; the T % 8 remainder runs last, so its backward runs first. The
-    # (B, H) gradients in flight at the peak were read off the allocation timeline: 3 with a remainder
-    # of 1 or 2 steps (T = 9, 10), 5 with 3 or 4 (T = 35, 20).
-    K = 8 * (c.T // 8)
-    if K:
-        remainder = c.T - K
-        live = c.model() | c.batch_and_state() | {
-            "one-hot input": (1, c.TBV), "saved h, c, gates, tanh(c) of the unrolled steps": (7 * K - 2, c.u),
-            "new state h, c": (2, c.u), "logits": (1, c.TBV), "loss and its gradient": (2, c.s),
-            "dY (T, B, H)": (1, c.TBH), "(B, H) gradients in flight": (3 + 2 * (remainder >= 3), c.u),
-            "8 steps' weight-gradient terms": (8, c.P_lstm),
-            "the last term's GEMM's oneDNN scratchpad": (1, c.gemm_scratch(Gemm(c.H, c.B, c.H, a_t=True)))}
-        moments.append(Moment("backward of the last unrolled 8-step body, before it sums its weight gradients",
-                               live))
-    return acts, moments
-
-
-def inductor_cells(c: Counts) -> tuple[dict[str, Term], list[Moment]]:
-    """compiled (cell scope): each call's forward graph returns what the min-cut partitioner saves.
-
-    Counted in torch 2.13 (INDUCTOR_COUNTED_ON): per step the previous h and c and the four gates
-    (tanh(c) is recomputed in backward), and the last step's c: 6T + 1 (B, H) tensors with the
-    carried state. The backward graph of a step returns all 12 weight gradients of that step at once,
-    which autograd then adds into the gradient buffers.
-    """
-    if not c.train:
-        return autograd_ops(c)
-    acts = c.ops_activations()
-    acts["per-step saved h, c, gates (partitioner)"] = acts.pop("per-step saved h, c, gates, tanh(c)")
-    acts["per-step saved h, c, gates (partitioner)"] = (6 * c.T - 1, c.u)
-    end_of_forward = Moment("end of forward (loss computed, before zero_grad)", c.model() | c.batch_and_state()
-                             | acts | {"new h": (1, c.u), "logits": (1, c.TBV), "loss": (1, c.s)})
-    backward = Moment("backward, step T-2: the step's 12 weight gradients before they are added", c.model()
-                       | c.batch_and_state() | {
-        "one-hot input and logits": (2, c.TBV), "saved (B, H) left, new state, gradients in flight": (6 * c.T - 8, c.u),
-        "loss and its gradient": (2, c.s), "dY (T, B, H)": (1, c.TBH),
-        "one step's 12 weight gradients": (1, c.P_lstm),
-        "the last gradient's GEMM's oneDNN scratchpad": (1, c.gemm_scratch(Gemm(c.H, c.B, c.H, a_t=True)))})
-    return acts, [end_of_forward, *c.loss_backward(acts, {"new h": (1, c.u)}), backward, c.optimizer_step()]
 

@@ -21,19 +21,16 @@ from .counts import (
     total,
 )
 from .cuda import library_bytes_cuda
-from .cudnn import cudnn_algorithm, cudnn_lstm, cudnn_stacked
-from .fused import fused_sequence, fused_stacked
-from .native import aten_native, aten_native_stacked
-from .onednn_rnn import onednn_lstm, onednn_stacked
-from .ops import autograd_ops, inductor_cells, inductor_stacked, ops_stacked, torchscript_bodies, torchscript_stacked
+from .cudnn import cudnn_algorithm, cudnn_walk
+from .fused import fused_walk
+from .native import native_walk
+from .onednn_rnn import onednn_walk
+from .ops import eager_walk, inductor_walk, torchscript_walk
 
-#: kernel -> (its count with layers, directions or a projection, which implementation runs it)
-STACKED_COUNTERS = {"autograd ops": (ops_stacked, "scratch"), "TorchScript": (torchscript_stacked, "scripted"),
-                    "Inductor": (inductor_stacked, "compiled"),
-                    "oneDNN": (onednn_stacked, "cudnn"), "fused, eager steps": (fused_stacked, "fused"),
-                    "fused, Inductor steps": (fused_stacked, "fused_compiled"),
-                    "fused, Triton steps": (fused_stacked, "triton"), "cuDNN": (cudnn_stacked, "cudnn"),
-                    "ATen native": (aten_native_stacked, "cudnn")}
+#: kernel -> its walk: the step allocation by allocation, any layers and directions (the chapter's LSTM is one of each)
+WALKS = {"autograd ops": eager_walk, "TorchScript": torchscript_walk, "Inductor": inductor_walk,
+         "oneDNN": onednn_walk, "fused, eager steps": fused_walk, "fused, Inductor steps": fused_walk,
+         "fused, Triton steps": fused_walk, "cuDNN": cudnn_walk, "ATen native": native_walk}
 
 
 def kernel_of(impl: str, device: str, dtype: str, mode: str, cpu: CpuDispatch | None = None,
@@ -103,17 +100,9 @@ def predict_sizes(impl: str, sizes: Sizes, *, device: str = "cpu", dtype: str = 
                 onednn=onednn, config=config)
     fitted: list[str] = []
     notes: list[str] = []
-    counter = {"autograd ops": autograd_ops, "TorchScript": torchscript_bodies, "Inductor": inductor_cells,
-               "ATen native": aten_native, "oneDNN": onednn_lstm, "cuDNN": cudnn_lstm}.get(kernel, fused_sequence)
     if kernel == "TorchScript" and mode == "train" and sizes.seq_len < 8:
         raise NotModelled("the memory model counts scripted from T = 8 (TorchScript's unrolled 8-step bodies); below, "
                           "its remainder loop holds weight-gradient terms not counted yet")
-    if c.stacked or c.proj:  # the chapter's one layer and direction is counted above; these follow the program
-        if kernel not in STACKED_COUNTERS:
-            counted = ", ".join(i for _, i in STACKED_COUNTERS.values())
-            raise NotModelled(f"the memory model counts {counted} with layers, directions or a projection; not "
-                              f"{kernel} ({impl}) yet")
-        counter = STACKED_COUNTERS[kernel][0]
     if amp != "none":
         if dtype != "float32":
             raise NotModelled(f"autocast runs over float32 parameters, not {dtype}")
@@ -121,7 +110,7 @@ def predict_sizes(impl: str, sizes: Sizes, *, device: str = "cpu", dtype: str = 
         acts, moments = autocast_count(c, low, kernel, amp)
         path = f"autocast {amp} over float32 parameters; {path_of(kernel, amp, mode, cpu)}"
     else:
-        acts, moments = counter(c)
+        acts, moments = WALKS[kernel](c)
         moments = c.output_gemms(moments)
         path = path_of(kernel, dtype, mode, cpu)
     compute = amp if amp != "none" else dtype  # what the LSTM and the GEMMs run in: under autocast, its dtype

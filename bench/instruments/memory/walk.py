@@ -7,7 +7,7 @@ from .counts import Counts, Moment, Term
 
 class Step:
     """A step's tensors as the code allocates and frees them, in order, with a snapshot at each moment that
-    can be the peak: for counts that follow a program (layers, directions) rather than a fixed list."""
+    can be the peak."""
 
     def __init__(self, live: dict[str, Term]):
         self.live = {k: v for k, v in live.items() if v[0] * v[1]}
@@ -31,7 +31,7 @@ class Step:
         self.moments.append(Moment(name, self.live | {k: v for k, v in (transient or {}).items() if v[0] * v[1]}))
 
 
-#: the stacked counts' name for the gradient a layer's output receives (the top layer's: the output layer's dY)
+#: the walks' name for the gradient a layer's output receives (the top layer's: the output layer's dY)
 GRAD_OUT = "dY (T, B, D H_out): the layer's output's gradient"
 
 
