@@ -65,8 +65,8 @@ Where the peak happens (Prediction.peak_at, with what is alive then in Predictio
 - inference: torch.stack of the outputs (the list and the stacked copy), or inside mkldnn_rnn_layer.
 
 Under torch.autocast (Cell.amp) the counts are the autocast module's: for one layer and direction, its own
-walk around the low-precision counts of the fused sequence (fused.fused_sequence) and of oneDNN
-(onednn_rnn.onednn_bf16).
+walk of the casts around the low-precision walks of the fused sequence and of oneDNN (fused.fused_walk,
+onednn_rnn.onednn_walk), and of the chapter's ops under autocast.
 """
 
 

@@ -18,17 +18,17 @@ Counted for the chapter's LSTM (one layer, one direction, a padded batch) on a C
 ops), fused and fused_compiled (the fused sequence, eager or Inductor steps), and cudnn where nn.LSTM runs
 oneDNN in bfloat16. Not counted: scripted and compiled, whose autocast graphs cast and save otherwise (measured
 at B32 H256 T35: 33.0 and 25.6 MiB against scratch's 14.2). Each count follows the
-program allocation by allocation (walk.Step); the LSTM's own buffers are the low-precision
-counts' (fused.fused_sequence, onednn_rnn.onednn_bf16), the model's are float32.
+program allocation by allocation (walk.Step); the LSTM's own buffers are the low-precision walks'
+(fused.fused_walk, onednn_rnn.onednn_walk, one layer in one direction), the model's are float32.
 """
 
 from __future__ import annotations
 
 from ..onednn import Gemm
 from .counts import Counts, Moment, NotModelled, Term
-from .fused import fused_sequence
-from .onednn_rnn import onednn_bf16, onednn_workspace_bytes
-from .walk import Step
+from .fused import fused_walk
+from .onednn_rnn import onednn_walk, onednn_workspace_bytes
+from .walk import Step, optimizer_step
 
 F32 = 4
 #: what autocast's counts cover: kernel -> implementation
@@ -121,8 +121,8 @@ class _Amp:
 
     def optimizer(self, sim: Step) -> Moment:
         """clip_grad_norm_ and the update (float32 parameters), with the scaler's unscale_ scalars and Adam's
-        per-parameter temporaries (counts.Counts.optimizer_step's)."""
-        adam = {k: v for k, v in self.c.optimizer_step().live.items() if k.startswith("Adam")}
+        per-parameter temporaries (walk.optimizer_step's)."""
+        adam = {k: v for k, v in optimizer_step(self.c).live.items() if k.startswith("Adam")}
         scaler = {"unscale_'s inverse scale and found-inf flag": (2, F32)} if self.scaler else {}
         return Moment("optimizer step", sim.live | {"clip_grad_norm_'s total norm": (1, F32)} | scaler | adam)
 
@@ -184,7 +184,7 @@ def _low_moments(moments: list[Moment], prefixes: tuple[str, ...], extra: dict[s
 
 def _fused(a: _Amp) -> list[Moment]:
     """fused and fused_compiled (eager or Inductor steps): the sequence runs whole in autocast's dtype on casts of
-    its input, state (already in that dtype after the first step) and weights, its buffers fused.fused_sequence's
+    its input, state (already in that dtype after the first step) and weights, its buffers fused.fused_walk's
     in that dtype (Inductor's graph for backward's factors included); backward's weight gradients are cast back
     to float32 at its end."""
     c, lo, s = a.c, a.lo, a.s
@@ -192,16 +192,15 @@ def _fused(a: _Amp) -> list[Moment]:
     H4, train = 4 * H, c.train
     casts = _casts({"W_x (V, 4H)": V * H4, "W_h (H, 4H)": H * H4}, s)
     b_cast = _casts({"b (4H,)": H4}, s)
-    acts, inner = fused_sequence(lo)  # its "one-hot input" is autocast's cast of it
-    moments = _low_moments(inner, ("forward", "a time step"), {"one-hot input (float32)": (1, c.TBV)} | casts
-                           | b_cast | a.kept())
+    acts, inner = fused_walk(lo)  # its "one-hot input" is autocast's cast of it
+    forward = ("layer 0: the input projection", "layer 0: a time step", "layer 0: backward's factors")
+    moments = _low_moments(inner, forward, {"one-hot input (float32)": (1, c.TBV)} | casts | b_cast | a.kept())
     sim = a.start(lo.u)
     sim.alloc("one-hot input", 1, lo.TBV)
     for k, v in (casts | b_cast).items():
         sim.alloc(k, *v)
     sim.alloc("outputs y (T, B, H)", 1, lo.TBH)
-    saved = [k for k in acts if k not in ("one-hot input", "outputs y (T, B, H)", "log-softmax", "target (int64)",
-                                          "total weight", "carried state h")]
+    saved = [k for k in acts if k.startswith("layer 0: ") and "outputs y" not in k]  # backward's factors
     for k in saved:
         sim.alloc(k, *acts[k])
     sim.alloc("new state h, c", 2, lo.u)
@@ -213,7 +212,7 @@ def _fused(a: _Amp) -> list[Moment]:
     moments += sim.moments
     if not train:
         return moments
-    moments += _low_moments(inner, ("backward, ",), casts | a.kept())
+    moments += _low_moments(inner, ("layer 0 backward",), casts | a.kept())
     for k in [*saved, *casts, "one-hot input", "outputs y (T, B, H)", "dY (T*B, H), autocast's dtype"]:
         sim.free(k)  # the sequence's backward is done: what it saved goes before the casts' backward runs
     sim.alloc("LSTM gradients (float32)", 1, c.P_lstm)
@@ -224,13 +223,13 @@ def _fused(a: _Amp) -> list[Moment]:
 
 def _onednn(a: _Amp) -> list[Moment]:
     """cudnn on a CPU whose oneDNN runs bfloat16: nn.LSTM's mkldnn_rnn_layer in bfloat16 on casts of the input and
-    of the four weights (all saved), its buffers onednn_rnn.onednn_bf16's; backward's float32 weight
+    of the four weights (all saved), its buffers onednn_rnn.onednn_walk's; backward's float32 weight
     gradients pass through the casts' dtype on their way back to float32."""
     c, lo, s = a.c, a.lo, a.s
     H, V = c.H, c.V
     H4, train = 4 * H, c.train
     casts = _casts({"weight_ih (4H, V)": V * H4, "weight_hh (4H, H)": H * H4, "bias_ih, bias_hh (4H,)": 2 * H4}, s)
-    acts, inner = onednn_bf16(lo)  # its "one-hot input" is autocast's cast of it
+    _, inner = onednn_walk(lo)  # its "one-hot input" is autocast's cast of it
     moments = _low_moments(inner, ("inside mkldnn_rnn_layer (",), {"one-hot input (float32)": (1, c.TBV)} | casts
                            | a.kept())
     sim = a.start(lo.u)

@@ -204,41 +204,7 @@ class Counts:
             return 0
         return round_up(M * N * 4, 512) + 128
 
-    def output_gemms(self, moments: list[Moment]) -> list[Moment]:
-        """The output layer's GEMMs, each a moment of its own: in inference the logits beside the LSTM's input
-        and outputs; in training, where they have a scratchpad (bfloat16 on oneDNN), forward's logits =
-        Y W^T + b just before log-softmax, backward's dY = dlogits W and dW = dlogits^T Y, derived from the
-        moments a kernel counted, which are alive then."""
-        TB, H, V = self.TB, self.Y_width, self.V  # H: the output layer's input width
-        scratch = self.gemm_scratch(Gemm.addmm(TB, H, V, "row", b_t=True))  # forward's logits: addmm(b, Y, W.T)
-        dy_scratch = dw_scratch = 0
-        if self.train:  # backward's: dY = dlogits W, dW = dlogits^T Y
-            dy_scratch, dw_scratch = self.gemm_scratch(Gemm(TB, V, H)), self.gemm_scratch(Gemm(V, TB, H, a_t=True))
-        extra = []
-        if not self.train:  # inference: the LSTM's input and outputs are still alive beside the logits
-            extra.append(Moment("the output layer's GEMM (logits beside the LSTM's input and outputs)", self.model()
-                                 | self.batch_and_state() | {
-                "one-hot input": (1, self.TBV), "outputs (T, B, H)": (1, self.TBY)} | {
-                f"new state {k}": v for k, v in self.state().items()} | {
-                "logits": (1, self.TBV), "oneDNN GEMM scratchpad": (1, scratch)}))
-        for m in moments:
-            gone = ("log-softmax", "target (int64)", "total weight", "loss")
-            if m.name.startswith("end of forward") and scratch:
-                live = {k: v for k, v in m.live.items() if k not in gone}
-                extra.append(Moment("the output layer's GEMM (its oneDNN scratchpad)", live | {
-                    "oneDNN GEMM scratchpad": (1, scratch)}))
-            elif m.name == "backward of the output layer (dY computed)":
-                live = {k: v for k, v in m.live.items() if k != "output layer's gradients"}
-                if dy_scratch:
-                    extra.append(Moment("backward of the output layer, dY's GEMM (its oneDNN scratchpad)", live | {
-                        "oneDNN GEMM scratchpad": (1, dy_scratch)}))
-                if dw_scratch:
-                    extra.append(Moment("backward of the output layer, dW's GEMM (its oneDNN scratchpad)", live | {
-                        "output layer's weight gradient": (1, V * H * self.s),
-                        "oneDNN GEMM scratchpad": (1, dw_scratch)}))
-        return moments + extra
-
-    # pieces every moment has
+    # the pieces every moment has
     def model(self) -> dict[str, Term]:
         live = {"parameters": (1, self.P)}
         if self.G:
@@ -256,62 +222,6 @@ class Counts:
 
     def batch_and_state(self) -> dict[str, Term]:
         return {"batch X, Y (int64)": (2, 8 * self.TB)} | {f"carried state {k}": v for k, v in self.state().items()}
-
-    def ops_activations(self) -> dict[str, Term]:
-        """What autograd saves for the chapter's cell run op by op (and for ATen's native LSTM)."""
-        return {"one-hot input": (1, self.TBV), "carried state h, c": (2, self.u),
-                "per-step saved h, c, gates, tanh(c)": (7 * self.T - 2, self.u),
-                "stacked outputs": (1, self.TBH), "log-softmax": (1, self.TBV), "target (int64)": (1, 8 * self.TB),
-                "total weight": (1, self.s)}
-
-    def optimizer_step(self) -> Moment:
-        """After backward: model, batch, both states, logits, loss; Adam's foreach sqrt(exp_avg_sq) list."""
-        live = self.model() | self.batch_and_state() | {f"new state {k}": v for k, v in self.state().items()} | {
-            "logits": (1, self.TBV), "loss, clip_grad_norm_'s total norm": (2, self.s)}
-        if self.optimizer == "adam" and self.cuda:  # foreach (the default on CUDA): a sqrt list of every parameter
-            live["Adam's sqrt(exp_avg_sq) list (foreach)"] = (1, self.P)
-        elif self.optimizer == "adam":
-            # single-tensor Adam (foreach is not the default on a CPU): for each parameter in order,
-            # denom = (exp_avg_sq.sqrt() / bias_correction2_sqrt).add_(eps) holds sqrt and the quotient at
-            # once, while the previous parameter's denom is still bound; and an 8-byte scalar
-            sizes = self.params
-            temps = max(2 * p + (sizes[i - 1] if i else 0) for i, p in enumerate(sizes))
-            live["Adam's denom: sqrt, quotient, the previous denom"] = (1, temps)
-            live["Adam's scalar"] = (1, 8)
-        return Moment("optimizer step", live)
-
-    def loss_backward(self, acts: dict[str, Term], new_state: dict[str, Term]) -> list[Moment]:
-        """Backward's first nodes, before the LSTM's: zero_grad has freed the gradients.
-
-        First log-softmax's backward: log-softmax, the logits and two (T*B, V) gradients (nll_loss's and
-        log_softmax's) alive with every saved tensor; then the output layer's (addmm) backward: dY
-        (T, B, H) and the layer's gradients beside dlogits, the stacked outputs still saved. These are
-        the peak when B*T is large against H*H (the LSTM's backward then frees more than it adds)."""
-        saved = {k: v for k, v in acts.items() if k not in ("target (int64)", "total weight")}
-        base = ({k: v for k, v in self.model().items() if k != "gradients"} | self.batch_and_state() | new_state
-                | {"logits": (1, self.TBV), "loss and its gradient": (2, self.s)})
-        del_logsm = {k: v for k, v in saved.items() if k != "log-softmax"}
-        return [
-            Moment("backward of the loss (log-softmax's gradient computed)", base | saved | {
-                "gradients of log-softmax and of the logits": (2, self.TBV)}),
-            Moment("backward of the output layer (dY computed)", base | del_logsm | {
-                "gradient of the logits": (1, self.TBV), "dY (T, B, H)": (1, self.TBY),
-                "output layer's gradients": (1, self.P_lin)}),
-        ]
-
-    def forward_moments(self, saved: dict[str, Term], at: str = "torch.stack of the outputs, end of the LSTM"
-                        ) -> list[Moment]:
-        """Inference moments shared by the op-by-op kernels: the one-hot cast, the LSTM's fullest moment
-        (`at`, with `saved` alive), the loss."""
-        base = self.model() | self.batch_and_state()
-        return [
-            Moment("one-hot cast (int64 and float copies)", base | {"one-hot int64": (1, 8 * self.TB * self.V),
-                                                                    "one-hot input": (1, self.TBV)}),
-            Moment(at, base | saved),
-            Moment("loss", base | {"new state h, c": (2, self.u), "logits": (1, self.TBV),
-                                    "log-softmax": (1, self.TBV), "target (int64)": (1, 8 * self.TB)}),
-        ]
-
 
 def total(live: dict[str, Term], cuda: bool) -> int:
     return sum(n * (round_up(each, 512) if cuda and each else each) for n, each in live.values())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from .counts import Counts, Moment, Term
+from .walk import optimizer_step
 
 
 def cudnn_walk(c: Counts) -> tuple[dict[str, Term], list[Moment]]:
@@ -33,7 +34,7 @@ def cudnn_walk(c: Counts) -> tuple[dict[str, Term], list[Moment]]:
         "dx (T, B, I)": (1, T * B * I * s), "flat dw": (1, c.P_lstm), "cuDNN workspace": (1, workspace)} | {
         f"zero grad of the returned {k}": v for k, v in c.state().items()} | {
         f"dhx, dcx: {k}": v for k, v in c.state().items()} | weight_copy
-    return acts, [forward, Moment("inside _cudnn_rnn_backward (weights)", live), c.optimizer_step()]
+    return acts, [forward, Moment("inside _cudnn_rnn_backward (weights)", live), optimizer_step(c)]
 
 
 def cudnn_algorithm(hidden_size: int, dtype: str) -> str:

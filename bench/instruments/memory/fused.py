@@ -4,7 +4,16 @@ from __future__ import annotations
 
 from ..onednn import Gemm
 from .counts import Counts, Moment, Term
-from .walk import GRAD_OUT, apply_dropout, dropout_backward, layer_name, loss_and_output_layer, step_start
+from .walk import (
+    GRAD_OUT,
+    apply_dropout,
+    dropout_backward,
+    inference_end,
+    layer_name,
+    loss_and_output_layer,
+    optimizer_step,
+    step_start,
+)
 
 #: (B, H) temporaries one time step allocates beyond fused_cell.LSTMFunction's buffers, at its fullest:
 #: (forward, backward). Eager (fused_cell.cell_forward at its cat): the GEMM's (B, 4H) result, the four
@@ -16,80 +25,6 @@ from .walk import GRAD_OUT, apply_dropout, dropout_backward, layer_name, loss_an
 #: dy + dh_n at the last step). Inductor's forward graph, measured: 4 (its mutated inputs' copies).
 #: Triton's kernels write straight into the buffers; only the last step's dh is new.
 FUSED_STEP_TEMPORARIES = {"fused": (0, 1), "fused_compiled": (4, 1), "triton": (0, 1)}
-
-
-def fused_sequence(c: Counts) -> tuple[dict[str, Term], list[Moment]]:
-    """The fused sequence (lstm_impls/fused_cell.py LSTMFunction): the input projection of all steps
-    (T, B, 4H), buffers for the outputs, every step's c and activated gates; then what backward reads:
-    fused and fused_compiled turn the gates into backward's factors in place, beside F and KC (T, B, H),
-    and keep no c; triton keeps the gates and every c. Backward fills the gates' gradients (T, B, 4H),
-    then computes the weights' gradients in one GEMM each."""
-    G4 = c.T * c.B * 4 * c.H * c.s  # one (T, B, 4H) buffer
-    fwd_temps, bwd_temps = FUSED_STEP_TEMPORARIES[c.impl]
-    buffers = {"outputs y (T, B, H)": (1, c.TBH), "every step's c (T, B, H)": (1, c.TBH)}
-    H4 = 4 * c.H
-    # bfloat16 on oneDNN: each GEMM's scratchpad while it runs (the input projection; a step's h W_h; in
-    # backward a step's dgates W_h^T, and the weights' gradients), zero elsewhere
-    scratch = c.gemm_scratch
-    projection = Moment("forward, the input projection's GEMM (its oneDNN scratchpad)", c.model()
-                         | c.batch_and_state() | {"one-hot input": (1, c.TBV), "input projection (T, B, 4H)": (1, G4),
-                                                  "oneDNN GEMM scratchpad": (
-                                                      1, scratch(Gemm.addmm(c.TB, c.I, H4, "row")))})
-    step_gemm = {"a step's GEMM's oneDNN scratchpad": (1, scratch(Gemm.addmm(c.B, c.H, H4, "full", out=True)))}
-    if not c.train:  # no gates kept: one step's, reused
-        return {}, [projection, *c.forward_moments(
-            {"one-hot input": (1, c.TBV), "input projection (T, B, 4H)": (1, G4)} | buffers
-            | {"one step's gates buffer (B, 4H)": (4, c.u), "a step's temporaries": (fwd_temps, c.u)} | step_gemm,
-            at="a time step (input projection and every buffer alive)")]
-    triton = c.impl == "triton"
-    kept = ({"carried state h, c": (2, c.u), "every step's c (T, B, H)": (1, c.TBH)} if triton else
-            {"carried state h": (1, c.u), "F and KC (T, B, H)": (2, c.TBH)})
-    acts = {"one-hot input": (1, c.TBV), "outputs y (T, B, H)": (1, c.TBH),
-            "activated gates, or backward's factors (T, B, 4H)": (1, G4)} | kept | {
-        "log-softmax": (1, c.TBV), "target (int64)": (1, 8 * c.TB), "total weight": (1, c.s)}
-    alive = {k: v for k, v in acts.items() if k != "carried state h"}  # it is batch_and_state's h
-    saved = {k: v for k, v in alive.items() if k not in ("log-softmax", "target (int64)", "total weight")}
-    base = c.model() | c.batch_and_state()
-    loop = base | {"one-hot input": (1, c.TBV), "activated gates, or backward's factors (T, B, 4H)": (1, G4)} | buffers
-    moments = [projection, Moment("forward, a time step (input projection and every buffer alive)", loop | {
-        "input projection (T, B, 4H)": (1, G4), "a step's temporaries": (fwd_temps, c.u)} | step_gemm)]
-    # backward_factors: eager, in place, it holds the buffers and a few (T, B, H) temporaries, less than
-    # backward's first step adds (the outputs' and the gates' gradients: 5 (T, B, H)). Inductor's graph of
-    # it mutates its input out of place: measured, 3 (T, B, 4H) and 3 (T, B, H) buffers at once.
-    if c.impl == "fused_compiled":
-        moments.append(Moment("forward, backward's factors (Inductor's graph, its buffers)", loop | {
-            "returned c": (1, c.u), "the graph's buffers (T, B, 4H) and (T, B, H)": (1, 3 * G4 + 3 * c.TBH)}))
-    elif c.impl == "fused":  # eager, at its fullest (K_I's product): F and KC beside four (T, B, H) temporaries
-        moments.append(Moment("forward, backward's factors (eager, in place)", loop | {
-            "returned c": (1, c.u), "F and KC (T, B, H)": (2, c.TBH),
-            "tanh(c), C~ * I, 1 - I, K_I (T, B, H)": (4, c.TBH)}))
-    end_of_forward = Moment("end of forward (loss computed, before zero_grad)", base | alive | {
-        "new state h, c": (2, c.u), "logits": (1, c.TBV), "loss": (1, c.s)})
-    # backward: zero_grad freed the gradients; the output layer's exist, the LSTM's come at the end
-    back = ({k: v for k, v in base.items() if k != "gradients"} | saved | {
-        "gradients of the output layer": (1, c.P_lin), "new state h, c": (2, c.u), "logits": (1, c.TBV),
-        "loss and its gradient": (2, c.s), "dY (T, B, H)": (1, c.TBH), "gates' gradients (T, B, 4H)": (1, G4),
-        "zero gradients of the returned h, c": (2, c.u), "dc": (1, c.u)})
-    H4H = c.H * 4 * c.H * c.s
-    moments += [
-        end_of_forward, *c.loss_backward(alive, {"new state h, c": (2, c.u)}),
-        Moment("backward, step T-1 (the first): a step's temporaries", back | {
-            "a step's temporaries": (bwd_temps, c.u)}),
-        Moment("backward, step T-2: dh's GEMM (its oneDNN scratchpad)", back | {
-            "dh": (1, c.u), "oneDNN GEMM scratchpad": (1, scratch(Gemm.addmm(c.B, H4, c.H, "full", b_t=True)))}),
-        Moment("backward, W_h's gradient: h_0's term (its GEMM's oneDNN scratchpad)", back | {
-            "W_h gradient: h_0's term": (1, H4H),
-            "oneDNN GEMM scratchpad": (1, scratch(Gemm(c.H, c.B, H4, a_t=True)))}),
-        Moment("backward, W_h's gradient: h_0's term and the sum over steps (H, 4H)", back | {
-            "W_h gradient: h_0's term and the sum": (2, H4H),
-            "oneDNN GEMM scratchpad": (1, scratch(Gemm.addmm(c.H, c.TB - c.B, H4, "full", a_t=True)))}),
-        Moment("backward, W_x's gradient (its GEMM's oneDNN scratchpad)", back | {
-            "W_h and W_x gradients": (1, H4H + c.I * H4 * c.s),
-            "oneDNN GEMM scratchpad": (1, scratch(Gemm(c.I, c.TB, H4, a_t=True)))}),
-        Moment("backward, the bias's gradient: every LSTM weight gradient computed", back | {
-            "LSTM weight gradients": (1, H4H + c.I * 4 * c.H * c.s + 4 * c.H * c.s)}),
-        c.optimizer_step()]
-    return acts, moments
 
 
 def fused_walk(c: Counts) -> tuple[dict[str, Term], list[Moment]]:
@@ -147,7 +82,7 @@ def fused_walk(c: Counts) -> tuple[dict[str, Term], list[Moment]]:
                     sim.alloc(name(lay, d, "F and KC (T, B, H)"), 2, c.TBH)
                     if c.impl == "fused":
                         sim.moment(f"layer {lay}{' reverse' if d else ''}: backward's factors (eager, in place)", {
-                            "tanh(c), C~ * I, 1 - I, K_I (T, B, H)": (4, c.TBH)})
+                            "returned c": (1, u), "tanh(c), C~ * I, 1 - I, K_I (T, B, H)": (4, c.TBH)})
                     sim.free(name(lay, d, "every step's c (T, B, H)"))
             else:
                 sim.moment(f"layer {lay}{' reverse' if d else ''}: a time step (no grad)", {
@@ -189,7 +124,7 @@ def fused_walk(c: Counts) -> tuple[dict[str, Term], list[Moment]]:
     if not c.train:
         for gone in (layer_input, "one-hot input"):
             sim.free(gone)
-        return {}, [*sim.moments, *c.forward_moments({}, at="the LSTM's outputs")]
+        return {}, [*sim.moments, inference_end(c)]
     top = layer_input
     acts = loss_and_output_layer(sim, c, set(state) | set(c.batch_and_state()))
     acts["carried state h (each sequence saves its h0)"] = (1, c.L * c.D * c.uo)
@@ -242,5 +177,5 @@ def fused_walk(c: Counts) -> tuple[dict[str, Term], list[Moment]]:
         if not lay or inputs_of[lay] != name(lay - 1, 0, "outputs y (T, B, H)"):
             sim.free(inputs_of[lay])  # a concatenation or dropout's output; a lower y stays saved by its sequence
         grad_out = dropout_backward(sim, c, lay, grad_in, noise_of)
-    return acts, [*sim.moments, c.optimizer_step()]
+    return acts, [*sim.moments, optimizer_step(c)]
 

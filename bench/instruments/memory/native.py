@@ -3,7 +3,16 @@
 from __future__ import annotations
 
 from .counts import Counts, Moment, Term
-from .walk import GRAD_OUT, apply_dropout, dropout_backward, layer_name, loss_and_output_layer, step_start
+from .walk import (
+    GRAD_OUT,
+    apply_dropout,
+    dropout_backward,
+    inference_end,
+    layer_name,
+    loss_and_output_layer,
+    optimizer_step,
+    step_start,
+)
 
 
 def native_walk(c: Counts) -> tuple[dict[str, Term], list[Moment]]:
@@ -80,7 +89,7 @@ def native_walk(c: Counts) -> tuple[dict[str, Term], list[Moment]]:
     if not c.train:
         for gone in (layer_input, "one-hot input"):
             sim.free(gone)
-        return {}, [*sim.moments, *c.forward_moments({}, at="the LSTM's outputs")]
+        return {}, [*sim.moments, inference_end(c)]
     top = layer_input
     acts = loss_and_output_layer(sim, c, set(state))
     grad_out = GRAD_OUT
@@ -115,5 +124,5 @@ def native_walk(c: Counts) -> tuple[dict[str, Term], list[Moment]]:
         sim.free(grad_out)
         sim.free(inputs_of[lay])
         grad_out = dropout_backward(sim, c, lay, grad_in, noise_of)
-    return acts, [*sim.moments, c.optimizer_step()]
+    return acts, [*sim.moments, optimizer_step(c)]
 

@@ -5,7 +5,16 @@ from __future__ import annotations
 import copy
 
 from .counts import Counts, Moment, Term, good_ld, page, round_up
-from .walk import GRAD_OUT, apply_dropout, dropout_backward, layer_name, loss_and_output_layer, step_start
+from .walk import (
+    GRAD_OUT,
+    apply_dropout,
+    dropout_backward,
+    inference_end,
+    layer_name,
+    loss_and_output_layer,
+    optimizer_step,
+    step_start,
+)
 
 
 def onednn_workspace_bytes(c: Counts) -> int:
@@ -105,7 +114,7 @@ def onednn_walk(c: Counts) -> tuple[dict[str, Term], list[Moment]]:
             sim.free(name(lay, d, "h_n, c_n (layer outputs)"))
         for gone in [top, "one-hot input", *held_before]:
             sim.free(gone)
-        return {}, [*sim.moments, *c.forward_moments({}, at="the LSTM's outputs")]
+        return {}, [*sim.moments, inference_end(c)]
     acts = loss_and_output_layer(sim, c, set(state))
     grad_out = GRAD_OUT
     if D == 2:
@@ -151,37 +160,6 @@ def onednn_walk(c: Counts) -> tuple[dict[str, Term], list[Moment]]:
         sim.free(grad_out)
         sim.free(inputs_of[lay])
         grad_out = dropout_backward(sim, c, lay, grad_in, noise_of)
-    return acts, [*sim.moments, c.optimizer_step()]
+    return acts, [*sim.moments, optimizer_step(c)]
 
-
-def onednn_bf16(c: Counts) -> tuple[dict[str, Term], list[Moment]]:
-    """nn.LSTM through oneDNN in bfloat16 (or float16 inference): the tensors counted as in float32,
-    oneDNN's own buffers (reordered weights, GEMM buffers, scratchpad) read off oneDNN
-    (bench/instruments/onednn.py). Backward computes in float32: copies of dY, grad_hy, grad_cy and float32
-    weight gradients, converted at its end."""
-    T, B, H, I, s, f32 = c.T, c.B, c.H, c.I, c.s, 4
-    own = "oneDNN's own buffers (reordered weights, GEMM buffers, scratchpad)"
-    outputs = {"one-hot input": (1, c.TBV), "outputs (T, B, H)": (1, c.TBH), "h_n, c_n": (2, c.u),
-               "bias sum": (1, 4 * H * s)}
-    base = c.model() | c.batch_and_state()
-    if not c.train:
-        return {}, [Moment("inside mkldnn_rnn_layer (inference)", base | outputs | {
-            own: (1, c.onednn.rnn_bytes("inference", T, B, H, I, c.dtype))})]
-    W = onednn_workspace_bytes(c)
-    acts = {"one-hot input": (1, c.TBV), "carried state h, c": (2, c.u), "outputs (T, B, H)": (1, c.TBH),
-            "h_n, c_n (layer outputs)": (2, c.u), "oneDNN workspace": (1, W), "log-softmax": (1, c.TBV),
-            "target (int64)": (1, 8 * c.TB), "total weight": (1, c.s)}
-    forward = Moment("inside mkldnn_rnn_layer (training forward)", base | outputs | {
-        "oneDNN workspace": (1, W), own: (1, c.onednn.rnn_bytes("forward", T, B, H, I, c.dtype))})
-    live = {k: v for k, v in base.items() if k != "gradients"} | {
-        "gradients of the output layer": (1, c.P_lin),
-        "one-hot input and logits": (2, c.TBV), "outputs and dY (T, B, H)": (2, c.TBH),
-        "h_n, c_n, returned state, zero grad_hy, grad_cy": (6, c.u), "oneDNN workspace": (1, W),
-        "loss and its gradient": (2, c.s), "bias sum": (1, 4 * H * s),
-        "diff_x (T, B, I) float32": (1, T * B * I * f32), "diff_hx, diff_cx float32": (2, B * H * f32),
-        "weight gradients float32 (diff_w1, diff_w2, diff_b)": (1, (I + H + 1) * 4 * H * f32),
-        "dY, grad_hy, grad_cy in float32": (1, (T + 2) * B * H * f32),
-        own: (1, c.onednn.rnn_bytes("backward", T, B, H, I, c.dtype))}
-    return acts, [forward, Moment("inside mkldnn_rnn_layer_backward (its scratchpad allocated)", live),
-                  *c.loss_backward(acts, {"returned state h, c": (2, c.u)}), c.optimizer_step()]
 

@@ -5,7 +5,15 @@ from __future__ import annotations
 
 from ..onednn import Gemm
 from .counts import Counts, Moment, Term
-from .walk import GRAD_OUT, apply_dropout, dropout_backward, layer_name, loss_and_output_layer, step_start
+from .walk import (
+    GRAD_OUT,
+    apply_dropout,
+    dropout_backward,
+    layer_name,
+    loss_and_output_layer,
+    optimizer_step,
+    step_start,
+)
 
 
 def torchscript_walk(c: Counts) -> tuple[dict[str, Term], list[Moment]]:
@@ -129,12 +137,11 @@ def eager_walk(c: Counts, unrolled: bool = False, inductor: bool = False) -> tup
     if not c.train:  # the model has returned: its one-hot input and the LSTM's outputs are gone
         sim.free(layer_input)
         sim.free("one-hot input")
-        moments = c.forward_moments({}, at="the LSTM's outputs")  # the one-hot cast and the loss, as ever
         sim.alloc("logits", 1, c.TBV)
         sim.alloc("log-softmax", 1, c.TBV)
         sim.alloc("target (int64)", 1, 8 * c.TB)
         sim.moment("loss")
-        return {}, sim.moments + moments[:1]
+        return {}, sim.moments
     top = layer_input  # saved by the output layer
     acts = loss_and_output_layer(sim, c, set(state))
     grad_out = GRAD_OUT
@@ -203,6 +210,6 @@ def eager_walk(c: Counts, unrolled: bool = False, inductor: bool = False) -> tup
         sim.free(grad_out)
         sim.free(inputs_of[layer])  # saved by the layer's GEMMs
         grad_out = dropout_backward(sim, c, layer, grad_in, noise_of)
-    return acts, [*sim.moments, c.optimizer_step()]
+    return acts, [*sim.moments, optimizer_step(c)]
 
 

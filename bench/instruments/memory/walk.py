@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from ..onednn import Gemm
 from .counts import Counts, Moment, Term
 
 
@@ -106,3 +107,60 @@ def apply_dropout(sim: Step, c: Counts, layer: int, out: str, noise_of: dict[int
         hold.append(out)
     return dropped
 
+
+def inference_end(c: Counts) -> Moment:
+    """Inference after the LSTM: the loss, beside the new state, the logits and log-softmax."""
+    return Moment("loss", c.model() | c.batch_and_state() | {
+        "new state h, c": (2, c.u), "logits": (1, c.TBV), "log-softmax": (1, c.TBV), "target (int64)": (1, 8 * c.TB)})
+
+
+def output_gemms(c: Counts, moments: list[Moment]) -> list[Moment]:
+    """The output layer's GEMMs, each a moment of its own: in inference the logits beside the LSTM's input
+    and outputs; in training, where they have a scratchpad (bfloat16 on oneDNN), forward's logits =
+    Y W^T + b just before log-softmax, backward's dY = dlogits W and dW = dlogits^T Y, derived from the
+    moments a kernel counted, which are alive then."""
+    TB, H, V = c.TB, c.Y_width, c.V  # H: the output layer's input width
+    scratch = c.gemm_scratch(Gemm.addmm(TB, H, V, "row", b_t=True))  # forward's logits: addmm(b, Y, W.T)
+    dy_scratch = dw_scratch = 0
+    if c.train:  # backward's: dY = dlogits W, dW = dlogits^T Y
+        dy_scratch, dw_scratch = c.gemm_scratch(Gemm(TB, V, H)), c.gemm_scratch(Gemm(V, TB, H, a_t=True))
+    extra = []
+    if not c.train:  # inference: the LSTM's input and outputs are still alive beside the logits
+        extra.append(Moment("the output layer's GEMM (logits beside the LSTM's input and outputs)", c.model()
+                             | c.batch_and_state() | {
+            "one-hot input": (1, c.TBV), "outputs (T, B, H)": (1, c.TBY)} | {
+            f"new state {k}": v for k, v in c.state().items()} | {
+            "logits": (1, c.TBV), "oneDNN GEMM scratchpad": (1, scratch)}))
+    for m in moments:
+        gone = ("log-softmax", "target (int64)", "total weight", "loss")
+        if m.name.startswith("end of forward") and scratch:
+            live = {k: v for k, v in m.live.items() if k not in gone}
+            extra.append(Moment("the output layer's GEMM (its oneDNN scratchpad)", live | {
+                "oneDNN GEMM scratchpad": (1, scratch)}))
+        elif m.name == "backward of the output layer (dY computed)":
+            live = {k: v for k, v in m.live.items() if k != "output layer's gradients"}
+            if dy_scratch:
+                extra.append(Moment("backward of the output layer, dY's GEMM (its oneDNN scratchpad)", live | {
+                    "oneDNN GEMM scratchpad": (1, dy_scratch)}))
+            if dw_scratch:
+                extra.append(Moment("backward of the output layer, dW's GEMM (its oneDNN scratchpad)", live | {
+                    "output layer's weight gradient": (1, V * H * c.s),
+                    "oneDNN GEMM scratchpad": (1, dw_scratch)}))
+    return moments + extra
+
+
+def optimizer_step(c: Counts) -> Moment:
+    """After backward: model, batch, both states, logits, loss; Adam's foreach sqrt(exp_avg_sq) list."""
+    live = c.model() | c.batch_and_state() | {f"new state {k}": v for k, v in c.state().items()} | {
+        "logits": (1, c.TBV), "loss, clip_grad_norm_'s total norm": (2, c.s)}
+    if c.optimizer == "adam" and c.cuda:  # foreach (the default on CUDA): a sqrt list of every parameter
+        live["Adam's sqrt(exp_avg_sq) list (foreach)"] = (1, c.P)
+    elif c.optimizer == "adam":
+        # single-tensor Adam (foreach is not the default on a CPU): for each parameter in order,
+        # denom = (exp_avg_sq.sqrt() / bias_correction2_sqrt).add_(eps) holds sqrt and the quotient at
+        # once, while the previous parameter's denom is still bound; and an 8-byte scalar
+        sizes = c.params
+        temps = max(2 * p + (sizes[i - 1] if i else 0) for i, p in enumerate(sizes))
+        live["Adam's denom: sqrt, quotient, the previous denom"] = (1, temps)
+        live["Adam's scalar"] = (1, 8)
+    return Moment("optimizer step", live)
