@@ -166,7 +166,8 @@ def predict(cell: Cell, optimizer: str = "sgd", *, cpu: CpuDispatch | None = Non
     predict_sizes' (this machine's unless given)."""
     if cell.packed:
         raise NotModelled(f"{cell.impl}: a packed batch of sequences of their own lengths ({cell.lengths}) is not "
-                          "counted")
+                          "counted: each step runs only the sequences still going (the batch sizes of lengths drawn "
+                          "per batch), where the walk follows B sequences at every step")
     return predict_sizes(cell.impl, Sizes(cell.batch_size, cell.hidden_size, cell.seq_len, cell.vocab_size),
                          device=cell.device, dtype=cell.dtype, mode=cell.mode, optimizer=optimizer, config=cell.config,
                          amp=cell.amp, cpu=cpu, onednn=onednn)
