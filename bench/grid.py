@@ -83,7 +83,7 @@ COLUMNS = (
     # memory, from a separate pass
     "peak_bytes", "peak_reserved_bytes", "start_bytes", "library_bytes", "process_used_bytes", "context_bytes",
     "param_bytes", "grad_bytes", "optimizer_bytes", "activation_bytes", "workspace_bytes",
-    # the memory model's prediction for the cell (bench/instruments/memory_model.py)
+    # the memory model's prediction for the cell (bench/instruments/memory/)
     "predicted_peak_bytes", "predicted_activation_bytes",
     # work; for ddp rows, tokens/s of all ranks over world_size times one rank's alone
     "flops_per_step", "flops_counted", "achieved_gflops", "scaling_efficiency",

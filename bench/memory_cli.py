@@ -1,6 +1,6 @@
 """`lstm-bench memory`: how much memory the model takes, and a batch, per implementation (the memory model).
 
-Predicts by counting (bench/instruments/memory_model.py); `--measure` runs real steps beside it;
+Predicts by counting (bench/instruments/memory/); `--measure` runs real steps beside it;
 `--budget` gives the largest batch that fits, and with `--measure` checks it and the next one.
 """
 
@@ -23,7 +23,7 @@ from bench.grid import (
     parse_list,
     parse_sizes,
 )
-from bench.instruments.memory_model import (
+from bench.instruments.memory import (
     FITTED,
     IMPLS,
     OPTIMIZERS,

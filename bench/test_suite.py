@@ -26,7 +26,7 @@ from bench.instruments.measure import (
     timed_rounds,
     warm_up,
 )
-from bench.instruments.memory_model import predicted_columns
+from bench.instruments.memory import predicted_columns
 from bench.instruments.peak import compute_dtype
 from bench.instruments.profiling import is_d2l, memory_timeline, profiled_step, row_columns
 from bench.instruments.what_ran import summarize

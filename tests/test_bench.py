@@ -151,7 +151,7 @@ def test_a_run_over_packed_lengths_and_autocast(tmp_path):
     ratio = scratch.flops_per_step / scratch.loc["full"].flops_per_step.reindex(scratch.index.droplevel(0)).values
     assert np.allclose(ratio, scratch.real_tokens / 20, rtol=1e-3)
     assert packed.predicted_peak_bytes.isna().all()  # the memory model does not count packed batches
-    counted = full[full.amp == "bfloat16"]  # autocast cells are counted (bench/instruments/memory_autocast.py)
+    counted = full[full.amp == "bfloat16"]  # autocast cells are counted (bench/instruments/memory/autocast.py)
     assert ((counted.predicted_peak_bytes - counted.peak_bytes).abs() <= 0.05 * counted.peak_bytes).all()
     ids = {Cell.from_row(r).id for r in df.to_dict("records")}
     assert {"scratch-cpu-float32-train-B4-H6-T5-V28-len0.4", "fused-cpu-float32-train-B4-H6-T5-V28-amp-bfloat16",

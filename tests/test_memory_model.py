@@ -24,13 +24,11 @@ from bench.grid import Cell
 from bench.instruments import timelines
 from bench.instruments.env import CpuDispatch, cpu_dispatch
 from bench.instruments.measure import Subject, measure_memory, running_peak, settled_subject
-from bench.instruments.memory_model import (
+from bench.instruments.memory import (
     FITTED,
     MIB,
     NotModelled,
     Sizes,
-    _Counts,
-    _onednn_workspace_bytes,
     kernel_of,
     largest_batch,
     per_sequence_bytes,
@@ -38,6 +36,8 @@ from bench.instruments.memory_model import (
     predict_sizes,
     predicted_columns,
 )
+from bench.instruments.memory.counts import Counts
+from bench.instruments.memory.onednn_rnn import onednn_workspace_bytes
 from bench.instruments.onednn import Gemm, Probe, Recorded, step_gemms
 from bench.memory_cli import measure_cell
 
@@ -250,8 +250,8 @@ def test_onednn_workspace_from_layout_rules(T, B, H):
     out = torch.ops.aten.mkldnn_rnn_layer(x, lstm.weight_ih_l0, lstm.weight_hh_l0, lstm.bias_ih_l0,
                                           lstm.bias_hh_l0, h, h, False, [], 2, H, 1, True, False, False, True)
     workspace = out[3]
-    assert workspace.numel() * workspace.element_size() == _onednn_workspace_bytes(
-        _Counts("cudnn", Sizes(B, H, T, 28), "float32", "train", "sgd"))
+    assert workspace.numel() * workspace.element_size() == onednn_workspace_bytes(
+        Counts("cudnn", Sizes(B, H, T, 28), "float32", "train", "sgd"))
 
 
 def test_parts_add_up_and_cuda_counts_its_libraries():
@@ -396,7 +396,7 @@ def test_the_lower_path_where_onednn_runs_bfloat16():
 def test_counted_gemm_scratchpad_is_onednn_s(gemm):
     """On AVX512 without bfloat16 instructions the model counts a bfloat16 GEMM's scratchpad (its result
     in float32, whatever the layout); oneDNN itself, probed at shapes the rule was not developed on, agrees."""
-    c = _Counts("scratch", Sizes(1, 1, 1, 1), "bfloat16", "train", "sgd", cpu=cpu_dispatch())
+    c = Counts("scratch", Sizes(1, 1, 1, 1), "bfloat16", "train", "sgd", cpu=cpu_dispatch())
     assert c.gemm_scratch(gemm) == Probe().gemm_bytes(gemm)
 
 
@@ -422,8 +422,8 @@ def test_every_gemm_of_a_step_is_what_the_probe_and_the_model_read(monkeypatch, 
         allocated.setdefault(gemm, set()).add(scratch)
         assert Probe().gemm_bytes(gemm) == scratch, (gemm, scratch)
     asked = []
-    counted = _Counts.gemm_scratch
-    monkeypatch.setattr(_Counts, "gemm_scratch", lambda self, gemm: asked.append((gemm, counted(self, gemm)))
+    counted = Counts.gemm_scratch
+    monkeypatch.setattr(Counts, "gemm_scratch", lambda self, gemm: asked.append((gemm, counted(self, gemm)))
                         or asked[-1][1])
     predict(cell, optimizer)
     assert asked, "the model counted no GEMM"

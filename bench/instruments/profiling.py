@@ -27,7 +27,7 @@ from torch.profiler import ProfilerActivity, profile, schedule
 
 from ..grid import D2L, TIME_PARTS, Cell
 from .measure import Subject, _quiet_native_stderr, optimizer_tensors, sync, warm_up
-from .memory_model import Prediction, predict  # the memory model's public face: the only import of it here
+from .memory import Prediction, predict  # the memory model's public face: the only import of it here
 from .peak import recurrence_floor_ms
 from .what_ran import event_names
 

@@ -8,7 +8,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from bench.grid import ACCURACY_COLUMNS, PRECISIONS
-from bench.readers.report import _colors, _save
+from bench.readers.plots import colors, save
 
 PANELS = (("outputs_max_rel", "outputs (y, h, c)"), ("grads_max_rel", "gradients (input, state, weights)"))
 
@@ -25,7 +25,7 @@ def plot_accuracy(df: pd.DataFrame, path: Path) -> Path:
     ok = df[df["status"] == "ok"]
     precisions = [p for p in PRECISIONS if p in set(ok["precision"])] or list(PRECISIONS[:1])
     impls = sorted(set(ok["impl"]))
-    colors = _colors(impls)  # the report's colour per implementation
+    palette = colors(impls)  # the report's colour per implementation
     fig = Figure(figsize=(3.2 * len(precisions) + 1, 6))
     axes = fig.subplots(2, len(precisions), sharex=True, sharey="row", squeeze=False)
     for col, precision in enumerate(precisions):
@@ -34,7 +34,7 @@ def plot_accuracy(df: pd.DataFrame, path: Path) -> Path:
             for impl in impls:
                 line = ok[(ok["impl"] == impl) & (ok["precision"] == precision)].sort_values("seq_len")
                 if len(line):
-                    ax.plot(line["seq_len"], line[column].clip(lower=1e-12), "o-", color=colors[impl], label=impl)
+                    ax.plot(line["seq_len"], line[column].clip(lower=1e-12), "o-", color=palette[impl], label=impl)
             ax.set_xscale("log")
             ax.set_yscale("log")
             ax.grid(True, which="both", alpha=0.3)
@@ -56,7 +56,7 @@ def plot_accuracy(df: pd.DataFrame, path: Path) -> Path:
              if first is not None else "")
     fig.suptitle(f"Error against nn.LSTM in float64 along the sequence ({sizes}normwise: max|diff| / max|ref|)")
     fig.tight_layout(rect=(0, 0.07, 1, 0.95))
-    return _save(fig, path)
+    return save(fig, path)
 
 
 def accuracy_tables(df: pd.DataFrame) -> str:

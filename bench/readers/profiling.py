@@ -13,11 +13,11 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from ..grid import CELL_KEY, D2L, TIME_PARTS, Cell
 from ..instruments.peak import recurrence_floor_ms
+from .plots import save
 
 PART_LABELS = {
     "input_gemm": "input-projection GEMM", "recurrent_gemm": "recurrent GEMMs", "output_layer": "output layer",
@@ -32,12 +32,6 @@ HOLDER_COLORS = {"parameters": "C0", "gradients": "C1", "optimizer state": "C2",
 PART_COLUMNS = [f"part_{p}_ms" for p in TIME_PARTS]
 MIB = 2**20
 TIMELINES = "memory-*.json.gz"  # the bytes alive through a step (bench/instruments/profiling.py Timeline)
-
-
-def _save(fig: Figure, path: Path) -> Path:
-    FigureCanvasAgg(fig)
-    fig.savefig(path, dpi=110, bbox_inches="tight")  # the legends sit outside the axes
-    return path
 
 
 def _sig(value, digits: int = 3) -> str:
@@ -112,7 +106,7 @@ def plot_parts(rows: pd.DataFrame, step_column: str, title: str, path: Path) -> 
     ax.set_ylabel("ms per step")
     ax.set_title(title, fontsize=10)
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
-    return _save(fig, path)
+    return save(fig, path, tight=True)  # the legends sit outside the axes
 
 
 def plot_roofline(rows: pd.DataFrame, peak_gflops: float, title: str, path: Path) -> Path:
@@ -135,7 +129,7 @@ def plot_roofline(rows: pd.DataFrame, peak_gflops: float, title: str, path: Path
     ax.set_title(title, fontsize=10)
     ax.legend(fontsize=7)
     fig.tight_layout()
-    return _save(fig, path)
+    return save(fig, path, tight=True)  # the legends sit outside the axes
 
 
 def plot_memory(timeline: dict, path: Path) -> Path:
@@ -162,7 +156,7 @@ def plot_memory(timeline: dict, path: Path) -> Path:
     ax.set_title(f"{timeline['cell_id']}\nmeasured peak {timeline['peak_bytes'] / MIB:.3g} MiB; from "
                  f"{timeline['source']}", fontsize=8)
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
-    return _save(fig, path)
+    return save(fig, path, tight=True)  # the legends sit outside the axes
 
 
 def cost_per_time_step(ok: pd.DataFrame) -> pd.DataFrame:

@@ -16,13 +16,15 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.colors import LogNorm
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter, NullLocator, ScalarFormatter
 from scipy.stats import linregress
 
 from bench.grid import CELL_KEY, D2L, DDP_MODE, DTYPES, MODES, STATUSES, Cell
+from bench.readers.accuracy import accuracy_tables, plot_accuracy, read_accuracy
+from bench.readers.plots import colors as impl_colors
+from bench.readers.plots import save as save_figure
 from bench.readers.profiling import sections as profiling_sections
 from bench.readers.stats import SETTLED_WITHIN, settle_pct, typical_interval
 from bench.results import Run, RunError, load_run, process_medians, writable_dir
@@ -286,18 +288,6 @@ def metrics(ok: pd.DataFrame) -> dict[str, tuple[str, pd.Series]]:
 # ----------------------------------------------------------------------------- plots
 
 
-def _colors(impls: Sequence[str]) -> dict[str, str]:
-    """A fixed color per implementation across every plot of a report."""
-    palette = [f"C{i}" for i in range(10)]
-    return {impl: palette[i % 10] for i, impl in enumerate(sorted(impls))}
-
-
-def _save(fig: Figure, path: Path) -> Path:
-    FigureCanvasAgg(fig)
-    fig.savefig(path, dpi=110)
-    return path
-
-
 def _log2_ticks(ax, values: Sequence[float]) -> None:
     """A log2 x axis labelled with the grid's own sizes."""
     ax.set_xscale("log", base=2)
@@ -362,7 +352,7 @@ def plot_against(ok: pd.DataFrame, group: Group, x: str, facet: str, colors: dic
     axes[0][0].legend(fontsize="small")
     fig.suptitle(f"{group.title}: against {xname[x]}, a panel per {xname[facet]}\n"
                  "(bars: the timed rounds' 25th to 75th percentile)")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def _quartiles(lines: pd.DataFrame, column: str) -> np.ndarray | None:
@@ -416,7 +406,7 @@ def plot_relative(ok: pd.DataFrame, group: Group, path: Path) -> Path | None:
     bar.set_ticks(ticks, labels=[f"{sig(t, 2)}×" for t in ticks])
     bar.ax.minorticks_off()
     fig.suptitle(f"{group.title}: step time relative to {REFERENCE_IMPL} (>1: slower)")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def winners(ok: pd.DataFrame) -> pd.DataFrame:
@@ -457,7 +447,7 @@ def plot_winners(ok: pd.DataFrame, group: Group, path: Path) -> Path | None:
     fig.colorbar(image, ax=ax, label="second ÷ fastest (step time)")
     # wrapped to the figure's width: with one or two batch sizes a configuration's title is wider than the map
     fig.suptitle(textwrap.fill(f"{group.title}: the fastest implementation", width=max(24, int(9 * width))))
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_breakdown(cells: pd.DataFrame, group: Group, where: str, path: Path) -> Path:
@@ -483,7 +473,7 @@ def plot_breakdown(cells: pd.DataFrame, group: Group, where: str, path: Path) ->
     handles, labels = ax.get_legend_handles_labels()
     ax.legend(handles[::-1], labels[::-1], fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1))
     fig.suptitle(f"Peak memory by part at {where}\n{group.title}")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_first_call(cells: pd.DataFrame, group: Group, where: str, path: Path) -> Path | None:
@@ -512,7 +502,7 @@ def plot_first_call(cells: pd.DataFrame, group: Group, where: str, path: Path) -
     ax.set_ylabel("ms (log scale)")
     ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1))
     fig.suptitle(f"First call (scripting / compiling included), startup and a warm step at {where}\n{group.title}")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_predicted(ok: pd.DataFrame, group: Group, colors: dict[str, str], path: Path) -> Path | None:
@@ -534,7 +524,7 @@ def plot_predicted(ok: pd.DataFrame, group: Group, colors: dict[str, str], path:
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize="small")
     fig.suptitle(f"{group.title}: predicted vs. measured peak")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 # ----------------------------------------------------------------------------- the markdown
@@ -781,9 +771,9 @@ def _pivot_md(table: pd.DataFrame, marked: pd.DataFrame | None = None, percent: 
 
 def _memory_model(group: Group, part: pd.DataFrame, runs: Sequence[Run]) -> str | None:
     """How far the memory model's prediction lies from the measured peak here, and which path it counted
-    for the CPU each run recorded (bench/instruments/memory_model.py path_of)."""
+    for the CPU each run recorded (bench/instruments/memory path_of)."""
     from bench.instruments.env import CpuDispatch
-    from bench.instruments.memory_model import NotModelled, kernel_of, path_of
+    from bench.instruments.memory import NotModelled, kernel_of, path_of
 
     rows = part.dropna(subset=["predicted_peak_bytes", "peak_bytes"])
     if rows.empty:
@@ -902,7 +892,6 @@ def _accuracy(runs: Sequence[Run], out_dir: Path) -> list[str]:
     """The section of `lstm-bench check --accuracy`'s files where a run directory holds them (its plot redrawn
     into out_dir)."""
     from bench.grid import ACCURACY_CSV
-    from bench.readers.accuracy import accuracy_tables, plot_accuracy, read_accuracy
 
     found = [run.path / ACCURACY_CSV for run in runs if (run.path / ACCURACY_CSV).exists()]
     if not found:
@@ -924,7 +913,7 @@ def write_report(run_dirs: Sequence[str | Path], out_dir: str | Path | None = No
     out_dir = writable_dir(out_dir, "report directory")  # checked before the first plot is drawn
     rows = combined.rows
     ok = rows[rows["status"] == "ok"]
-    colors = _colors(rows["impl"].unique())
+    colors = impl_colors(rows["impl"].unique())
     sources = ", ".join(f"`{run.path}`" for run in combined.runs)
     md = [f"# lstm-bench report: {sources}", "", "## Environment", "", _environment(combined), "", "## Grid", "",
           _grid(rows)]

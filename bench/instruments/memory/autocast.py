@@ -18,15 +18,17 @@ Counted for the chapter's LSTM (one layer, one direction, a padded batch) on a C
 ops), fused and fused_compiled (the fused sequence, eager or Inductor steps), and cudnn where nn.LSTM runs
 oneDNN in bfloat16. Not counted: scripted and compiled, whose autocast graphs cast and save otherwise (measured
 at B32 H256 T35: 33.0 and 25.6 MiB against scratch's 14.2). Each count follows the
-program allocation by allocation (memory_model._Step); the LSTM's own buffers are the low-precision
-counts' (memory_model._fused, _onednn_bf16), the model's are float32.
+program allocation by allocation (walk.Step); the LSTM's own buffers are the low-precision walks'
+(fused.fused_walk, onednn_rnn.onednn_walk, one layer in one direction), the model's are float32.
 """
 
 from __future__ import annotations
 
-from . import memory_model as mm
-from .memory_model import Term, _Counts, _Moment, _Step
-from .onednn import Gemm
+from ..onednn import Gemm
+from .counts import Counts, Moment, NotModelled, Term
+from .fused import fused_walk
+from .onednn_rnn import onednn_walk, onednn_workspace_bytes
+from .walk import Step, optimizer_step
 
 F32 = 4
 #: what autocast's counts cover: kernel -> implementation
@@ -38,24 +40,24 @@ CAST = "autocast's cast of "  # the prefix of every cast's name
 class _Amp:
     """The sizes of an autocast step: `c` counts the float32 model, `lo` the same cell in autocast's dtype."""
 
-    def __init__(self, c: _Counts, lo: _Counts, scaler: bool):
+    def __init__(self, c: Counts, lo: Counts, scaler: bool):
         self.c, self.lo, self.scaler = c, lo, scaler
         self.s = lo.s
         self.acts: dict[str, Term] = {}  # what autograd saved, at the end of forward (head() sets it)
 
-    def start(self, state_each: int) -> _Step:
+    def start(self, state_each: int) -> Step:
         """The step's start: the float32 model, the batch, the carried state, the scaler's two scalars; then the
         one-hot cast (float32, as the model makes it)."""
         c = self.c
         live = c.model() | {"batch X, Y (int64)": (2, 8 * c.TB), "carried state h, c": (2, state_each)}
-        sim = _Step(live | self.kept())
+        sim = Step(live | self.kept())
         sim.alloc("one-hot int64", 1, 8 * c.TB * c.V)
         sim.alloc("one-hot input (float32)", 1, c.TBV)
         sim.moment("one-hot cast (int64 and float copies)")
         sim.free("one-hot int64")
         return sim
 
-    def head(self, sim: _Step, outputs_low: bool, freed: list[str], exit_frees: list[str]) -> None:
+    def head(self, sim: Step, outputs_low: bool, freed: list[str], exit_frees: list[str]) -> None:
         """The output layer and the loss (forward), and in training their backward, up to the LSTM's dY.
 
         outputs_low: the LSTM's output (T, B, H) is in autocast's dtype, else float32 (the output layer
@@ -117,12 +119,12 @@ class _Amp:
             sim.free(dY_low)
         sim.alloc("gradients of the output layer", 1, c.P_lin)
 
-    def optimizer(self, sim: _Step) -> _Moment:
+    def optimizer(self, sim: Step) -> Moment:
         """clip_grad_norm_ and the update (float32 parameters), with the scaler's unscale_ scalars and Adam's
-        per-parameter temporaries (memory_model._Counts.optimizer_step's)."""
-        adam = {k: v for k, v in self.c.optimizer_step().live.items() if k.startswith("Adam")}
+        per-parameter temporaries (walk.optimizer_step's)."""
+        adam = {k: v for k, v in optimizer_step(self.c).live.items() if k.startswith("Adam")}
         scaler = {"unscale_'s inverse scale and found-inf flag": (2, F32)} if self.scaler else {}
-        return _Moment("optimizer step", sim.live | {"clip_grad_norm_'s total norm": (1, F32)} | scaler | adam)
+        return Moment("optimizer step", sim.live | {"clip_grad_norm_'s total norm": (1, F32)} | scaler | adam)
 
     def kept(self) -> dict[str, Term]:
         """What the scaler keeps between steps (nothing without one)."""
@@ -134,7 +136,7 @@ def _casts(names: dict[str, int], s: int) -> dict[str, Term]:
     return {CAST + k: (1, n * s) for k, n in names.items()}
 
 
-def _scratch(a: _Amp) -> list[_Moment]:
+def _scratch(a: _Amp) -> list[Moment]:
     """scratch: the chapter's cell op by op. Per gate, X_t @ W_x and H @ W_h run in autocast's dtype on casts
     of X_t and H (saved for the weights' gradients) and of the weights (cached); the sums with the float32
     biases, the gates, C, tanh(C) and H are float32. The outputs are stacked in float32."""
@@ -175,14 +177,14 @@ def _scratch(a: _Amp) -> list[_Moment]:
     return [*sim.moments, a.optimizer(sim)]
 
 
-def _low_moments(moments: list[_Moment], prefixes: tuple[str, ...], extra: dict[str, Term]) -> list[_Moment]:
+def _low_moments(moments: list[Moment], prefixes: tuple[str, ...], extra: dict[str, Term]) -> list[Moment]:
     """A low-precision count's moments whose names start with one of prefixes, with what autocast adds then."""
-    return [_Moment(m.name, m.live | extra) for m in moments if m.name.startswith(prefixes)]
+    return [Moment(m.name, m.live | extra) for m in moments if m.name.startswith(prefixes)]
 
 
-def _fused(a: _Amp) -> list[_Moment]:
+def _fused(a: _Amp) -> list[Moment]:
     """fused and fused_compiled (eager or Inductor steps): the sequence runs whole in autocast's dtype on casts of
-    its input, state (already in that dtype after the first step) and weights, its buffers memory_model._fused's
+    its input, state (already in that dtype after the first step) and weights, its buffers fused.fused_walk's
     in that dtype (Inductor's graph for backward's factors included); backward's weight gradients are cast back
     to float32 at its end."""
     c, lo, s = a.c, a.lo, a.s
@@ -190,16 +192,15 @@ def _fused(a: _Amp) -> list[_Moment]:
     H4, train = 4 * H, c.train
     casts = _casts({"W_x (V, 4H)": V * H4, "W_h (H, 4H)": H * H4}, s)
     b_cast = _casts({"b (4H,)": H4}, s)
-    acts, inner = mm._fused(lo)  # its "one-hot input" is autocast's cast of it
-    moments = _low_moments(inner, ("forward", "a time step"), {"one-hot input (float32)": (1, c.TBV)} | casts
-                           | b_cast | a.kept())
+    acts, inner = fused_walk(lo)  # its "one-hot input" is autocast's cast of it
+    forward = ("layer 0: the input projection", "layer 0: a time step", "layer 0: backward's factors")
+    moments = _low_moments(inner, forward, {"one-hot input (float32)": (1, c.TBV)} | casts | b_cast | a.kept())
     sim = a.start(lo.u)
     sim.alloc("one-hot input", 1, lo.TBV)
     for k, v in (casts | b_cast).items():
         sim.alloc(k, *v)
     sim.alloc("outputs y (T, B, H)", 1, lo.TBH)
-    saved = [k for k in acts if k not in ("one-hot input", "outputs y (T, B, H)", "log-softmax", "target (int64)",
-                                          "total weight", "carried state h")]
+    saved = [k for k in acts if k.startswith("layer 0: ") and "outputs y" not in k]  # backward's factors
     for k in saved:
         sim.alloc(k, *acts[k])
     sim.alloc("new state h, c", 2, lo.u)
@@ -211,24 +212,24 @@ def _fused(a: _Amp) -> list[_Moment]:
     moments += sim.moments
     if not train:
         return moments
-    moments += _low_moments(inner, ("backward, ",), casts | a.kept())
+    moments += _low_moments(inner, ("layer 0 backward",), casts | a.kept())
     for k in [*saved, *casts, "one-hot input", "outputs y (T, B, H)", "dY (T*B, H), autocast's dtype"]:
         sim.free(k)  # the sequence's backward is done: what it saved goes before the casts' backward runs
     sim.alloc("LSTM gradients (float32)", 1, c.P_lstm)
-    moments.append(_Moment("backward's end: the weights' gradients cast to float32", sim.live | {
+    moments.append(Moment("backward's end: the weights' gradients cast to float32", sim.live | {
         "every weight's gradient (autocast's dtype), the last one's cast pending": (1, c.P_lstm * s // F32)}))
     return moments + [a.optimizer(sim)]
 
 
-def _onednn(a: _Amp) -> list[_Moment]:
+def _onednn(a: _Amp) -> list[Moment]:
     """cudnn on a CPU whose oneDNN runs bfloat16: nn.LSTM's mkldnn_rnn_layer in bfloat16 on casts of the input and
-    of the four weights (all saved), its buffers memory_model._onednn_bf16's; backward's float32 weight
+    of the four weights (all saved), its buffers onednn_rnn.onednn_walk's; backward's float32 weight
     gradients pass through the casts' dtype on their way back to float32."""
     c, lo, s = a.c, a.lo, a.s
     H, V = c.H, c.V
     H4, train = 4 * H, c.train
     casts = _casts({"weight_ih (4H, V)": V * H4, "weight_hh (4H, H)": H * H4, "bias_ih, bias_hh (4H,)": 2 * H4}, s)
-    acts, inner = mm._onednn_bf16(lo)  # its "one-hot input" is autocast's cast of it
+    _, inner = onednn_walk(lo)  # its "one-hot input" is autocast's cast of it
     moments = _low_moments(inner, ("inside mkldnn_rnn_layer (",), {"one-hot input (float32)": (1, c.TBV)} | casts
                            | a.kept())
     sim = a.start(lo.u)
@@ -239,7 +240,7 @@ def _onednn(a: _Amp) -> list[_Moment]:
     sim.alloc("h_n, c_n (layer outputs)", 2, lo.u)
     sim.alloc("returned state h, c", 2, lo.u)
     if train:
-        sim.alloc("oneDNN workspace", 1, mm._onednn_workspace_bytes(lo))
+        sim.alloc("oneDNN workspace", 1, onednn_workspace_bytes(lo))
         sim.alloc("bias sum", 1, H4 * s)
     else:
         for k in ["one-hot input", "h_n, c_n (layer outputs)"]:
@@ -253,7 +254,7 @@ def _onednn(a: _Amp) -> list[_Moment]:
               "dY (T*B, H), autocast's dtype", *casts]:
         sim.free(k)  # mkldnn_rnn_layer's backward is done: what it saved goes before the casts' backward runs
     sim.alloc("LSTM gradients (float32, from oneDNN)", 1, c.P_lstm)
-    moments.append(_Moment("backward's end: the weights' gradients through the casts' dtype to float32", sim.live | {
+    moments.append(Moment("backward's end: the weights' gradients through the casts' dtype to float32", sim.live | {
         "the largest weight's gradient in the casts' dtype, and in float32 again": (1, max(V, H) * H4 * (s + F32))}))
     return moments + [a.optimizer(sim)]
 
@@ -262,15 +263,15 @@ COUNTERS = {"autograd ops": _scratch, "fused, eager steps": _fused, "fused, Indu
             "oneDNN": _onednn}
 
 
-def count(c: _Counts, lo: _Counts, kernel: str, amp: str) -> tuple[dict[str, Term], list[_Moment]]:
+def count(c: Counts, lo: Counts, kernel: str, amp: str) -> tuple[dict[str, Term], list[Moment]]:
     """What an autocast step saves for backward, and its moments: c the cell in float32 (the parameters' dtype),
     lo the same cell in autocast's dtype."""
     if kernel not in COUNTERS or c.cuda or c.stacked or c.proj or c.config["dropout"]:
-        raise mm.NotModelled(f"autocast is counted for {', '.join(COUNTED.values())} with one layer and direction on "
+        raise NotModelled(f"autocast is counted for {', '.join(COUNTED.values())} with one layer and direction on "
                              f"a CPU; not {c.impl} ({kernel}{', CUDA' if c.cuda else ''}"
                              f"{', layers, directions, a projection or dropout' if c.stacked or c.proj else ''})")
     if kernel == "oneDNN" and not (amp == "bfloat16" and lo.onednn and c.cpu and c.cpu.onednn_bf16):
-        raise mm.NotModelled(f"autocast {amp} with nn.LSTM is counted where oneDNN runs bfloat16 and its buffers are "
+        raise NotModelled(f"autocast {amp} with nn.LSTM is counted where oneDNN runs bfloat16 and its buffers are "
                              "read off it")
     for k in ("P", "G", "O", "P_lin"):  # the model is float32
         setattr(lo, k, getattr(c, k))
