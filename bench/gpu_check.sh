@@ -35,7 +35,7 @@ sys.exit(0 if ok else 'gpu check: CUDA is not available to torch')" || exit 1
 
 failed=0
 # The tests' CUDA cases (tests/test_cuda.py and every test parametrized on the cuda device), which skip on a CPU
-# (-rs lists any skip); the whole suite is CI's on a CPU, and took 10+ minutes there.
+# (-rs lists any skip); the whole suite is CI's on a CPU (about 6 minutes there in two processes).
 part tests "$python" -m pytest tests/ -q -rs -p no:cacheprovider -k cuda || failed=1
 # Every implementation against nn.LSTM in float64 on the GPU: outputs, state and every gradient.
 part check "$python" -m bench.cli check --device cuda || failed=1

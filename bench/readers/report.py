@@ -625,9 +625,11 @@ def _answer(group: Group, ok: pd.DataFrame, batch: int, hidden: int) -> list[str
             speed += "."
         library = f" (libraries' workspaces {human_bytes(r.library_bytes)} included)" if r.library_bytes > 0 else ""
         first = f" The first call takes {sig(r.first_step_ms)} ms" if pd.notna(r.first_step_ms) else ""
-        if first and pd.notna(r.startup_ms):
+        if first and pd.notna(r.startup_ms) and r.startup_ms >= r.step_ms_median:
             first += (f"; reaching steady steps costs {sig(r.startup_ms)} ms more than as many steady steps "
                       "would (startup_ms)")
+        elif first and pd.notna(r.startup_ms):  # within a step of nothing (it can come out below 0): the noise's
+            first += f"; reaching steady steps costs less than one more step ({sig(r.startup_ms)} ms, startup_ms)"
         out.append(f"- **{r.impl}**: the model takes **{human_bytes(model)}** ({model_parts}); a batch of {batch} "
                    f"sequences takes **{human_bytes(batch_bytes)}** (activations {human_bytes(r.activation_bytes)} + "
                    f"workspace {human_bytes(r.workspace_bytes)}), {sig(batch_bytes / model, 2) if model else '–'}× "
