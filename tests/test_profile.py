@@ -101,13 +101,13 @@ def test_memory_through_the_step_by_holder(tmp_path):
 def test_profile_command_writes_its_files(tmp_path, capsys):
     out = tmp_path / "p"
     assert main(["profile", "--device", "cpu", "--impls", "fused", "--batch-sizes", "3", "--hidden-sizes", "16",
-                 "--seq-len", "4", "--steps", "1", "--rounds", "3", "--malloc", "default", "--out", str(out)]) == 0
+                 "--seq-len", "4", "--steps", "3", "--rounds", "3", "--malloc", "default", "--out", str(out)]) == 0
     printed = capsys.readouterr().out
     assert "where the time goes" in printed and "measured GEMM peak" in printed
     df = pd.read_csv(out / PROFILE_CSV)
     assert list(df.columns) == list(PROFILE_COLUMNS) and list(df["status"]) == ["ok"]
     parts = df[[f"part_{p}_ms" for p in TIME_PARTS]].sum(axis=1)
-    assert parts.iloc[0] == pytest.approx(df["profiled_step_ms"].iloc[0], rel=1e-6)
+    assert parts.iloc[0] == pytest.approx(df["profiled_step_ms"].iloc[0], rel=1e-6)  # three steps: their mean
     assert 0 < df["peak_share"].iloc[0] < 1 and df["recurrence_floor_ms"].iloc[0] > 0
     cell_id = tiny("fused").id
     for name in (f"{cell_id}.pt.trace.json.gz", f"memory-{cell_id}.png", "profile.md",
