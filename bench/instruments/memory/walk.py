@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from ..onednn import Gemm
 from .counts import Counts, Moment, Term
+
+F32 = 4
+CAST = "autocast's cast of "  # the prefix of every autocast cast's name
 
 
 class Step:
@@ -36,11 +41,48 @@ class Step:
 GRAD_OUT = "dY (T, B, D H_out): the layer's output's gradient"
 
 
-def step_start(c: Counts) -> Step:
-    """A step's tensors up to the one-hot input: the model, the batch, the carried state, the one-hot cast."""
-    sim = Step(c.model() | c.batch_and_state())
+@dataclass(frozen=True)
+class Precision:
+    """Autocast as a property of the walk: the dtype GEMMs compute in (`s` bytes an element) over float32
+    parameters, which casts it caches, the float16 GradScaler's scalars. `NONE`: no autocast, the cell's dtype."""
+
+    amp: str = "none"  # autocast's dtype, "none" without autocast
+    s: int = F32  # bytes of an element of a GEMM's result under autocast
+    scaler: bool = False  # float16's GradScaler in training
+
+    @property
+    def on(self) -> bool:
+        return self.amp != "none"
+
+    @property
+    def one_hot(self) -> str:
+        """The one-hot input's name: under autocast it stays float32 (the model makes it), cast at its GEMM."""
+        return "one-hot input (float32)" if self.on else "one-hot input"
+
+    def casts(self, elements: dict[str, int]) -> dict[str, Term]:
+        """Autocast's cached casts of the parameters named (elements each), in its dtype."""
+        return {CAST + k: (1, n * self.s) for k, n in elements.items()}
+
+    def kept(self) -> dict[str, Term]:
+        """What the scaler keeps between steps (nothing without one)."""
+        return {"GradScaler's scale and growth tracker": (2, F32)} if self.scaler else {}
+
+    def unscale(self) -> dict[str, Term]:
+        """The scaler's unscale_ scalars at the optimizer step."""
+        return {"unscale_'s inverse scale and found-inf flag": (2, F32)} if self.scaler else {}
+
+
+NONE = Precision()
+
+
+def step_start(c: Counts, p: Precision = NONE, state_each: int | None = None) -> Step:
+    """A step's tensors up to the one-hot input: the model, the batch, the carried state (h, c of `state_each`
+    bytes each where given: under autocast the kernel's dtype), the scaler's scalars, the one-hot cast."""
+    state = c.batch_and_state() if state_each is None else {
+        "batch X, Y (int64)": (2, 8 * c.TB), "carried state h, c": (2, state_each)}
+    sim = Step(c.model() | state | p.kept())
     sim.alloc("one-hot int64", 1, 8 * c.TB * c.V)
-    sim.alloc("one-hot input", 1, c.TBV)
+    sim.alloc(p.one_hot, 1, c.TBV)
     sim.moment("one-hot cast (int64 and float copies)")
     sim.free("one-hot int64")
     return sim
@@ -149,10 +191,14 @@ def output_gemms(c: Counts, moments: list[Moment]) -> list[Moment]:
     return moments + extra
 
 
-def optimizer_step(c: Counts) -> Moment:
-    """After backward: model, batch, both states, logits, loss; Adam's foreach sqrt(exp_avg_sq) list."""
-    live = c.model() | c.batch_and_state() | {f"new state {k}": v for k, v in c.state().items()} | {
-        "logits": (1, c.TBV), "loss, clip_grad_norm_'s total norm": (2, c.s)}
+def optimizer_step(c: Counts, after: dict[str, Term] | None = None, p: Precision = NONE) -> Moment:
+    """After backward: model, batch, both states, logits, loss (`after`: what the walk left alive, where it
+    followed backward to its end), clip_grad_norm_'s norm, the scaler's unscale_ scalars; Adam's temporaries."""
+    if after is None:
+        live = c.model() | c.batch_and_state() | {f"new state {k}": v for k, v in c.state().items()} | {
+            "logits": (1, c.TBV), "loss, clip_grad_norm_'s total norm": (2, c.s)}
+    else:
+        live = after | {"clip_grad_norm_'s total norm": (1, F32)} | p.unscale()
     if c.optimizer == "adam" and c.cuda:  # foreach (the default on CUDA): a sqrt list of every parameter
         live["Adam's sqrt(exp_avg_sq) list (foreach)"] = (1, c.P)
     elif c.optimizer == "adam":
