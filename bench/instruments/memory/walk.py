@@ -89,11 +89,16 @@ def step_start(c: Counts, p: Precision = NONE, state_each: int | None = None) ->
 
 
 def loss_and_output_layer(sim: Step, c: Counts, not_saved: set[str]) -> dict[str, Term]:
-    """From the LSTM's outputs to its output's gradient (GRAD_OUT): the output layer and the loss (the end of
-    forward), zero_grad, the loss's backward and the output layer's. Returns what autograd saved: what is
-    alive at the end of forward but the model, the batch, the logits, the loss and `not_saved`."""
-    for k, each in (("logits", c.TBV), ("log-softmax", c.TBV), ("target (int64)", 8 * c.TB),
-                    ("total weight", c.s), ("loss", c.s)):
+    """From the LSTM's outputs to its output's gradient (GRAD_OUT): the output layer's GEMM and the loss (the end
+    of forward), zero_grad, the loss's backward and the output layer's (its GEMMs where they have a scratchpad:
+    bfloat16 on oneDNN). Returns what autograd saved: what is alive at the end of forward but the model, the
+    batch, the logits, the loss and `not_saved`."""
+    TB, H, V = c.TB, c.Y_width, c.V  # H: the output layer's input width
+    sim.alloc("logits", 1, c.TBV)
+    scratch = c.gemm_scratch(Gemm.addmm(TB, H, V, "row", b_t=True))  # logits = addmm(b, Y, W.T)
+    if scratch:
+        sim.moment("the output layer's GEMM (its oneDNN scratchpad)", {"oneDNN GEMM scratchpad": (1, scratch)})
+    for k, each in (("log-softmax", c.TBV), ("target (int64)", 8 * c.TB), ("total weight", c.s), ("loss", c.s)):
         sim.alloc(k, 1, each)
     sim.moment("end of forward (loss computed, before zero_grad)")
     not_saved = not_saved | set(c.model()) | {"batch X, Y (int64)", "logits", "loss"}
@@ -109,6 +114,14 @@ def loss_and_output_layer(sim: Step, c: Counts, not_saved: set[str]) -> dict[str
     sim.alloc(GRAD_OUT, 1, c.TBY)
     sim.alloc("output layer's gradients", 1, c.P_lin)
     sim.moment("backward of the output layer (dY computed)")
+    live = {k: v for k, v in sim.live.items() if k != "output layer's gradients"}  # its GEMMs: dY, then dW
+    dy_scratch, dw_scratch = c.gemm_scratch(Gemm(TB, V, H)), c.gemm_scratch(Gemm(V, TB, H, a_t=True))
+    if dy_scratch:
+        sim.moments.append(Moment("backward of the output layer, dY's GEMM (its oneDNN scratchpad)", live | {
+            "oneDNN GEMM scratchpad": (1, dy_scratch)}))
+    if dw_scratch:
+        sim.moments.append(Moment("backward of the output layer, dW's GEMM (its oneDNN scratchpad)", live | {
+            "output layer's weight gradient": (1, V * H * c.s), "oneDNN GEMM scratchpad": (1, dw_scratch)}))
     sim.free("gradients of log-softmax and of the logits")
     return acts
 
@@ -156,39 +169,13 @@ def inference_end(c: Counts) -> Moment:
         "new state h, c": (2, c.u), "logits": (1, c.TBV), "log-softmax": (1, c.TBV), "target (int64)": (1, 8 * c.TB)})
 
 
-def output_gemms(c: Counts, moments: list[Moment]) -> list[Moment]:
-    """The output layer's GEMMs, each a moment of its own: in inference the logits beside the LSTM's input
-    and outputs; in training, where they have a scratchpad (bfloat16 on oneDNN), forward's logits =
-    Y W^T + b just before log-softmax, backward's dY = dlogits W and dW = dlogits^T Y, derived from the
-    moments a kernel counted, which are alive then."""
-    TB, H, V = c.TB, c.Y_width, c.V  # H: the output layer's input width
-    scratch = c.gemm_scratch(Gemm.addmm(TB, H, V, "row", b_t=True))  # forward's logits: addmm(b, Y, W.T)
-    dy_scratch = dw_scratch = 0
-    if c.train:  # backward's: dY = dlogits W, dW = dlogits^T Y
-        dy_scratch, dw_scratch = c.gemm_scratch(Gemm(TB, V, H)), c.gemm_scratch(Gemm(V, TB, H, a_t=True))
-    extra = []
-    if not c.train:  # inference: the LSTM's input and outputs are still alive beside the logits
-        extra.append(Moment("the output layer's GEMM (logits beside the LSTM's input and outputs)", c.model()
-                             | c.batch_and_state() | {
-            "one-hot input": (1, c.TBV), "outputs (T, B, H)": (1, c.TBY)} | {
-            f"new state {k}": v for k, v in c.state().items()} | {
-            "logits": (1, c.TBV), "oneDNN GEMM scratchpad": (1, scratch)}))
-    for m in moments:
-        gone = ("log-softmax", "target (int64)", "total weight", "loss")
-        if m.name.startswith("end of forward") and scratch:
-            live = {k: v for k, v in m.live.items() if k not in gone}
-            extra.append(Moment("the output layer's GEMM (its oneDNN scratchpad)", live | {
-                "oneDNN GEMM scratchpad": (1, scratch)}))
-        elif m.name == "backward of the output layer (dY computed)":
-            live = {k: v for k, v in m.live.items() if k != "output layer's gradients"}
-            if dy_scratch:
-                extra.append(Moment("backward of the output layer, dY's GEMM (its oneDNN scratchpad)", live | {
-                    "oneDNN GEMM scratchpad": (1, dy_scratch)}))
-            if dw_scratch:
-                extra.append(Moment("backward of the output layer, dW's GEMM (its oneDNN scratchpad)", live | {
-                    "output layer's weight gradient": (1, V * H * c.s),
-                    "oneDNN GEMM scratchpad": (1, dw_scratch)}))
-    return moments + extra
+def inference_gemm(c: Counts) -> Moment:
+    """Inference's output-layer GEMM: the logits beside the LSTM's input and outputs, and its scratchpad."""
+    scratch = c.gemm_scratch(Gemm.addmm(c.TB, c.Y_width, c.V, "row", b_t=True))  # logits = addmm(b, Y, W.T)
+    return Moment("the output layer's GEMM (logits beside the LSTM's input and outputs)", c.model()
+                  | c.batch_and_state() | {"one-hot input": (1, c.TBV), "outputs (T, B, H)": (1, c.TBY)}
+                  | {f"new state {k}": v for k, v in c.state().items()}
+                  | {"logits": (1, c.TBV), "oneDNN GEMM scratchpad": (1, scratch)})
 
 
 def optimizer_step(c: Counts, after: dict[str, Term] | None = None, p: Precision = NONE) -> Moment:
