@@ -28,7 +28,7 @@ from ..onednn import Gemm
 from .counts import Counts, Moment, NotModelled, Term
 from .fused import fused_walk
 from .onednn_rnn import onednn_walk, onednn_workspace_bytes
-from .walk import CAST, F32, Precision, Step, optimizer_step, step_start
+from .walk import CAST, F32, Precision, Step, loss_and_output_layer, optimizer_step, step_start
 
 #: what autocast's counts cover: kernel -> implementation
 COUNTED = {"autograd ops": "scratch", "fused, eager steps": "fused", "fused, Inductor steps": "fused_compiled",
@@ -41,69 +41,13 @@ class _Amp:
     def __init__(self, c: Counts, lo: Counts, p: Precision):
         self.c, self.lo, self.p = c, lo, p
         self.s = lo.s
-        self.acts: dict[str, Term] = {}  # what autograd saved, at the end of forward (head() sets it)
+        self.acts: dict[str, Term] = {}  # what autograd saved, at the end of forward (set by head)
 
-    def head(self, sim: Step, outputs_low: bool, freed: list[str], exit_frees: list[str]) -> None:
-        """The output layer and the loss (forward), and in training their backward, up to the LSTM's dY.
-
-        outputs_low: the LSTM's output (T, B, H) is in autocast's dtype, else float32 (the output layer
-        casts it); freed: what goes when the model's forward returns; exit_frees: the casts
-        autocast's cache drops at its exit that autograd did not save (in inference: all of them)."""
-        c, s, lo = self.c, self.s, self.lo
-        TB, H, V, train = c.TB, c.H, c.V, c.train
-        if not outputs_low:
-            sim.alloc(CAST + "the outputs (T*B, H)", 1, TB * H * s)
-        sim.alloc(CAST + "the output layer's W (V, H)", 1, V * H * s)
-        sim.alloc(CAST + "the output layer's b (V,)", 1, V * s)
-        sim.alloc("logits (autocast's dtype)", 1, TB * V * s)
-        sim.moment("the output layer's GEMM", {
-            "oneDNN GEMM scratchpad": (1, lo.gemm_scratch(Gemm.addmm(TB, H, V, "row", b_t=True)))})
-        for gone in freed + ([] if train or outputs_low else [CAST + "the outputs (T*B, H)"]):
-            sim.free(gone)
-        sim.alloc("target (int64)", 1, 8 * TB)
-        sim.alloc("logits' float32 copy for the loss", 1, TB * V * F32)
-        sim.alloc("log-softmax (float32)", 1, TB * V * F32)
-        sim.alloc("total weight, loss", 2, F32)
-        sim.moment("cross-entropy in float32 (the logits' float32 copy beside log-softmax)")
-        sim.free("logits' float32 copy for the loss")
-        if not train:
-            sim.free("log-softmax (float32)")
-            sim.free("target (int64)")
-        for gone in exit_frees + [CAST + "the output layer's b (V,)"] + (
-                [] if train else [CAST + "the output layer's W (V, H)"]):
-            sim.free(gone)
-        not_saved = set(c.model()) | set(self.p.kept()) | {"batch X, Y (int64)", "carried state h, c",
-                                                         "logits (autocast's dtype)", "total weight, loss"}
-        self.acts = {k: v for k, v in sim.live.items() if train and k not in not_saved and "new state" not in k
-                     and "returned state" not in k and k != "outputs list h_1..h_T (float32)"}
-        if not train:
-            return
-        sim.free("gradients")  # zero_grad
-        if self.p.scaler:
-            sim.alloc("the scaled loss", 1, F32)
-        sim.alloc("the loss's gradient", 1, F32)
-        sim.alloc("nll_loss's gradient (float32)", 1, TB * V * F32)
-        sim.free("target (int64)")
-        sim.alloc("log-softmax's gradient (float32)", 1, TB * V * F32)
-        sim.moment("backward of the loss (log-softmax's gradient computed)")
-        sim.free("nll_loss's gradient (float32)")
-        sim.free("log-softmax (float32)")
-        sim.alloc("the logits' gradient (autocast's dtype)", 1, TB * V * s)
-        sim.free("log-softmax's gradient (float32)")
-        dY_low = "dY (T*B, H), autocast's dtype"
-        sim.alloc(dY_low, 1, TB * H * s)
-        sim.moment("backward of the output layer, dY's GEMM", {
-            "oneDNN GEMM scratchpad": (1, lo.gemm_scratch(Gemm(TB, V, H)))})
-        sim.moment("backward of the output layer, dW's GEMM", {
-            "the output layer's W gradient (autocast's dtype)": (1, V * H * s),
-            "oneDNN GEMM scratchpad": (1, lo.gemm_scratch(Gemm(V, TB, H, a_t=True)))})
-        sim.free("the logits' gradient (autocast's dtype)")
-        sim.free(CAST + "the outputs (T*B, H)")
-        sim.free(CAST + "the output layer's W (V, H)")
-        if not outputs_low:  # the outputs' cast's backward: dY back to float32
-            sim.alloc("dY (T, B, H)", 1, TB * H * F32)
-            sim.free(dY_low)
-        sim.alloc("gradients of the output layer", 1, c.P_lin)
+    def head(self, sim: Step, outputs_low: bool, freed: list[str], exit_frees: list[str], state: str) -> None:
+        """The output layer and the loss, and their backward (walk.loss_and_output_layer under autocast); `state`:
+        the name the walk gives the returned state, which autograd does not save."""
+        self.acts = loss_and_output_layer(sim, self.c, {"carried state h, c", state}, self.p, self.lo, outputs_low,
+                                          tuple(freed), tuple(exit_frees))
 
     def optimizer(self, sim: Step) -> Moment:
         """clip_grad_norm_ and the update (float32 parameters) after the walk's backward (walk.optimizer_step)."""
@@ -134,7 +78,7 @@ def _scratch(a: _Amp) -> list[Moment]:
     sim.moment("torch.stack of the outputs, end of the LSTM")
     sim.free("outputs list h_1..h_T (float32)", T - 1)  # the last is the new h
     a.head(sim, False, ["one-hot input (float32)", "stacked outputs (T, B, H) float32"],
-           [W_x] + ([] if train else [W_h]))
+           [W_x] + ([] if train else [W_h]), "outputs list h_1..h_T (float32)")
     if not train:
         return sim.moments
     # backward: each weight's gradient terms are summed in its cast's dtype over the steps; the biases' are float32
@@ -182,7 +126,7 @@ def _fused(a: _Amp) -> list[Moment]:
     if not train:  # nothing saved: the casts go when the sequence returns
         for k in ["one-hot input", *casts]:
             sim.free(k)
-    a.head(sim, True, ["one-hot input (float32)"] + ([] if train else ["outputs y (T, B, H)"]), [])
+    a.head(sim, True, ["one-hot input (float32)"] + ([] if train else ["outputs y (T, B, H)"]), [], "new state h, c")
     moments += sim.moments
     if not train:
         return moments
@@ -219,7 +163,8 @@ def _onednn(a: _Amp) -> list[Moment]:
     else:
         for k in ["one-hot input", "h_n, c_n (layer outputs)"]:
             sim.free(k)
-    a.head(sim, True, ["one-hot input (float32)"] + ([] if train else ["outputs (T, B, H)"]), [] if train else [*casts])
+    a.head(sim, True, ["one-hot input (float32)"] + ([] if train else ["outputs (T, B, H)"]), [] if train else [*casts],
+           "returned state h, c")
     moments += sim.moments
     if not train:
         return moments

@@ -88,41 +88,101 @@ def step_start(c: Counts, p: Precision = NONE, state_each: int | None = None) ->
     return sim
 
 
-def loss_and_output_layer(sim: Step, c: Counts, not_saved: set[str]) -> dict[str, Term]:
-    """From the LSTM's outputs to its output's gradient (GRAD_OUT): the output layer's GEMM and the loss (the end
-    of forward), zero_grad, the loss's backward and the output layer's (its GEMMs where they have a scratchpad:
-    bfloat16 on oneDNN). Returns what autograd saved: what is alive at the end of forward but the model, the
-    batch, the logits, the loss and `not_saved`."""
-    TB, H, V = c.TB, c.Y_width, c.V  # H: the output layer's input width
-    sim.alloc("logits", 1, c.TBV)
-    scratch = c.gemm_scratch(Gemm.addmm(TB, H, V, "row", b_t=True))  # logits = addmm(b, Y, W.T)
-    if scratch:
-        sim.moment("the output layer's GEMM (its oneDNN scratchpad)", {"oneDNN GEMM scratchpad": (1, scratch)})
-    for k, each in (("log-softmax", c.TBV), ("target (int64)", 8 * c.TB), ("total weight", c.s), ("loss", c.s)):
-        sim.alloc(k, 1, each)
-    sim.moment("end of forward (loss computed, before zero_grad)")
-    not_saved = not_saved | set(c.model()) | {"batch X, Y (int64)", "logits", "loss"}
+def loss_and_output_layer(sim: Step, c: Counts, not_saved: set[str], p: Precision = NONE, lo: Counts | None = None,
+                          outputs_low: bool = True, freed: tuple[str, ...] = (), exit_frees: tuple[str, ...] = ()
+                          ) -> dict[str, Term]:
+    """From the LSTM's outputs to its output's gradient: the output layer's GEMM and the loss (the end of forward),
+    zero_grad, the loss's backward and the output layer's, with their GEMMs' scratchpads (bfloat16 on oneDNN).
+    Returns what autograd saved: what is alive at the end of forward but the model, the batch, the logits, the
+    loss and `not_saved`.
+
+    Under autocast (p): the GEMMs run in its dtype (lo: the cell in that dtype) on cached casts of W and b (and
+    of the outputs, where the LSTM's are float32: not outputs_low); cross_entropy runs in float32 on a copy of
+    the logits; the logits' gradient is cast back to autocast's dtype, and dY to float32 where the outputs were.
+    `freed` goes when the model's forward returns, `exit_frees` when autocast exits after the loss (in inference,
+    which only autocast's walks follow here, the walk ends at the loss). The record holds each precision's names,
+    and in a few places each its own account: where they differ, `amp` picks."""
+    lo = lo or c
+    TB, H, V, s, train = c.TB, c.Y_width, c.V, lo.s, c.train  # H: the output layer's input width; s: its GEMMs'
+
+    def amp(float32: str, autocast: str) -> str:  # the record's name for a tensor or moment at this precision
+        return autocast if p.on else float32
+
+    casts = {"the outputs (T*B, H)": 0 if outputs_low else TB * H, "the output layer's W (V, H)": V * H,
+             "the output layer's b (V,)": V}
+    for k, v in p.casts(casts).items() if p.on else ():
+        sim.alloc(k, *v)
+    logits = amp("logits", "logits (autocast's dtype)")
+    sim.alloc(logits, 1, TB * V * s)
+    scratch = lo.gemm_scratch(Gemm.addmm(TB, H, V, "row", b_t=True))  # logits = addmm(b, Y, W.T)
+    if scratch or p.on:
+        sim.moment(amp("the output layer's GEMM (its oneDNN scratchpad)", "the output layer's GEMM"),
+                   {"oneDNN GEMM scratchpad": (1, scratch)})
+    for gone in [*freed, *([] if train or outputs_low else [CAST + "the outputs (T*B, H)"])]:
+        sim.free(gone)
+    loss_s = F32 if p.on else c.s  # cross_entropy's dtype
+    log_softmax, copy = amp("log-softmax", "log-softmax (float32)"), "logits' float32 copy for the loss"
+    sim.alloc("target (int64)", 1, 8 * TB)
+    sim.alloc(copy, 1 if p.on else 0, TB * V * F32)
+    sim.alloc(log_softmax, 1, TB * V * loss_s)
+    losses = ("total weight, loss",) if p.on else ("total weight", "loss")
+    for k in losses:
+        sim.alloc(k, 2 // len(losses), loss_s)
+    sim.moment(amp("end of forward (loss computed, before zero_grad)",
+                   "cross-entropy in float32 (the logits' float32 copy beside log-softmax)"))
+    sim.free(copy)
+    if not train:
+        return {}
+    for gone in [*exit_frees, CAST + "the output layer's b (V,)"]:
+        sim.free(gone)
+    not_saved = not_saved | set(c.model()) | set(p.kept()) | {"batch X, Y (int64)", logits, losses[-1]}
     acts = {k: v for k, v in sim.live.items() if k not in not_saved}
-    sim.free("gradients")
-    sim.alloc("loss's gradient", 1, c.s)
-    sim.free("target (int64)")  # nll_loss's backward is done with them
-    sim.free("total weight")
-    sim.alloc("gradients of log-softmax and of the logits", 2, c.TBV)
+    sim.free("gradients")  # zero_grad
+    if p.scaler:
+        sim.alloc("the scaled loss", 1, F32)
+    sim.alloc(amp("loss's gradient", "the loss's gradient"), 1, loss_s)
+    # nll_loss's backward: its gradient, then log-softmax's (the logits' gradient, in float32 under autocast)
+    nll_grad, ls_grad = ("nll_loss's gradient (float32)", "log-softmax's gradient (float32)") if p.on else (
+        "gradients of log-softmax and of the logits",) * 2
+    sim.alloc(nll_grad, 1, TB * V * loss_s)
+    sim.free("target (int64)")
+    if not p.on:  # the float32 account frees total weight here; autocast's keeps it beside the loss
+        sim.free("total weight")
+    sim.alloc(ls_grad, 1, TB * V * loss_s)
     sim.moment("backward of the loss (log-softmax's gradient computed)")
-    sim.free("log-softmax")
-    sim.free("gradients of log-softmax and of the logits", 1)
-    sim.alloc(GRAD_OUT, 1, c.TBY)
-    sim.alloc("output layer's gradients", 1, c.P_lin)
-    sim.moment("backward of the output layer (dY computed)")
-    live = {k: v for k, v in sim.live.items() if k != "output layer's gradients"}  # its GEMMs: dY, then dW
-    dy_scratch, dw_scratch = c.gemm_scratch(Gemm(TB, V, H)), c.gemm_scratch(Gemm(V, TB, H, a_t=True))
-    if dy_scratch:
-        sim.moments.append(Moment("backward of the output layer, dY's GEMM (its oneDNN scratchpad)", live | {
-            "oneDNN GEMM scratchpad": (1, dy_scratch)}))
-    if dw_scratch:
-        sim.moments.append(Moment("backward of the output layer, dW's GEMM (its oneDNN scratchpad)", live | {
-            "output layer's weight gradient": (1, V * H * c.s), "oneDNN GEMM scratchpad": (1, dw_scratch)}))
-    sim.free("gradients of log-softmax and of the logits")
+    sim.free(nll_grad, 1)
+    sim.free(log_softmax)
+    grad_logits = "the logits' gradient (autocast's dtype)"
+    if p.on:  # the copy's backward: the logits' gradient in autocast's dtype
+        sim.alloc(grad_logits, 1, TB * V * s)
+        sim.free(ls_grad)
+    else:
+        grad_logits = ls_grad
+    dY = amp(GRAD_OUT, "dY (T*B, H), autocast's dtype")
+    sim.alloc(dY, 1, c.TBY if not p.on else TB * H * s)
+    dy_scratch, dw_scratch = lo.gemm_scratch(Gemm(TB, V, H)), lo.gemm_scratch(Gemm(V, TB, H, a_t=True))
+    live = dict(sim.live)  # the GEMMs' moments: dY = dlogits W, then dW = dlogits^T Y
+    grads = "output layer's gradients"
+    if not p.on:  # the float32 account: the output layer's gradients beside dY, its GEMMs' moments after
+        sim.alloc(grads, 1, c.P_lin)
+        sim.moment("backward of the output layer (dY computed)")
+    if dy_scratch or p.on:
+        sim.moments.append(Moment(amp("backward of the output layer, dY's GEMM (its oneDNN scratchpad)",
+                                      "backward of the output layer, dY's GEMM"),
+                                  live | {"oneDNN GEMM scratchpad": (1, dy_scratch)}))
+    if dw_scratch or p.on:
+        dw = amp("output layer's weight gradient", "the output layer's W gradient (autocast's dtype)")
+        sim.moments.append(Moment(amp("backward of the output layer, dW's GEMM (its oneDNN scratchpad)",
+                                      "backward of the output layer, dW's GEMM"),
+                                  live | {dw: (1, V * H * s), "oneDNN GEMM scratchpad": (1, dw_scratch)}))
+    sim.free(grad_logits)
+    if p.on:
+        sim.free(CAST + "the outputs (T*B, H)")
+        sim.free(CAST + "the output layer's W (V, H)")
+        if not outputs_low:  # the outputs' cast's backward: dY back to float32
+            sim.alloc("dY (T, B, H)", 1, TB * H * F32)
+            sim.free(dY)
+        sim.alloc("gradients of the output layer", 1, c.P_lin)
     return acts
 
 
