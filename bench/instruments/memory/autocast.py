@@ -28,112 +28,30 @@ from ..onednn import Gemm
 from .counts import Counts, Moment, NotModelled, Term
 from .fused import fused_walk
 from .onednn_rnn import onednn_walk, onednn_workspace_bytes
-from .walk import Step, optimizer_step
+from .walk import CAST, F32, Precision, Step, loss_and_output_layer, optimizer_step, step_start
 
-F32 = 4
 #: what autocast's counts cover: kernel -> implementation
 COUNTED = {"autograd ops": "scratch", "fused, eager steps": "fused", "fused, Inductor steps": "fused_compiled",
            "oneDNN": "cudnn"}
-CAST = "autocast's cast of "  # the prefix of every cast's name
 
 
 class _Amp:
     """The sizes of an autocast step: `c` counts the float32 model, `lo` the same cell in autocast's dtype."""
 
-    def __init__(self, c: Counts, lo: Counts, scaler: bool):
-        self.c, self.lo, self.scaler = c, lo, scaler
+    def __init__(self, c: Counts, lo: Counts, p: Precision):
+        self.c, self.lo, self.p = c, lo, p
         self.s = lo.s
-        self.acts: dict[str, Term] = {}  # what autograd saved, at the end of forward (head() sets it)
+        self.acts: dict[str, Term] = {}  # what autograd saved, at the end of forward (set by head)
 
-    def start(self, state_each: int) -> Step:
-        """The step's start: the float32 model, the batch, the carried state, the scaler's two scalars; then the
-        one-hot cast (float32, as the model makes it)."""
-        c = self.c
-        live = c.model() | {"batch X, Y (int64)": (2, 8 * c.TB), "carried state h, c": (2, state_each)}
-        sim = Step(live | self.kept())
-        sim.alloc("one-hot int64", 1, 8 * c.TB * c.V)
-        sim.alloc("one-hot input (float32)", 1, c.TBV)
-        sim.moment("one-hot cast (int64 and float copies)")
-        sim.free("one-hot int64")
-        return sim
-
-    def head(self, sim: Step, outputs_low: bool, freed: list[str], exit_frees: list[str]) -> None:
-        """The output layer and the loss (forward), and in training their backward, up to the LSTM's dY.
-
-        outputs_low: the LSTM's output (T, B, H) is in autocast's dtype, else float32 (the output layer
-        casts it); freed: what goes when the model's forward returns; exit_frees: the casts
-        autocast's cache drops at its exit that autograd did not save (in inference: all of them)."""
-        c, s, lo = self.c, self.s, self.lo
-        TB, H, V, train = c.TB, c.H, c.V, c.train
-        if not outputs_low:
-            sim.alloc(CAST + "the outputs (T*B, H)", 1, TB * H * s)
-        sim.alloc(CAST + "the output layer's W (V, H)", 1, V * H * s)
-        sim.alloc(CAST + "the output layer's b (V,)", 1, V * s)
-        sim.alloc("logits (autocast's dtype)", 1, TB * V * s)
-        sim.moment("the output layer's GEMM", {
-            "oneDNN GEMM scratchpad": (1, lo.gemm_scratch(Gemm.addmm(TB, H, V, "row", b_t=True)))})
-        for gone in freed + ([] if train or outputs_low else [CAST + "the outputs (T*B, H)"]):
-            sim.free(gone)
-        sim.alloc("target (int64)", 1, 8 * TB)
-        sim.alloc("logits' float32 copy for the loss", 1, TB * V * F32)
-        sim.alloc("log-softmax (float32)", 1, TB * V * F32)
-        sim.alloc("total weight, loss", 2, F32)
-        sim.moment("cross-entropy in float32 (the logits' float32 copy beside log-softmax)")
-        sim.free("logits' float32 copy for the loss")
-        if not train:
-            sim.free("log-softmax (float32)")
-            sim.free("target (int64)")
-        for gone in exit_frees + [CAST + "the output layer's b (V,)"] + (
-                [] if train else [CAST + "the output layer's W (V, H)"]):
-            sim.free(gone)
-        not_saved = set(c.model()) | set(self.kept()) | {"batch X, Y (int64)", "carried state h, c",
-                                                         "logits (autocast's dtype)", "total weight, loss"}
-        self.acts = {k: v for k, v in sim.live.items() if train and k not in not_saved and "new state" not in k
-                     and "returned state" not in k and k != "outputs list h_1..h_T (float32)"}
-        if not train:
-            return
-        sim.free("gradients")  # zero_grad
-        if self.scaler:
-            sim.alloc("the scaled loss", 1, F32)
-        sim.alloc("the loss's gradient", 1, F32)
-        sim.alloc("nll_loss's gradient (float32)", 1, TB * V * F32)
-        sim.free("target (int64)")
-        sim.alloc("log-softmax's gradient (float32)", 1, TB * V * F32)
-        sim.moment("backward of the loss (log-softmax's gradient computed)")
-        sim.free("nll_loss's gradient (float32)")
-        sim.free("log-softmax (float32)")
-        sim.alloc("the logits' gradient (autocast's dtype)", 1, TB * V * s)
-        sim.free("log-softmax's gradient (float32)")
-        dY_low = "dY (T*B, H), autocast's dtype"
-        sim.alloc(dY_low, 1, TB * H * s)
-        sim.moment("backward of the output layer, dY's GEMM", {
-            "oneDNN GEMM scratchpad": (1, lo.gemm_scratch(Gemm(TB, V, H)))})
-        sim.moment("backward of the output layer, dW's GEMM", {
-            "the output layer's W gradient (autocast's dtype)": (1, V * H * s),
-            "oneDNN GEMM scratchpad": (1, lo.gemm_scratch(Gemm(V, TB, H, a_t=True)))})
-        sim.free("the logits' gradient (autocast's dtype)")
-        sim.free(CAST + "the outputs (T*B, H)")
-        sim.free(CAST + "the output layer's W (V, H)")
-        if not outputs_low:  # the outputs' cast's backward: dY back to float32
-            sim.alloc("dY (T, B, H)", 1, TB * H * F32)
-            sim.free(dY_low)
-        sim.alloc("gradients of the output layer", 1, c.P_lin)
+    def head(self, sim: Step, outputs_low: bool, freed: list[str], exit_frees: list[str], state: str) -> None:
+        """The output layer and the loss, and their backward (walk.loss_and_output_layer under autocast); `state`:
+        the name the walk gives the returned state, which autograd does not save."""
+        self.acts = loss_and_output_layer(sim, self.c, {"carried state h, c", state}, self.p, self.lo, outputs_low,
+                                          tuple(freed), tuple(exit_frees))
 
     def optimizer(self, sim: Step) -> Moment:
-        """clip_grad_norm_ and the update (float32 parameters), with the scaler's unscale_ scalars and Adam's
-        per-parameter temporaries (walk.optimizer_step's)."""
-        adam = {k: v for k, v in optimizer_step(self.c).live.items() if k.startswith("Adam")}
-        scaler = {"unscale_'s inverse scale and found-inf flag": (2, F32)} if self.scaler else {}
-        return Moment("optimizer step", sim.live | {"clip_grad_norm_'s total norm": (1, F32)} | scaler | adam)
-
-    def kept(self) -> dict[str, Term]:
-        """What the scaler keeps between steps (nothing without one)."""
-        return {"GradScaler's scale and growth tracker": (2, F32)} if self.scaler else {}
-
-
-def _casts(names: dict[str, int], s: int) -> dict[str, Term]:
-    """Autocast's casts of the parameters named (elements each), in its dtype of s bytes."""
-    return {CAST + k: (1, n * s) for k, n in names.items()}
+        """clip_grad_norm_ and the update (float32 parameters) after the walk's backward (walk.optimizer_step)."""
+        return optimizer_step(self.c, sim.live, self.p)
 
 
 def _scratch(a: _Amp) -> list[Moment]:
@@ -143,7 +61,7 @@ def _scratch(a: _Amp) -> list[Moment]:
     c, s = a.c, a.s
     T, B, H, V = c.T, c.B, c.H, c.V
     u4, train = c.u, c.train
-    sim = a.start(u4)
+    sim = step_start(c, a.p, u4)
     W_x, W_h = CAST + "W_x* (V, H), 4 gates", CAST + "W_h* (H, H), 4 gates"
     sim.alloc(W_x, 4, V * H * s)
     sim.alloc(W_h, 4, H * H * s)
@@ -160,7 +78,7 @@ def _scratch(a: _Amp) -> list[Moment]:
     sim.moment("torch.stack of the outputs, end of the LSTM")
     sim.free("outputs list h_1..h_T (float32)", T - 1)  # the last is the new h
     a.head(sim, False, ["one-hot input (float32)", "stacked outputs (T, B, H) float32"],
-           [W_x] + ([] if train else [W_h]))
+           [W_x] + ([] if train else [W_h]), "outputs list h_1..h_T (float32)")
     if not train:
         return sim.moments
     # backward: each weight's gradient terms are summed in its cast's dtype over the steps; the biases' are float32
@@ -190,12 +108,12 @@ def _fused(a: _Amp) -> list[Moment]:
     c, lo, s = a.c, a.lo, a.s
     H, V = c.H, c.V
     H4, train = 4 * H, c.train
-    casts = _casts({"W_x (V, 4H)": V * H4, "W_h (H, 4H)": H * H4}, s)
-    b_cast = _casts({"b (4H,)": H4}, s)
+    casts = a.p.casts({"W_x (V, 4H)": V * H4, "W_h (H, 4H)": H * H4})
+    b_cast = a.p.casts({"b (4H,)": H4})
     acts, inner = fused_walk(lo)  # its "one-hot input" is autocast's cast of it
     forward = ("layer 0: the input projection", "layer 0: a time step", "layer 0: backward's factors")
-    moments = _low_moments(inner, forward, {"one-hot input (float32)": (1, c.TBV)} | casts | b_cast | a.kept())
-    sim = a.start(lo.u)
+    moments = _low_moments(inner, forward, {"one-hot input (float32)": (1, c.TBV)} | casts | b_cast | a.p.kept())
+    sim = step_start(c, a.p, lo.u)
     sim.alloc("one-hot input", 1, lo.TBV)
     for k, v in (casts | b_cast).items():
         sim.alloc(k, *v)
@@ -208,11 +126,11 @@ def _fused(a: _Amp) -> list[Moment]:
     if not train:  # nothing saved: the casts go when the sequence returns
         for k in ["one-hot input", *casts]:
             sim.free(k)
-    a.head(sim, True, ["one-hot input (float32)"] + ([] if train else ["outputs y (T, B, H)"]), [])
+    a.head(sim, True, ["one-hot input (float32)"] + ([] if train else ["outputs y (T, B, H)"]), [], "new state h, c")
     moments += sim.moments
     if not train:
         return moments
-    moments += _low_moments(inner, ("layer 0 backward",), casts | a.kept())
+    moments += _low_moments(inner, ("layer 0 backward",), casts | a.p.kept())
     for k in [*saved, *casts, "one-hot input", "outputs y (T, B, H)", "dY (T*B, H), autocast's dtype"]:
         sim.free(k)  # the sequence's backward is done: what it saved goes before the casts' backward runs
     sim.alloc("LSTM gradients (float32)", 1, c.P_lstm)
@@ -228,11 +146,11 @@ def _onednn(a: _Amp) -> list[Moment]:
     c, lo, s = a.c, a.lo, a.s
     H, V = c.H, c.V
     H4, train = 4 * H, c.train
-    casts = _casts({"weight_ih (4H, V)": V * H4, "weight_hh (4H, H)": H * H4, "bias_ih, bias_hh (4H,)": 2 * H4}, s)
+    casts = a.p.casts({"weight_ih (4H, V)": V * H4, "weight_hh (4H, H)": H * H4, "bias_ih, bias_hh (4H,)": 2 * H4})
     _, inner = onednn_walk(lo)  # its "one-hot input" is autocast's cast of it
     moments = _low_moments(inner, ("inside mkldnn_rnn_layer (",), {"one-hot input (float32)": (1, c.TBV)} | casts
-                           | a.kept())
-    sim = a.start(lo.u)
+                           | a.p.kept())
+    sim = step_start(c, a.p, lo.u)
     sim.alloc("one-hot input", 1, lo.TBV)
     for k, v in casts.items():
         sim.alloc(k, *v)
@@ -245,11 +163,12 @@ def _onednn(a: _Amp) -> list[Moment]:
     else:
         for k in ["one-hot input", "h_n, c_n (layer outputs)"]:
             sim.free(k)
-    a.head(sim, True, ["one-hot input (float32)"] + ([] if train else ["outputs (T, B, H)"]), [] if train else [*casts])
+    a.head(sim, True, ["one-hot input (float32)"] + ([] if train else ["outputs (T, B, H)"]), [] if train else [*casts],
+           "returned state h, c")
     moments += sim.moments
     if not train:
         return moments
-    moments += _low_moments(inner, ("inside mkldnn_rnn_layer_backward",), casts | a.kept())
+    moments += _low_moments(inner, ("inside mkldnn_rnn_layer_backward",), casts | a.p.kept())
     for k in ["one-hot input", "outputs (T, B, H)", "h_n, c_n (layer outputs)", "oneDNN workspace", "bias sum",
               "dY (T*B, H), autocast's dtype", *casts]:
         sim.free(k)  # mkldnn_rnn_layer's backward is done: what it saved goes before the casts' backward runs
@@ -275,6 +194,6 @@ def count(c: Counts, lo: Counts, kernel: str, amp: str) -> tuple[dict[str, Term]
                              "read off it")
     for k in ("P", "G", "O", "P_lin"):  # the model is float32
         setattr(lo, k, getattr(c, k))
-    a = _Amp(c, lo, scaler=amp == "float16" and c.train)
+    a = _Amp(c, lo, Precision(amp, lo.s, scaler=amp == "float16" and c.train))
     moments = COUNTERS[kernel](a)
     return a.acts, moments

@@ -109,7 +109,7 @@ def onednn_walk(c: Counts) -> tuple[dict[str, Term], list[Moment]]:
         sim.alloc(k, *v)
     sim.moment("the returned state stacked")
     top = layer_input
-    if not c.train:  # then the output layer (output_gemms) and the loss, as in one layer
+    if not c.train:  # then the output layer (inference_gemm) and the loss, as in one layer
         for lay, d in c.layers_and_directions():
             sim.free(name(lay, d, "h_n, c_n (layer outputs)"))
         for gone in [top, "one-hot input", *held_before]:

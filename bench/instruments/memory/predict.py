@@ -26,7 +26,7 @@ from .fused import fused_walk
 from .native import native_walk
 from .onednn_rnn import onednn_walk
 from .ops import eager_walk, inductor_walk, torchscript_walk
-from .walk import output_gemms
+from .walk import inference_gemm
 
 #: kernel -> its walk: the step allocation by allocation, any layers and directions (the chapter's LSTM is one of each)
 WALKS = {"autograd ops": eager_walk, "TorchScript": torchscript_walk, "Inductor": inductor_walk,
@@ -112,7 +112,7 @@ def predict_sizes(impl: str, sizes: Sizes, *, device: str = "cpu", dtype: str = 
         path = f"autocast {amp} over float32 parameters; {path_of(kernel, amp, mode, cpu)}"
     else:
         acts, moments = WALKS[kernel](c)
-        moments = output_gemms(c, moments)
+        moments = moments if c.train else [*moments, inference_gemm(c)]
         path = path_of(kernel, dtype, mode, cpu)
     compute = amp if amp != "none" else dtype  # what the LSTM and the GEMMs run in: under autocast, its dtype
     if kernel == "oneDNN" and compute == "float32":

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from ..onednn import Gemm
 from .counts import Counts, Moment, Term
+
+F32 = 4
+CAST = "autocast's cast of "  # the prefix of every autocast cast's name
 
 
 class Step:
@@ -36,38 +41,148 @@ class Step:
 GRAD_OUT = "dY (T, B, D H_out): the layer's output's gradient"
 
 
-def step_start(c: Counts) -> Step:
-    """A step's tensors up to the one-hot input: the model, the batch, the carried state, the one-hot cast."""
-    sim = Step(c.model() | c.batch_and_state())
+@dataclass(frozen=True)
+class Precision:
+    """Autocast as a property of the walk: the dtype GEMMs compute in (`s` bytes an element) over float32
+    parameters, which casts it caches, the float16 GradScaler's scalars. `NONE`: no autocast, the cell's dtype."""
+
+    amp: str = "none"  # autocast's dtype, "none" without autocast
+    s: int = F32  # bytes of an element of a GEMM's result under autocast
+    scaler: bool = False  # float16's GradScaler in training
+
+    @property
+    def on(self) -> bool:
+        return self.amp != "none"
+
+    @property
+    def one_hot(self) -> str:
+        """The one-hot input's name: under autocast it stays float32 (the model makes it), cast at its GEMM."""
+        return "one-hot input (float32)" if self.on else "one-hot input"
+
+    def casts(self, elements: dict[str, int]) -> dict[str, Term]:
+        """Autocast's cached casts of the parameters named (elements each), in its dtype."""
+        return {CAST + k: (1, n * self.s) for k, n in elements.items()}
+
+    def kept(self) -> dict[str, Term]:
+        """What the scaler keeps between steps (nothing without one)."""
+        return {"GradScaler's scale and growth tracker": (2, F32)} if self.scaler else {}
+
+    def unscale(self) -> dict[str, Term]:
+        """The scaler's unscale_ scalars at the optimizer step."""
+        return {"unscale_'s inverse scale and found-inf flag": (2, F32)} if self.scaler else {}
+
+
+NONE = Precision()
+
+
+def step_start(c: Counts, p: Precision = NONE, state_each: int | None = None) -> Step:
+    """A step's tensors up to the one-hot input: the model, the batch, the carried state (h, c of `state_each`
+    bytes each where given: under autocast the kernel's dtype), the scaler's scalars, the one-hot cast."""
+    state = c.batch_and_state() if state_each is None else {
+        "batch X, Y (int64)": (2, 8 * c.TB), "carried state h, c": (2, state_each)}
+    sim = Step(c.model() | state | p.kept())
     sim.alloc("one-hot int64", 1, 8 * c.TB * c.V)
-    sim.alloc("one-hot input", 1, c.TBV)
+    sim.alloc(p.one_hot, 1, c.TBV)
     sim.moment("one-hot cast (int64 and float copies)")
     sim.free("one-hot int64")
     return sim
 
 
-def loss_and_output_layer(sim: Step, c: Counts, not_saved: set[str]) -> dict[str, Term]:
-    """From the LSTM's outputs to its output's gradient (GRAD_OUT): the output layer and the loss (the end of
-    forward), zero_grad, the loss's backward and the output layer's. Returns what autograd saved: what is
-    alive at the end of forward but the model, the batch, the logits, the loss and `not_saved`."""
-    for k, each in (("logits", c.TBV), ("log-softmax", c.TBV), ("target (int64)", 8 * c.TB),
-                    ("total weight", c.s), ("loss", c.s)):
-        sim.alloc(k, 1, each)
-    sim.moment("end of forward (loss computed, before zero_grad)")
-    not_saved = not_saved | set(c.model()) | {"batch X, Y (int64)", "logits", "loss"}
+def loss_and_output_layer(sim: Step, c: Counts, not_saved: set[str], p: Precision = NONE, lo: Counts | None = None,
+                          outputs_low: bool = True, freed: tuple[str, ...] = (), exit_frees: tuple[str, ...] = ()
+                          ) -> dict[str, Term]:
+    """From the LSTM's outputs to its output's gradient: the output layer's GEMM and the loss (the end of forward),
+    zero_grad, the loss's backward and the output layer's, with their GEMMs' scratchpads (bfloat16 on oneDNN).
+    Returns what autograd saved: what is alive at the end of forward but the model, the batch, the logits, the
+    loss and `not_saved`.
+
+    Under autocast (p): the GEMMs run in its dtype (lo: the cell in that dtype) on cached casts of W and b (and
+    of the outputs, where the LSTM's are float32: not outputs_low); cross_entropy runs in float32 on a copy of
+    the logits; the logits' gradient is cast back to autocast's dtype, and dY to float32 where the outputs were.
+    `freed` goes when the model's forward returns, `exit_frees` when autocast exits after the loss (in inference,
+    which only autocast's walks follow here, the walk ends at the loss). The record holds each precision's names,
+    and in a few places each its own account: where they differ, `amp` picks."""
+    lo = lo or c
+    TB, H, V, s, train = c.TB, c.Y_width, c.V, lo.s, c.train  # H: the output layer's input width; s: its GEMMs'
+
+    def amp(float32: str, autocast: str) -> str:  # the record's name for a tensor or moment at this precision
+        return autocast if p.on else float32
+
+    casts = {"the outputs (T*B, H)": 0 if outputs_low else TB * H, "the output layer's W (V, H)": V * H,
+             "the output layer's b (V,)": V}
+    for k, v in p.casts(casts).items() if p.on else ():
+        sim.alloc(k, *v)
+    logits = amp("logits", "logits (autocast's dtype)")
+    sim.alloc(logits, 1, TB * V * s)
+    scratch = lo.gemm_scratch(Gemm.addmm(TB, H, V, "row", b_t=True))  # logits = addmm(b, Y, W.T)
+    if scratch or p.on:
+        sim.moment(amp("the output layer's GEMM (its oneDNN scratchpad)", "the output layer's GEMM"),
+                   {"oneDNN GEMM scratchpad": (1, scratch)})
+    for gone in [*freed, *([] if train or outputs_low else [CAST + "the outputs (T*B, H)"])]:
+        sim.free(gone)
+    loss_s = F32 if p.on else c.s  # cross_entropy's dtype
+    log_softmax, copy = amp("log-softmax", "log-softmax (float32)"), "logits' float32 copy for the loss"
+    sim.alloc("target (int64)", 1, 8 * TB)
+    sim.alloc(copy, 1 if p.on else 0, TB * V * F32)
+    sim.alloc(log_softmax, 1, TB * V * loss_s)
+    losses = ("total weight, loss",) if p.on else ("total weight", "loss")
+    for k in losses:
+        sim.alloc(k, 2 // len(losses), loss_s)
+    sim.moment(amp("end of forward (loss computed, before zero_grad)",
+                   "cross-entropy in float32 (the logits' float32 copy beside log-softmax)"))
+    sim.free(copy)
+    if not train:
+        return {}
+    for gone in [*exit_frees, CAST + "the output layer's b (V,)"]:
+        sim.free(gone)
+    not_saved = not_saved | set(c.model()) | set(p.kept()) | {"batch X, Y (int64)", logits, losses[-1]}
     acts = {k: v for k, v in sim.live.items() if k not in not_saved}
-    sim.free("gradients")
-    sim.alloc("loss's gradient", 1, c.s)
-    sim.free("target (int64)")  # nll_loss's backward is done with them
-    sim.free("total weight")
-    sim.alloc("gradients of log-softmax and of the logits", 2, c.TBV)
+    sim.free("gradients")  # zero_grad
+    if p.scaler:
+        sim.alloc("the scaled loss", 1, F32)
+    sim.alloc(amp("loss's gradient", "the loss's gradient"), 1, loss_s)
+    # nll_loss's backward: its gradient, then log-softmax's (the logits' gradient, in float32 under autocast)
+    nll_grad, ls_grad = ("nll_loss's gradient (float32)", "log-softmax's gradient (float32)") if p.on else (
+        "gradients of log-softmax and of the logits",) * 2
+    sim.alloc(nll_grad, 1, TB * V * loss_s)
+    sim.free("target (int64)")
+    if not p.on:  # the float32 account frees total weight here; autocast's keeps it beside the loss
+        sim.free("total weight")
+    sim.alloc(ls_grad, 1, TB * V * loss_s)
     sim.moment("backward of the loss (log-softmax's gradient computed)")
-    sim.free("log-softmax")
-    sim.free("gradients of log-softmax and of the logits", 1)
-    sim.alloc(GRAD_OUT, 1, c.TBY)
-    sim.alloc("output layer's gradients", 1, c.P_lin)
-    sim.moment("backward of the output layer (dY computed)")
-    sim.free("gradients of log-softmax and of the logits")
+    sim.free(nll_grad, 1)
+    sim.free(log_softmax)
+    grad_logits = "the logits' gradient (autocast's dtype)"
+    if p.on:  # the copy's backward: the logits' gradient in autocast's dtype
+        sim.alloc(grad_logits, 1, TB * V * s)
+        sim.free(ls_grad)
+    else:
+        grad_logits = ls_grad
+    dY = amp(GRAD_OUT, "dY (T*B, H), autocast's dtype")
+    sim.alloc(dY, 1, c.TBY if not p.on else TB * H * s)
+    dy_scratch, dw_scratch = lo.gemm_scratch(Gemm(TB, V, H)), lo.gemm_scratch(Gemm(V, TB, H, a_t=True))
+    live = dict(sim.live)  # the GEMMs' moments: dY = dlogits W, then dW = dlogits^T Y
+    grads = "output layer's gradients"
+    if not p.on:  # the float32 account: the output layer's gradients beside dY, its GEMMs' moments after
+        sim.alloc(grads, 1, c.P_lin)
+        sim.moment("backward of the output layer (dY computed)")
+    if dy_scratch or p.on:
+        sim.moments.append(Moment(amp("backward of the output layer, dY's GEMM (its oneDNN scratchpad)",
+                                      "backward of the output layer, dY's GEMM"),
+                                  live | {"oneDNN GEMM scratchpad": (1, dy_scratch)}))
+    if dw_scratch or p.on:
+        dw = amp("output layer's weight gradient", "the output layer's W gradient (autocast's dtype)")
+        sim.moments.append(Moment(amp("backward of the output layer, dW's GEMM (its oneDNN scratchpad)",
+                                      "backward of the output layer, dW's GEMM"),
+                                  live | {dw: (1, V * H * s), "oneDNN GEMM scratchpad": (1, dw_scratch)}))
+    sim.free(grad_logits)
+    if p.on:
+        sim.free(CAST + "the outputs (T*B, H)")
+        sim.free(CAST + "the output layer's W (V, H)")
+        if not outputs_low:  # the outputs' cast's backward: dY back to float32
+            sim.alloc("dY (T, B, H)", 1, TB * H * F32)
+            sim.free(dY)
+        sim.alloc("gradients of the output layer", 1, c.P_lin)
     return acts
 
 
@@ -114,45 +229,23 @@ def inference_end(c: Counts) -> Moment:
         "new state h, c": (2, c.u), "logits": (1, c.TBV), "log-softmax": (1, c.TBV), "target (int64)": (1, 8 * c.TB)})
 
 
-def output_gemms(c: Counts, moments: list[Moment]) -> list[Moment]:
-    """The output layer's GEMMs, each a moment of its own: in inference the logits beside the LSTM's input
-    and outputs; in training, where they have a scratchpad (bfloat16 on oneDNN), forward's logits =
-    Y W^T + b just before log-softmax, backward's dY = dlogits W and dW = dlogits^T Y, derived from the
-    moments a kernel counted, which are alive then."""
-    TB, H, V = c.TB, c.Y_width, c.V  # H: the output layer's input width
-    scratch = c.gemm_scratch(Gemm.addmm(TB, H, V, "row", b_t=True))  # forward's logits: addmm(b, Y, W.T)
-    dy_scratch = dw_scratch = 0
-    if c.train:  # backward's: dY = dlogits W, dW = dlogits^T Y
-        dy_scratch, dw_scratch = c.gemm_scratch(Gemm(TB, V, H)), c.gemm_scratch(Gemm(V, TB, H, a_t=True))
-    extra = []
-    if not c.train:  # inference: the LSTM's input and outputs are still alive beside the logits
-        extra.append(Moment("the output layer's GEMM (logits beside the LSTM's input and outputs)", c.model()
-                             | c.batch_and_state() | {
-            "one-hot input": (1, c.TBV), "outputs (T, B, H)": (1, c.TBY)} | {
-            f"new state {k}": v for k, v in c.state().items()} | {
-            "logits": (1, c.TBV), "oneDNN GEMM scratchpad": (1, scratch)}))
-    for m in moments:
-        gone = ("log-softmax", "target (int64)", "total weight", "loss")
-        if m.name.startswith("end of forward") and scratch:
-            live = {k: v for k, v in m.live.items() if k not in gone}
-            extra.append(Moment("the output layer's GEMM (its oneDNN scratchpad)", live | {
-                "oneDNN GEMM scratchpad": (1, scratch)}))
-        elif m.name == "backward of the output layer (dY computed)":
-            live = {k: v for k, v in m.live.items() if k != "output layer's gradients"}
-            if dy_scratch:
-                extra.append(Moment("backward of the output layer, dY's GEMM (its oneDNN scratchpad)", live | {
-                    "oneDNN GEMM scratchpad": (1, dy_scratch)}))
-            if dw_scratch:
-                extra.append(Moment("backward of the output layer, dW's GEMM (its oneDNN scratchpad)", live | {
-                    "output layer's weight gradient": (1, V * H * c.s),
-                    "oneDNN GEMM scratchpad": (1, dw_scratch)}))
-    return moments + extra
+def inference_gemm(c: Counts) -> Moment:
+    """Inference's output-layer GEMM: the logits beside the LSTM's input and outputs, and its scratchpad."""
+    scratch = c.gemm_scratch(Gemm.addmm(c.TB, c.Y_width, c.V, "row", b_t=True))  # logits = addmm(b, Y, W.T)
+    return Moment("the output layer's GEMM (logits beside the LSTM's input and outputs)", c.model()
+                  | c.batch_and_state() | {"one-hot input": (1, c.TBV), "outputs (T, B, H)": (1, c.TBY)}
+                  | {f"new state {k}": v for k, v in c.state().items()}
+                  | {"logits": (1, c.TBV), "oneDNN GEMM scratchpad": (1, scratch)})
 
 
-def optimizer_step(c: Counts) -> Moment:
-    """After backward: model, batch, both states, logits, loss; Adam's foreach sqrt(exp_avg_sq) list."""
-    live = c.model() | c.batch_and_state() | {f"new state {k}": v for k, v in c.state().items()} | {
-        "logits": (1, c.TBV), "loss, clip_grad_norm_'s total norm": (2, c.s)}
+def optimizer_step(c: Counts, after: dict[str, Term] | None = None, p: Precision = NONE) -> Moment:
+    """After backward: model, batch, both states, logits, loss (`after`: what the walk left alive, where it
+    followed backward to its end), clip_grad_norm_'s norm, the scaler's unscale_ scalars; Adam's temporaries."""
+    if after is None:
+        live = c.model() | c.batch_and_state() | {f"new state {k}": v for k, v in c.state().items()} | {
+            "logits": (1, c.TBV), "loss, clip_grad_norm_'s total norm": (2, c.s)}
+    else:
+        live = after | {"clip_grad_norm_'s total norm": (1, F32)} | p.unscale()
     if c.optimizer == "adam" and c.cuda:  # foreach (the default on CUDA): a sqrt list of every parameter
         live["Adam's sqrt(exp_avg_sq) list (foreach)"] = (1, c.P)
     elif c.optimizer == "adam":
