@@ -417,6 +417,8 @@ def load_run(path: str | Path) -> Run:
     for column in COLUMNS:
         if column not in df:
             df[column] = KEY_DEFAULTS.get(column, pd.NA)  # a key column from before it existed: its default
+        elif column in KEY_DEFAULTS and df[column].isna().all():  # no row has it (or none at all): its default,
+            df[column] = KEY_DEFAULTS[column]  # in the default's own type (a float column's fillna(False) warns)
         elif column in KEY_DEFAULTS:
             df[column] = df[column].fillna(KEY_DEFAULTS[column])
     for column in set(COLUMNS) - set(TEXT_COLUMNS):
