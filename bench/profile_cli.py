@@ -95,13 +95,13 @@ def run(args: argparse.Namespace) -> int:
     from bench.instruments.profiling import memory_timeline, profile_subject
     from bench.readers.profiling import (
         cost_per_time_step,
-        md_table,
         parts_table,
         plot_parts,
         profile_as_rows,
         terminal_table,
         write_timeline,
     )
+    from bench.readers.tables import md_table
 
     cells, options = cells_to_profile(args)
     out = writable_dir(args.out, "--out")

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import gzip
 import json
-import math
 import textwrap
 from collections.abc import Sequence
 from pathlib import Path
@@ -18,6 +17,7 @@ from matplotlib.figure import Figure
 from ..grid import CELL_KEY, D2L, TIME_PARTS, Cell
 from ..instruments.peak import recurrence_floor_ms
 from .plots import save
+from .tables import md_table, sig
 
 PART_LABELS = {
     "input_gemm": "input-projection GEMM", "recurrent_gemm": "recurrent GEMMs", "output_layer": "output layer",
@@ -32,12 +32,6 @@ HOLDER_COLORS = {"parameters": "C0", "gradients": "C1", "optimizer state": "C2",
 PART_COLUMNS = [f"part_{p}_ms" for p in TIME_PARTS]
 MIB = 2**20
 TIMELINES = "memory-*.json.gz"  # the bytes alive through a step (bench/instruments/profiling.py Timeline)
-
-
-def _sig(value, digits: int = 3) -> str:
-    if value is None or (isinstance(value, float) and not math.isfinite(value)) or pd.isna(value):
-        return "–"
-    return f"{value:.{digits}g}"
 
 
 def labels(rows: pd.DataFrame) -> list[str]:
@@ -60,11 +54,11 @@ def scaled_parts(rows: pd.DataFrame, step_column: str) -> pd.DataFrame:
 def parts_table(rows: pd.DataFrame, step_column: str = "step_ms") -> str:
     """impl, step, each part in ms and share, op calls, verdict where there is one: Markdown."""
     parts = scaled_parts(rows, step_column)
-    table = pd.DataFrame({"impl": labels(rows), "step (ms)": list(rows[step_column].map(_sig))})
+    table = pd.DataFrame({"impl": labels(rows), "step (ms)": list(rows[step_column].map(sig))})
     for column, part in zip(PART_COLUMNS, TIME_PARTS):
-        table[PART_LABELS[part]] = [f"{_sig(v)} ({100 * v / s:.0f}%)" if s and pd.notna(v) else "–"
+        table[PART_LABELS[part]] = [f"{sig(v)} ({100 * v / s:.0f}%)" if s and pd.notna(v) else "–"
                                     for v, s in zip(parts[column], rows[step_column])]
-    table["op calls"] = list(rows["op_calls_per_step"].map(lambda v: _sig(v, 4)))
+    table["op calls"] = list(rows["op_calls_per_step"].map(lambda v: sig(v, 4)))
     if "profiler_overhead" in rows:  # profile's own rows: how much the profiler added, which the scaling took out
         table["profiled ÷ unprofiled"] = list(rows["profiler_overhead"].map(lambda v: f"{v:.2f}"))
     for column, label in (("kernel_ms", "GPU kernels (ms)"), ("gemm_kernel_ms", "GEMM kernels (ms)"),
@@ -72,7 +66,7 @@ def parts_table(rows: pd.DataFrame, step_column: str = "step_ms") -> str:
         if column in rows and rows[column].notna().any():
             percent = column == "gpu_idle_share"
             table[label] = list(rows[column].map(lambda v, percent=percent: f"{v:.0%}" if isinstance(v, float)
-                                                 and percent else _sig(v, 4) if isinstance(v, float) else str(v)))
+                                                 and percent else sig(v, 4) if isinstance(v, float) else str(v)))
     head = "| " + " | ".join(table.columns) + " |\n| " + " | ".join("---" for _ in table.columns) + " |\n"
     return head + "\n".join("| " + " | ".join(map(str, r)) + " |" for r in table.itertuples(index=False))
 
@@ -181,12 +175,6 @@ def profile_as_rows(rows: pd.DataFrame) -> pd.DataFrame:
     return rows.rename(columns={"step_ms": "step_ms_median"})
 
 
-def md_table(df: pd.DataFrame) -> str:
-    """A DataFrame as a Markdown table."""
-    head = "| " + " | ".join(df.columns) + " |\n| " + " | ".join("---" for _ in df.columns) + " |\n"
-    return head + "\n".join("| " + " | ".join(map(str, r)) + " |" for r in df.itertuples(index=False))
-
-
 def _d2l_rows(ok: pd.DataFrame) -> pd.DataFrame:
     at = ok[(ok["batch_size"] == D2L["batch_size"]) & (ok["hidden_size"] == D2L["hidden_size"])
             & (ok["seq_len"] == D2L["seq_len"]) & (ok["input_size"] == D2L["vocab_size"])]
@@ -224,7 +212,7 @@ def sections(runs: Sequence, ok: pd.DataFrame, out_dir: Path) -> list[str]:
     cost = pd.concat([cost_per_time_step(ok), *(cost_per_time_step(profile_as_rows(p)) for p in profiled)],
                      ignore_index=True)
     if not cost.empty:
-        cost = cost.assign(slope_ms=cost["slope_ms"].map(_sig), intercept_ms=cost["intercept_ms"].map(_sig))
+        cost = cost.assign(slope_ms=cost["slope_ms"].map(sig), intercept_ms=cost["intercept_ms"].map(sig))
         md += ["", "## Cost per time step", "", "Step time against the sequence length T: a line fitted per "
                "implementation, its slope the cost of one more time step and its intercept the fixed cost (the "
                "output layer, the loss, the optimizer, the call itself). Measure it with `--seq-len 10,35,100`.", "",
@@ -256,10 +244,10 @@ def _distance(runs: Sequence, ok: pd.DataFrame, out_dir: Path) -> list[str]:
             gflops = peak.get(r.amp if r.amp != "none" else dtype)
             floor = recurrence_floor_ms(cell, gflops) if gflops else None
             rows.append({"impl": r.impl, "B": int(r.batch_size), "H": int(r.hidden_size), "T": int(r.seq_len),
-                         "step (ms)": _sig(r.step_ms_median), "GFLOP/s": _sig(r.achieved_gflops),
+                         "step (ms)": sig(r.step_ms_median), "GFLOP/s": sig(r.achieved_gflops),
                          "share of peak": f"{r.achieved_gflops / gflops:.2%}" if gflops and pd.notna(
                              r.achieved_gflops) else "–",
-                         "floor (ms)": _sig(floor), "step ÷ floor": _sig(r.step_ms_median / floor) if floor else "–"})
+                         "floor (ms)": sig(floor), "step ÷ floor": sig(r.step_ms_median / floor) if floor else "–"})
         md += ["", f"### {device} {dtype} {mode}", "", md_table(pd.DataFrame(rows))]
         gflops = peak.get(dtype)
         plotted = part[part["op_calls_per_step"].notna() & part["achieved_gflops"].notna()] if (

@@ -27,6 +27,7 @@ from bench.readers.plots import colors as impl_colors
 from bench.readers.plots import save as save_figure
 from bench.readers.profiling import sections as profiling_sections
 from bench.readers.stats import SETTLED_WITHIN, settle_pct, typical_interval
+from bench.readers.tables import human_bytes, md_table, sig
 from bench.results import Run, RunError, load_run, process_medians, writable_dir
 from lstm_impls.base import CONFIG_DEFAULTS
 
@@ -112,31 +113,6 @@ def cell_name(row: pd.Series) -> str:
 
 def _int(value) -> str:
     return "?" if pd.isna(value) else str(int(value))
-
-
-def sig(value: float, digits: int = 3) -> str:
-    """A number to `digits` significant digits, with thousands separators for the large."""
-    if value is None or pd.isna(value):
-        return "–"
-    text = f"{value:.{digits}g}"
-    return f"{value:,.0f}" if "e+" in text or abs(value) >= 10**digits else text  # 999.7 -> 1,000, not 1e+03
-
-
-def human_bytes(value: float) -> str:
-    """Bytes in B, KiB, MiB or GiB, three significant digits."""
-    if value is None or pd.isna(value):
-        return "–"
-    for unit, size in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
-        if abs(value) >= size:
-            return f"{sig(value / size)} {unit}"
-    return f"{sig(value)} B"
-
-
-def md_table(df: pd.DataFrame) -> str:
-    """A DataFrame (already formatted as text) as a GitHub markdown table."""
-    lines = ["| " + " | ".join(str(c) for c in df.columns) + " |", "|" + " --- |" * len(df.columns)]
-    lines += ["| " + " | ".join(str(v).replace("|", "\\|") for v in row) + " |" for row in df.itertuples(index=False)]
-    return "\n".join(lines)
 
 
 @dataclass(frozen=True)
