@@ -439,26 +439,43 @@ def cpu_allocation_timeline(fn: Callable[[], object]) -> list[tuple[int, int, st
     (profile_memory=True). It cannot size a free of a block allocated before it started, so fn runs
     twice and only the second call is kept: whatever it frees, the profiler saw allocated.
     """
-    from torch._C._profiler import _EventType
     from torch.profiler import ProfilerActivity, profile, record_function
 
     with _quiet_native_stderr(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         fn()
         with record_function(MEASURED):
             fn()
-    events: list[tuple[int, int, str]] = []
-    window = None
+    windows = [(n.start_time_ns, n.end_time_ns) for n in profiled_nodes(prof) if n.name == MEASURED]
+    if not windows:
+        raise RuntimeError(f"the profiler recorded no {MEASURED!r} range")
+    (start, end) = windows[0]
+    events = sorted(cpu_allocation_events(prof), key=lambda e: (e[0], e[2], e[3]))  # at one ns: frees first
+    return [(when - start, size, op) for when, _, size, op in events if start <= when <= end]
+
+
+def profiled_nodes(prof) -> Iterator:
+    """Every node of a finished profile's event tree (ops, ranges, allocations), parents before their children."""
+    stack = list(prof.profiler.kineto_results.experimental_event_tree())
+    while stack:
+        node = stack.pop()
+        yield node
+        stack.extend(node.children)
+
+
+def cpu_allocation_events(prof) -> list[tuple[int, int, int, str]]:
+    """Every CPU allocation and free a finished profile recorded (profile_memory=True), in no order: (ns, the block's
+    address, bytes: + allocated, - freed, the op it sits under in the tree: the one that made or freed it)."""
+    from torch._C._profiler import _EventType
+
+    events = []
     stack = [(node, "") for node in prof.profiler.kineto_results.experimental_event_tree()]
-    while stack:  # allocations sit in the tree under the op that made them
+    while stack:
         node, parent = stack.pop()
         if node.tag == _EventType.Allocation and node.extra_fields.device.type == "cpu":
-            events.append((node.start_time_ns, node.extra_fields.alloc_size, parent))
-        elif node.name == MEASURED:
-            window = (node.start_time_ns, node.end_time_ns)
+            f = node.extra_fields
+            events.append((node.start_time_ns, f.ptr, f.alloc_size, parent))
         stack.extend((child, node.name) for child in node.children)
-    if window is None:
-        raise RuntimeError(f"the profiler recorded no {MEASURED!r} range")
-    return [(when - window[0], size, op) for when, size, op in sorted(events) if window[0] <= when <= window[1]]
+    return events
 
 
 def running_peak(sizes: Iterable[int]) -> int:

@@ -26,7 +26,7 @@ from torch.autograd.profiler import record_function
 from torch.profiler import ProfilerActivity, profile, schedule
 
 from ..grid import D2L, TIME_PARTS, Cell
-from .measure import Subject, _quiet_native_stderr, optimizer_tensors, sync, warm_up
+from .measure import Subject, _quiet_native_stderr, cpu_allocation_events, optimizer_tensors, sync, warm_up
 from .memory import Prediction, predict  # the memory model's public face: the only import of it here
 from .peak import recurrence_floor_ms
 from .what_ran import event_names
@@ -557,15 +557,8 @@ def memory_timeline(subject: Subject) -> Timeline:
                 nodes = [n for n in nodes if start <= n.start_time_ns <= end]
                 phases = {n.name: (n.start_time_ns - start) / 1e6 for n in nodes if n.name in PHASE_RANGES}
                 backward_at = next((n.start_time_ns for n in nodes if n.name == BACKWARD), None)
-                events = []
-                stack = list(prof.profiler.kineto_results.experimental_event_tree())
-                while stack:
-                    node = stack.pop()
-                    stack.extend(node.children)
-                    if node.tag == _EventType.Allocation and node.extra_fields.device.type == "cpu":
-                        f = node.extra_fields
-                        events.append((node.start_time_ns, f.ptr, f.alloc_size if f.alloc_size > 0 else -1))
-                events = sorted(e for e in events if start <= e[0] <= end)
+                events = sorted((t, ptr, size if size > 0 else -1) for t, ptr, size, _ in cpu_allocation_events(prof)
+                                if start <= t <= end)
                 source = "the profiler's CPU allocation events (profile_memory=True)"
     finally:
         clock.remove()
