@@ -27,7 +27,7 @@ from torch.profiler import ProfilerActivity, profile, schedule
 
 from ..grid import D2L, TIME_PARTS, Cell
 from .measure import Subject, _quiet_native_stderr, cpu_allocation_events, optimizer_tensors, sync, warm_up
-from .memory import Prediction, predict  # the memory model's public face: the only import of it here
+from .memory import NotModelled, Prediction, predict  # the memory model's public face: the only import here
 from .peak import recurrence_floor_ms
 from .what_ran import event_names
 
@@ -580,6 +580,6 @@ def memory_timeline(subject: Subject) -> Timeline:
     try:
         p: Prediction = predict(subject.cell)
         predicted = (p.peak_bytes, p.model_bytes, p.peak_at)
-    except ValueError:  # the model's NotModelled: an implementation or configuration it does not count
+    except NotModelled:  # an implementation or configuration the model does not count (a bug still raises)
         predicted = (None, None, None)
     return Timeline(subject.cell.id, times, series, phases, *predicted, source=source)
