@@ -461,17 +461,20 @@ class Options:
         return pick(self.batch_sizes, D2L["batch_size"]), pick(self.hidden_sizes, D2L["hidden_size"])
 
     def grid(self) -> list[Cell]:
-        """Every combination (of the cross's sizes, with --grid cross), in a stable order; the implementations of
+        """Every combination (of the cross's sizes, with --grid cross), in a stable order, the centre's (batch,
+        hidden) first: a process's first cell of an implementation pays what it compiles once a process
+        (TorchScript's plan) and reports that first call, at the size the report reads it. The implementations of
         one shape run one after another. Autocast keeps float32 parameters: its cells are the float32 ones."""
         configs = [c for c in itertools.product(self.num_layers, self.bidirectional, self.proj_sizes, self.dropouts,
                                                 self.batch_first)]
         centre_b, centre_h = self.centre()
-        return [Cell(impl, self.device, dtype, mode, b, h, t, self.vocab_size, 1, *config, lengths=lengths, amp=amp)
+        cells = [Cell(impl, self.device, dtype, mode, b, h, t, self.vocab_size, 1, *config, lengths=lengths, amp=amp)
                 for config, lengths, amp, dtype, mode, t, h, b, impl in itertools.product(
                     configs, self.lengths, self.amps, self.dtypes, self.modes, self.seq_lens, self.hidden_sizes,
                     self.batch_sizes, self.impls)
                 if config[2] < h and (amp == "none" or dtype == "float32")
                 and (self.shape == "full" or b == centre_b or h == centre_h)]
+        return sorted(cells, key=lambda c: (c.batch_size, c.hidden_size) != (centre_b, centre_h))
 
     def cells(self) -> list[Cell]:
         """This process's part of the grid (all of it unless sharded)."""

@@ -40,8 +40,9 @@ def measure(cell: Cell, benchmark, config: pytest.Config, full: bool = True, clo
             timelines: Path | None = None) -> dict:
     """Every column of an ok row: first call, warm-up, timed rounds, memory pass, FLOPs.
 
-    The cell runs inside fresh compile caches, and its implementation is built (and scripted or
-    compiled) anew, so its first-call cost is the same whatever ran before it. A worker that only
+    The cell runs inside fresh compile caches, and its implementation is built and compiled anew, so its
+    first-call cost is the same whatever ran before it; TorchScript's optimized plan alone is made once a process
+    (measure.cell_caches), by its first scripted cell, which reports the first call. A worker that only
     times (not `full`: bench/workers.py) compiles from the cell's caches as the first worker left them
     (measure.cell_caches): its first call is not reported, and a warm cache spares the run minutes. `clock` sums
     the time of each phase (TIME_PHASES). With `timelines`, a training cell at the d2l sizes also writes the bytes
@@ -70,8 +71,12 @@ def measure_subject(subject: Subject, benchmark, config: pytest.Config, full: bo
     cell, clock = subject.cell, clock or Stopwatch()
     with clock.phase("first call"):
         first_ms = time_first_step(subject.step)
-    row = {"first_step_ms": first_ms if full else None, "real_tokens": subject.real_tokens,
-           "padded_tokens": cell.padded_tokens}
+    reused = subject.model.rnn.reused_compiled  # an earlier cell's plan: no compile in this first call
+    first = full and not reused
+    row = {"first_step_ms": first_ms if first else None, "real_tokens": subject.real_tokens,
+           "padded_tokens": cell.padded_tokens,
+           "notes": f"first call not measured: {cell.impl} ran the plan an earlier cell of its process compiled"
+           if full and reused else None}
     with clock.phase("warm-up"):
         subject.settle_scaler()  # float16: the steps its GradScaler skips are not training steps
         warmup_s = warm_up(subject.step)
@@ -107,7 +112,7 @@ def measure_subject(subject: Subject, benchmark, config: pytest.Config, full: bo
         row |= {f"{phase}_ms_median": statistics.median(times) * 1e3
                 for phase, times in step_phases.seconds.items() if times}
     steady_s = stats.median if stats is not None else statistics.median(warmup_s[-3:])
-    row["startup_ms"] = startup_ms(first_ms, warmup_s, steady_s) if full else None
+    row["startup_ms"] = startup_ms(first_ms, warmup_s, steady_s) if first else None
     diverged = subject.diverged()  # checked once the rounds are over: no sync inside them
     row |= {"status": "nonfinite", "error": diverged} if diverged else {"status": "ok"}
     if stats is not None:
@@ -117,7 +122,8 @@ def measure_subject(subject: Subject, benchmark, config: pytest.Config, full: bo
         return row
     with clock.phase("memory pass"):
         memory = measure_memory(subject)
-        row |= vars(memory) | vars(breakdown(subject, memory.peak_bytes, memory.library_bytes))
+        notes = "; ".join(filter(None, [row["notes"], memory.notes])) or None
+        row |= vars(memory) | vars(breakdown(subject, memory.peak_bytes, memory.library_bytes)) | {"notes": notes}
         if timelines is not None and is_d2l(cell) and cell.mode == "train":
             memory_timeline(subject).write(timelines)
     with clock.phase("memory model"):

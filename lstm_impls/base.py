@@ -96,6 +96,9 @@ class LSTMImpl(nn.Module):
     dtypes: ClassVar[dict[str, frozenset[torch.dtype]]] = {"cpu": FLOATS, "cuda": FLOATS}
     #: the configuration keywords (CONFIG_DEFAULTS' keys) this implementation runs away from their defaults.
     supports: ClassVar[frozenset[str]] = frozenset()
+    #: True once this module runs what an earlier module compiled (under reuse_compiled()): its first calls then
+    #: do not show what compiling costs.
+    reused_compiled: bool = False
 
     def __init__(self, input_size: int, hidden_size: int, *, num_layers: int = 1, bidirectional: bool = False,
                  proj_size: int = 0, batch_first: bool = False, dropout: float = 0.0, device="cpu",

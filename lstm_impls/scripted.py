@@ -22,16 +22,18 @@ for _fn in (cell.lstm, cell.lstm_cell, cell.lstmp, cell.lstmp_cell):
 _reused: dict[object, torch.jit.ScriptFunction] = {}  # under base.reuse_compiled(): one per function, per process
 
 
-def script_lstm(fn=cell.lstm) -> torch.jit.ScriptFunction:
+def script_lstm(fn=cell.lstm) -> tuple[torch.jit.ScriptFunction, bool]:
     """A new TorchScript compilation of the chapter's loop (and the cell it calls); `cell.lstmp` for proj_size.
     Under `lstm_impls.reuse_compiled()`, the one compiled for an earlier module instead: its optimized plan, once
     the profiling executor made it, serves every shape (the plans of a fresh and a reused function at another shape
-    are the same graph, shapes aside), so only the first cell of a process pays the optimizing passes."""
-    if reusing_compiled():
-        if fn not in _reused:
-            _reused[fn] = _script(fn)
-        return _reused[fn]
-    return _script(fn)
+    are the same graph, shapes aside), so only the first cell of a process pays the optimizing passes. Returns the
+    function and whether it was reused."""
+    if not reusing_compiled():
+        return _script(fn), False
+    reused = fn in _reused
+    if not reused:
+        _reused[fn] = _script(fn)
+    return _reused[fn], reused
 
 
 def _script(fn) -> torch.jit.ScriptFunction:
@@ -61,7 +63,7 @@ class ScriptedLSTM(ScratchLSTM):
     def run(self, inputs: Tensor, H: Tensor, C: Tensor, layer: int = 0, direction: int = 0
             ) -> tuple[Tensor, Tensor, Tensor]:
         if self._scripted is None:  # scripted here, so the first call's time includes it
-            self._scripted = script_lstm(cell.lstmp if self.proj_size else cell.lstm)
+            self._scripted, self.reused_compiled = script_lstm(cell.lstmp if self.proj_size else cell.lstm)
         if self.proj_size:
             return self._scripted(inputs, H, C, self.params(layer, direction), self.projection(layer, direction))
         return self._scripted(inputs, H, C, self.params(layer, direction))

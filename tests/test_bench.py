@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from bench.cli import main
-from bench.grid import COLUMNS, DEFAULT_MAX_PROCESSES, DEFAULT_PROCESSES, Cell
+from bench.grid import COLUMNS, D2L, DEFAULT_MAX_PROCESSES, DEFAULT_PROCESSES, Cell, parse_options
 from bench.instruments.flops import count_flops, step_flops
 from bench.instruments.malloc import STEADY_TEXT, steady_unavailable
 from bench.instruments.measure import (
@@ -437,6 +437,24 @@ def test_a_run_adds_processes_for_the_cells_that_have_not_settled(tmp_path):
     assert len(df.loc[2, "relative_step_processes"].split(";")) == 3
     how = json.loads((tmp_path / "r" / "environment.json").read_text())["processes"]
     assert how["count"] == 2 and how["max_count"] == 3 and how["finished"] == 3 and how["extra_cells"] == {"2": 1}
+
+
+def test_the_grids_centre_runs_first_and_pays_torchscripts_plan_once_a_process(tmp_path):
+    """The centre's cells run first; scripted's first cell there scripts and reports its first call, and the
+    scripted cell after it runs that plan at its own shape: no first call reported, a note says why."""
+    options = parse_options(lambda name: {"device": "cpu"}.get(name))
+    centre = (D2L["batch_size"], D2L["hidden_size"])
+    grid = options.grid()
+    at_centre = [(c.batch_size, c.hidden_size) == centre for c in grid]
+    assert at_centre == sorted(at_centre, reverse=True) and at_centre[0]  # the centre's, then the rest
+    proc = run_cli(tmp_path, "--impls", "scripted", "--batch-sizes", "3,2", "--hidden-sizes", "4", "--seq-len", "3",
+                   "--device", "cpu", "--processes", "1", "--benchmark-max-time=0.001")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    first, second = pd.read_csv(tmp_path / "r" / "measurements.csv").itertuples()
+    assert (first.batch_size, second.batch_size) == (2, 3)  # the centre (the lower middle, 2), though listed second
+    assert pd.notna(first.first_step_ms) and pd.notna(first.startup_ms) and pd.isna(first.notes)
+    assert pd.isna(second.first_step_ms) and pd.isna(second.startup_ms)
+    assert second.notes.startswith("first call not measured: scripted ran the plan an earlier cell")
 
 
 def test_startup_is_the_first_call_and_warm_up_beyond_steady_steps():

@@ -205,6 +205,8 @@ def settled_subject(cell: Cell, optimizer: str = "sgd") -> Iterator[Subject]:
 
 
 def release_memory() -> None:
+    """Free what a cell left behind. The collection walks only what was made since start_runtimes froze the
+    start-up's objects (torch's, the compilers'): walking those too took 0.1-0.3 s a collection, twice a cell."""
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
@@ -275,14 +277,16 @@ def cell_compile_caches(where: Path, cold: bool) -> Iterator[None]:
 def cell_caches(cell: Cell, full: bool) -> Iterator[None]:
     """The compile caches a cell runs in: in `lstm-bench run`, its own directory of the run's (COMPILE_CACHE_ENV),
     cold in the process that measures everything (`full`) and warm in the others; else fresh for a full
-    measurement (its first call cold) and as they are on disk for timing only. Timing only, TorchScript's plans
-    are reused from the process's earlier cells too (lstm_impls.reuse_compiled)."""
+    measurement (its first call cold) and as they are on disk for timing only. TorchScript's plans are reused
+    from the process's earlier cells (lstm_impls.reuse_compiled): its ~10 s of optimizing passes, paid in every
+    scripted cell, were a fifth of a default run, and they are the same whatever the shape; the first scripted
+    cell of a process pays and reports them."""
     shared = os.environ.get(COMPILE_CACHE_ENV)
     if shared:
         caches = cell_compile_caches(Path(shared) / cell.id, cold=full)
     else:
         caches = fresh_compile_caches() if full else compile_reset()
-    with caches, contextlib.nullcontext() if full else lstm_impls.reuse_compiled():
+    with caches, lstm_impls.reuse_compiled():
         yield
 
 
@@ -322,6 +326,8 @@ def start_runtimes(device: torch.device, runtimes: Iterable[str] = ()) -> None:
         for _ in range(3):  # the profiling executor optimizes on the second call
             scripted(x).sum().backward()
     sync(device)
+    gc.collect()
+    gc.freeze()  # what start-up made lives on: no later collection walks it (release_memory)
 
 
 def time_first_step(step: Callable[[], object]) -> float:
