@@ -8,6 +8,7 @@ timed rounds.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import gc
 import math
@@ -328,6 +329,8 @@ def start_runtimes(device: torch.device, runtimes: Iterable[str] = ()) -> None:
     sync(device)
     gc.collect()
     gc.freeze()  # what start-up made lives on: no later collection walks it (release_memory)
+    atexit.unregister(gc.unfreeze)  # once, however often a process starts its runtimes
+    atexit.register(gc.unfreeze)  # but the exit's does: frozen, triton's bindings print hundreds of "leaked" lines
 
 
 def time_first_step(step: Callable[[], object]) -> float:
