@@ -455,6 +455,7 @@ def test_the_grids_centre_runs_first_and_pays_torchscripts_plan_once_a_process(t
     assert pd.notna(first.first_step_ms) and pd.notna(first.startup_ms) and pd.isna(first.notes)
     assert pd.isna(second.first_step_ms) and pd.isna(second.startup_ms)
     assert second.notes.startswith("first call not measured: scripted ran the plan an earlier cell")
+    assert "leaked" not in proc.stdout + proc.stderr  # start-up's objects, frozen out of collections, freed at exit
 
 
 def test_startup_is_the_first_call_and_warm_up_beyond_steady_steps():
