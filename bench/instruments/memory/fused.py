@@ -5,9 +5,7 @@ from __future__ import annotations
 from ..onednn import Gemm
 from .counts import Counts, Moment, Term
 from .walk import (
-    GRAD_OUT,
-    apply_dropout,
-    dropout_backward,
+    Stack,
     inference_end,
     layer_name,
     loss_and_output_layer,
@@ -30,12 +28,12 @@ FUSED_STEP_TEMPORARIES = {"fused": (0, 1), "fused_compiled": (4, 1), "triton": (
 def fused_walk(c: Counts) -> tuple[dict[str, Term], list[Moment]]:
     """fused, fused_compiled and triton: forward_stacked around the fused sequence (the chapter's LSTM is one layer),
     each layer and direction counted as fused_sequence counts one (the input projection, the buffers, backward's
-    factors; the gates' gradients and the weights' at the end of its backward), glued as eager_walk glues
-    the chapter's loop (flipped input and outputs, concatenation, dropout's noise, the stacked state). Its
+    factors; the gates' gradients and the weights' at the end of its backward), stacked by walk.Stack as
+    eager_walk stacks the chapter's loop (flipped input and outputs, concatenation, dropout's noise); a direction's
+    y is its sequence's own, saved (Stack's output_saved). Its
     backward also computes the input's gradient (T, B, I) in one GEMM, where the layer's input needs one, and
     makes a slice of a bidirectional layer's output gradient contiguous."""
-    T, B, H, s, u, L, D = c.T, c.B, c.H, c.s, c.u, c.L, c.D
-    p_drop = float(c.config["dropout"])
+    T, B, H, s, u, D = c.T, c.B, c.H, c.s, c.u, c.D
     G4, H4 = T * B * 4 * H * s, 4 * H
     fwd_temps, bwd_temps = FUSED_STEP_TEMPORARIES[c.impl]
     triton = c.impl == "triton"
@@ -50,132 +48,90 @@ def fused_walk(c: Counts) -> tuple[dict[str, Term], list[Moment]]:
             [(name(layer, d, "F and KC (T, B, H)"), 2, c.TBH)])
 
     sim = step_start(c)
-    layer_input, inputs_of, noise_of = "one-hot input", [], {}
-    at_next_layer: list[str] = []
-    for lay in range(L):
-        width = c.layer_input_size(lay)
-        inputs_of.append(layer_input)
-        for gone in at_next_layer:
-            sim.free(gone)
-        at_next_layer, outputs = [], []
-        for d in range(D):
-            if d:
-                sim.alloc(name(lay, d, "flipped input (T, B, I)"), 1, T * B * width * s)
-                if not c.train:
-                    at_next_layer.append(name(lay, d, "flipped input (T, B, I)"))
-            step_gemm = {"a step's GEMM's oneDNN scratchpad": (1, scratch(Gemm.addmm(B, H, H4, "full", out=True)))}
-            sim.moment(f"layer {lay}{' reverse' if d else ''}: the input projection's GEMM", {
-                "input projection (T, B, 4H)": (1, G4),
-                "oneDNN GEMM scratchpad": (1, scratch(Gemm.addmm(c.TB, width, H4, "row")))})
-            y = name(lay, d, "outputs y (T, B, H)")
-            sim.alloc(y, 1, c.TBH)
-            sim.alloc(name(lay, d, "every step's c (T, B, H)"), 1, c.TBH)
-            gates = name(lay, d, "activated gates, or backward's factors (T, B, 4H)")
-            if c.train:
-                sim.alloc(gates, 1, G4)
-                sim.moment(f"layer {lay}{' reverse' if d else ''}: a time step", {
-                    "input projection (T, B, 4H)": (1, G4), "a step's temporaries": (fwd_temps, u)} | step_gemm)
-                if c.impl == "fused_compiled":
-                    sim.moment(f"layer {lay}{' reverse' if d else ''}: backward's factors (Inductor's graph)", {
-                        "returned c": (1, u), "the graph's buffers (T, B, 4H) and (T, B, H)": (1, 3 * G4 + 3 * c.TBH)})
-                if not triton:  # eager backward_factors at its fullest (K_I's product): tanh(c), C~ * I, 1 - I, K_I
-                    sim.alloc(name(lay, d, "F and KC (T, B, H)"), 2, c.TBH)
-                    if c.impl == "fused":
-                        sim.moment(f"layer {lay}{' reverse' if d else ''}: backward's factors (eager, in place)", {
-                            "returned c": (1, u), "tanh(c), C~ * I, 1 - I, K_I (T, B, H)": (4, c.TBH)})
-                    sim.free(name(lay, d, "every step's c (T, B, H)"))
-            else:
-                sim.moment(f"layer {lay}{' reverse' if d else ''}: a time step (no grad)", {
-                    "input projection (T, B, 4H)": (1, G4), "one step's gates buffer (B, 4H)": (4, u),
-                    "a step's temporaries": (fwd_temps, u)} | step_gemm)
+    st = Stack(sim, c, "2H", output_saved=True)
+
+    def forward(lay: int, d: int, width: int) -> str:
+        step_gemm = {"a step's GEMM's oneDNN scratchpad": (1, scratch(Gemm.addmm(B, H, H4, "full", out=True)))}
+        sim.moment(f"layer {lay}{' reverse' if d else ''}: the input projection's GEMM", {
+            "input projection (T, B, 4H)": (1, G4),
+            "oneDNN GEMM scratchpad": (1, scratch(Gemm.addmm(c.TB, width, H4, "row")))})
+        y = name(lay, d, "outputs y (T, B, H)")
+        sim.alloc(y, 1, c.TBH)
+        sim.alloc(name(lay, d, "every step's c (T, B, H)"), 1, c.TBH)
+        gates = name(lay, d, "activated gates, or backward's factors (T, B, 4H)")
+        if c.train:
+            sim.alloc(gates, 1, G4)
+            sim.moment(f"layer {lay}{' reverse' if d else ''}: a time step", {
+                "input projection (T, B, 4H)": (1, G4), "a step's temporaries": (fwd_temps, u)} | step_gemm)
+            if c.impl == "fused_compiled":
+                sim.moment(f"layer {lay}{' reverse' if d else ''}: backward's factors (Inductor's graph)", {
+                    "returned c": (1, u), "the graph's buffers (T, B, 4H) and (T, B, H)": (1, 3 * G4 + 3 * c.TBH)})
+            if not triton:  # eager backward_factors at its fullest (K_I's product): tanh(c), C~ * I, 1 - I, K_I
+                sim.alloc(name(lay, d, "F and KC (T, B, H)"), 2, c.TBH)
+                if c.impl == "fused":
+                    sim.moment(f"layer {lay}{' reverse' if d else ''}: backward's factors (eager, in place)", {
+                        "returned c": (1, u), "tanh(c), C~ * I, 1 - I, K_I (T, B, H)": (4, c.TBH)})
                 sim.free(name(lay, d, "every step's c (T, B, H)"))
-            sim.alloc(name(lay, d, "h_n, c_n (clones)"), 2, u)
-            if d:
-                flipped = name(lay, d, "outputs flipped back (T, B, H)")
-                sim.alloc(flipped, 1, c.TBH)
-                outputs.append(flipped)
-                if not c.train:
-                    sim.free(y)  # `Y` held it; nothing saves it
-            else:
-                outputs.append(y)
-        out = outputs[0]
-        if D == 2:
-            out = name(lay, 0, "both directions' outputs (T, B, 2H)")
-            sim.alloc(out, 1, 2 * c.TBH)
-            sim.moment(f"layer {lay}: the directions' outputs concatenated")
-            at_next_layer += outputs[1:] if c.train else outputs  # a sequence saves its own y
-        if not c.train and layer_input != "one-hot input":
-            at_next_layer.append(layer_input)
-        if p_drop and lay < L - 1:
-            out = apply_dropout(sim, c, lay, out, noise_of, at_next_layer if not c.train else None)
-        layer_input = out
+        else:
+            sim.moment(f"layer {lay}{' reverse' if d else ''}: a time step (no grad)", {
+                "input projection (T, B, 4H)": (1, G4), "one step's gates buffer (B, 4H)": (4, u),
+                "a step's temporaries": (fwd_temps, u)} | step_gemm)
+            sim.free(name(lay, d, "every step's c (T, B, H)"))
+        sim.alloc(name(lay, d, "h_n, c_n (clones)"), 2, u)
+        if not d:
+            return y
+        flipped = name(lay, d, "outputs flipped back (T, B, H)")
+        sim.alloc(flipped, 1, c.TBH)
+        if not c.train:
+            sim.free(y)  # `Y` held it; nothing saves it
+        return flipped
+
+    layer_input = st.forward(forward)
     state = {f"new state {k}": v for k, v in c.state().items()}
-    if c.stacked:
-        for k, v in state.items():
-            sim.alloc(k, *v)
-        sim.moment("forward_stacked's returned state stacked")
-    for gone in at_next_layer:
-        sim.free(gone)
-    for lay, d in c.layers_and_directions():
-        sim.free(name(lay, d, "h_n, c_n (clones)"))
-    if not c.stacked:
-        for k, v in state.items():
-            sim.alloc(k, *v)
+    st.returned(state, lambda lay, d: sim.free(name(lay, d, "h_n, c_n (clones)")))
     if not c.train:
         for gone in (layer_input, "one-hot input"):
             sim.free(gone)
         return {}, [*sim.moments, inference_end(c)]
-    top = layer_input
     acts = loss_and_output_layer(sim, c, set(state) | set(c.batch_and_state()))
     acts["carried state h (each sequence saves its h0)"] = (1, c.L * c.D * c.uo)
     if triton:  # and its c0: the kernels read every c from c0 on
         acts["carried state c (each sequence saves its c0)"] = (1, c.L * c.D * u)
-    grad_out = GRAD_OUT
-    if D == 2:
-        sim.free(top)  # the concatenation; a one-direction top layer's y stays saved by its sequence
     H4H = H * H4 * s
-    for lay in reversed(range(L)):
-        width = c.layer_input_size(lay)
-        grad_in = name(lay, 0, "its input's gradient (T, B, I)")
-        for d in reversed(range(D)):
-            if D == 2:  # flip's backward (reverse), or dy.contiguous() of the concatenation's slice
-                sim.alloc(name(lay, d, "dY of this direction (T, B, H)"), 1, c.TBH)
-            sim.alloc(name(lay, d, "gates' gradients (T, B, 4H)"), 1, G4)
-            sim.alloc(name(lay, d, "dc, zero gradients of h_n, c_n"), 3, u)
-            sim.moment(f"layer {lay}{' reverse' if d else ''} backward, step T-1 (the first)", {
-                "a step's temporaries": (bwd_temps, u)})
-            sim.moment(f"layer {lay}{' reverse' if d else ''} backward, step T-2: dh's GEMM", {
-                "dh": (1, u), "oneDNN GEMM scratchpad": (1, scratch(Gemm.addmm(B, H4, H, "full", b_t=True)))})
-            sim.moment(f"layer {lay}{' reverse' if d else ''} backward, W_h's gradient: h_0's term", {
-                "W_h gradient: h_0's term": (1, H4H), "oneDNN GEMM scratchpad": (1, scratch(Gemm(H, B, H4, a_t=True)))})
-            sim.moment(f"layer {lay}{' reverse' if d else ''} backward, W_h's gradient: h_0's term and the sum", {
-                "W_h gradient: h_0's term and the sum": (2, H4H),
-                "oneDNN GEMM scratchpad": (1, scratch(Gemm.addmm(H, c.TB - B, H4, "full", a_t=True)))})
-            dx = name(lay, d, "the input's gradient dx (T, B, I)")
-            sim.alloc(name(lay, d, "W_h's gradient"), 1, H4H)
-            if lay:
-                sim.alloc(dx, 1, T * B * width * s)
-            sim.moment(f"layer {lay}{' reverse' if d else ''} backward, W_x's gradient", {
-                "W_x gradient": (1, width * H4 * s),
-                "oneDNN GEMM scratchpad": (1, scratch(Gemm(width, c.TB, H4, a_t=True)))})
-            sim.free(name(lay, d, "W_h's gradient"))
-            sim.alloc(name(lay, d, "weight gradients"), 1, c.layer_params(lay, d))
-            sim.moment(f"layer {lay}{' reverse' if d else ''} backward: every weight gradient computed")
-            sim.free(name(lay, d, "gates' gradients (T, B, 4H)"))
-            sim.free(name(lay, d, "dc, zero gradients of h_n, c_n"))
-            sim.free(name(lay, d, "dY of this direction (T, B, H)"))
-            for what, _, _ in kept(lay, d):
-                sim.free(what)
-            if d:
-                sim.free(name(lay, d, "flipped input (T, B, I)"))
-            if lay and (d or D == 1):  # the layer input's gradient buffer: flip's backward (a copy), or dx itself
-                sim.alloc(grad_in, 1, T * B * width * s)
-                if d:
-                    sim.moment(f"layer {lay} reverse backward: flip's backward")
-            sim.free(dx)  # direction 0 of two: added in place into the buffer
-        sim.free(grad_out)
-        if not lay or inputs_of[lay] != name(lay - 1, 0, "outputs y (T, B, H)"):
-            sim.free(inputs_of[lay])  # a concatenation or dropout's output; a lower y stays saved by its sequence
-        grad_out = dropout_backward(sim, c, lay, grad_in, noise_of)
+
+    def backward(lay: int, d: int, width: int) -> str:
+        if D == 2:  # flip's backward (reverse), or dy.contiguous() of the concatenation's slice
+            sim.alloc(name(lay, d, "dY of this direction (T, B, H)"), 1, c.TBH)
+        sim.alloc(name(lay, d, "gates' gradients (T, B, 4H)"), 1, G4)
+        sim.alloc(name(lay, d, "dc, zero gradients of h_n, c_n"), 3, u)
+        sim.moment(f"layer {lay}{' reverse' if d else ''} backward, step T-1 (the first)", {
+            "a step's temporaries": (bwd_temps, u)})
+        sim.moment(f"layer {lay}{' reverse' if d else ''} backward, step T-2: dh's GEMM", {
+            "dh": (1, u), "oneDNN GEMM scratchpad": (1, scratch(Gemm.addmm(B, H4, H, "full", b_t=True)))})
+        sim.moment(f"layer {lay}{' reverse' if d else ''} backward, W_h's gradient: h_0's term", {
+            "W_h gradient: h_0's term": (1, H4H), "oneDNN GEMM scratchpad": (1, scratch(Gemm(H, B, H4, a_t=True)))})
+        sim.moment(f"layer {lay}{' reverse' if d else ''} backward, W_h's gradient: h_0's term and the sum", {
+            "W_h gradient: h_0's term and the sum": (2, H4H),
+            "oneDNN GEMM scratchpad": (1, scratch(Gemm.addmm(H, c.TB - B, H4, "full", a_t=True)))})
+        dx = name(lay, d, "the input's gradient dx (T, B, I)")
+        sim.alloc(name(lay, d, "W_h's gradient"), 1, H4H)
+        if lay:
+            sim.alloc(dx, 1, T * B * width * s)
+        sim.moment(f"layer {lay}{' reverse' if d else ''} backward, W_x's gradient", {
+            "W_x gradient": (1, width * H4 * s),
+            "oneDNN GEMM scratchpad": (1, scratch(Gemm(width, c.TB, H4, a_t=True)))})
+        sim.free(name(lay, d, "W_h's gradient"))
+        sim.alloc(name(lay, d, "weight gradients"), 1, c.layer_params(lay, d))
+        sim.moment(f"layer {lay}{' reverse' if d else ''} backward: every weight gradient computed")
+        sim.free(name(lay, d, "gates' gradients (T, B, 4H)"))
+        sim.free(name(lay, d, "dc, zero gradients of h_n, c_n"))
+        sim.free(name(lay, d, "dY of this direction (T, B, H)"))
+        for what, _, _ in kept(lay, d):
+            sim.free(what)
+        if d:  # the sequence's input, saved with the rest, before the layer input's gradient buffer is made
+            sim.free(name(lay, d, "flipped input (T, B, I)"))
+        return dx
+
+    st.backward(backward)
     return acts, [*sim.moments, optimizer_step(c)]
 

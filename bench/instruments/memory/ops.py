@@ -6,9 +6,7 @@ from __future__ import annotations
 from ..onednn import Gemm
 from .counts import Counts, Moment, Term
 from .walk import (
-    GRAD_OUT,
-    apply_dropout,
-    dropout_backward,
+    Stack,
     layer_name,
     loss_and_output_layer,
     optimizer_step,
@@ -39,12 +37,12 @@ def eager_walk(c: Counts, unrolled: bool = False, inductor: bool = False) -> tup
     Per layer, direction and time step the chapter's cell keeps 7 (B, H) tensors for backward (I, F, O, C~,
     c, tanh(c) and h = O * tanh(c)); with a projection h = (O * tanh(c)) W_hr is one (B, P) more. The reverse
     direction reads a flipped copy of its layer's input and flips its outputs back; a bidirectional layer
-    concatenates both; dropout between layers keeps its (T, B, D * H_out) noise (input * noise). Backward
+    concatenates both; dropout between layers keeps its (T, B, D * H_out) noise (input * noise): walk.Stack's
+    layers and directions, `Y` holding a direction's output until the next run returns (until_run). Backward
     runs the layers top down and the reverse direction first (its nodes are the newer); a direction holds its
     gradients from its last step on, and its input's per-step gradients until unbind's backward stacks them.
     """
-    T, B, H, s, u, uo, Hout, L, D = c.T, c.B, c.H, c.s, c.u, c.uo, c.H_out, c.L, c.D
-    p_drop = float(c.config["dropout"])
+    T, B, H, s, u, uo, Hout = c.T, c.B, c.H, c.s, c.u, c.uo, c.H_out
 
     def tb(width: int) -> int:  # one (T, B, width) tensor
         return T * B * width * s
@@ -56,84 +54,52 @@ def eager_walk(c: Counts, unrolled: bool = False, inductor: bool = False) -> tup
                 (name(layer, d, "per-step projected h (B, P)"), T if c.proj else 0, uo)]
 
     sim = step_start(c)
-    layer_input = "one-hot input"
-    inputs_of, noise_of = [], {}  # each layer's input, and the dropout noise on it
-    at_next_layer: list[str] = []  # held by a Python name (`inputs`, `outputs`) that the next layer rebinds
-    at_next_run: list[str] = []  # held by `Y`, rebound when the next run returns
-    for layer in range(L):
-        width = c.layer_input_size(layer)
-        inputs_of.append(layer_input)
-        for gone in at_next_layer:
-            sim.free(gone)
-        at_next_layer, outputs = [], []
-        for d in range(D):
-            if d:
-                sim.alloc(name(layer, d, "flipped input (T, B, I)"), 1, tb(width))
-                if not c.train:
-                    at_next_layer.append(name(layer, d, "flipped input (T, B, I)"))
-            last_step = f"layer {layer}{' reverse' if d else ''}: the last step"
-            gemm = {"its GEMM's oneDNN scratchpad": (1, c.gemm_scratch(Gemm(B, width, H)))}
-            if c.train:  # the last step's fullest: 3 gates and a gate's two GEMM results, then all 7 saved
-                for what, count, each in saved(layer, d):
-                    sim.alloc(what, count - count // T, each)
-                sim.moment(last_step + "'s GEMM", {"a step's gates and GEMM results (B, H)": (5, u)} | gemm)
-                for what, count, each in saved(layer, d):
-                    sim.alloc(what, count // T, each)
-            else:  # no grad: the outputs list and the last c; in the step its gates, c, tanh(c), products
-                sim.alloc(name(layer, d, "outputs list h_1..h_T"), T - 1, uo)
-                sim.alloc(name(layer, d, "last c"), 1, u)
-                sim.moment(last_step + "'s GEMM", {"a step's gates and GEMM results (B, H)": (5, u)} | gemm)
-                sim.moment(last_step + ": its new c and h", {"a step's gates, c, tanh(c), h (B, H)": (7, u),
-                                                             "its projected h (B, P)": (1 if c.proj else 0, uo)})
-                sim.alloc(name(layer, d, "outputs list h_1..h_T"), 1, uo)
-            stacked = name(layer, d, "stacked outputs (T, B, H_out)")
-            sim.alloc(stacked, 1, tb(Hout))
-            sim.moment(f"layer {layer}{' reverse' if d else ''}: torch.stack of the outputs")
-            for gone in at_next_run:
-                sim.free(gone)
-            at_next_run = []
-            if not c.train:  # the list is gone; h_T stays in forward_stacked's Hs
-                sim.free(name(layer, d, "outputs list h_1..h_T"), T - 1)
-            if d:
-                flipped = name(layer, d, "outputs flipped back (T, B, H_out)")
-                sim.alloc(flipped, 1, tb(Hout))
-                at_next_run.append(stacked)
-                outputs.append(flipped)
-            else:
-                outputs.append(stacked)
-        out = outputs[0]
-        if D == 2:
-            out = name(layer, 0, "both directions' outputs (T, B, 2 H_out)")
-            sim.alloc(out, 1, tb(2 * Hout))
-            sim.moment(f"layer {layer}: the directions' outputs concatenated")
-            at_next_layer += outputs
-        if not c.train and layer_input != "one-hot input":
-            at_next_layer.append(layer_input)  # nothing saves it: gone once `inputs` is rebound
-        if p_drop and layer < L - 1:  # `Y` holds a one-direction output until the next layer's run returns
-            out = apply_dropout(sim, c, layer, out, noise_of, at_next_run)
-        layer_input = out
+    st = Stack(sim, c, "2 H_out", until_run=True)
+
+    def forward(layer: int, d: int, width: int) -> str:
+        last_step = f"layer {layer}{' reverse' if d else ''}: the last step"
+        gemm = {"its GEMM's oneDNN scratchpad": (1, c.gemm_scratch(Gemm(B, width, H)))}
+        if c.train:  # the last step's fullest: 3 gates and a gate's two GEMM results, then all 7 saved
+            for what, count, each in saved(layer, d):
+                sim.alloc(what, count - count // T, each)
+            sim.moment(last_step + "'s GEMM", {"a step's gates and GEMM results (B, H)": (5, u)} | gemm)
+            for what, count, each in saved(layer, d):
+                sim.alloc(what, count // T, each)
+        else:  # no grad: the outputs list and the last c; in the step its gates, c, tanh(c), products
+            sim.alloc(name(layer, d, "outputs list h_1..h_T"), T - 1, uo)
+            sim.alloc(name(layer, d, "last c"), 1, u)
+            sim.moment(last_step + "'s GEMM", {"a step's gates and GEMM results (B, H)": (5, u)} | gemm)
+            sim.moment(last_step + ": its new c and h", {"a step's gates, c, tanh(c), h (B, H)": (7, u),
+                                                         "its projected h (B, P)": (1 if c.proj else 0, uo)})
+            sim.alloc(name(layer, d, "outputs list h_1..h_T"), 1, uo)
+        stacked = name(layer, d, "stacked outputs (T, B, H_out)")
+        sim.alloc(stacked, 1, tb(Hout))
+        sim.moment(f"layer {layer}{' reverse' if d else ''}: torch.stack of the outputs")
+        st.run_returned()
+        if not c.train:  # the list is gone; h_T stays in forward_stacked's Hs
+            sim.free(name(layer, d, "outputs list h_1..h_T"), T - 1)
+        if not d:
+            return stacked
+        flipped = name(layer, d, "outputs flipped back (T, B, H_out)")
+        sim.alloc(flipped, 1, tb(Hout))
+        st.at_next_run.append(stacked)
+        return flipped
+
+    layer_input = st.forward(forward)
     state = {f"new state {k}": v for k, v in c.state().items()}
     last_c_saved = inductor and not (c.stacked or c.proj)  # the partitioner saves the last c: the state's own
     if last_c_saved:
         state = {"new state h": (1, u)}
-    if c.stacked:
-        for k, v in state.items():
-            sim.alloc(k, *v)
-        sim.moment("forward_stacked's returned state stacked")
-    # forward_stacked returns: its lists go, and with them each direction's h_T and c_T (the state's
-    # own tensors where nothing is stacked); the last layer's outputs but the returned ones go
-    for gone in at_next_layer + at_next_run:
-        sim.free(gone)
-    for layer, d in c.layers_and_directions():
+
+    def let_go(layer: int, d: int) -> None:  # forward_stacked's lists, and with them each direction's h_T and c_T
         if c.train:
             sim.free(name(layer, d, "per-step h, c, gates, tanh(c) (B, H)"), 1 if c.proj or inductor else 2)
             sim.free(name(layer, d, "per-step projected h (B, P)"), 1)
         else:
             sim.free(name(layer, d, "outputs list h_1..h_T"))
             sim.free(name(layer, d, "last c"))
-    if not c.stacked:
-        for k, v in state.items():
-            sim.alloc(k, *v)
+
+    st.returned(state, let_go)
     if not c.train:  # the model has returned: its one-hot input and the LSTM's outputs are gone
         sim.free(layer_input)
         sim.free("one-hot input")
@@ -142,74 +108,62 @@ def eager_walk(c: Counts, unrolled: bool = False, inductor: bool = False) -> tup
         sim.alloc("target (int64)", 1, 8 * c.TB)
         sim.moment("loss")
         return {}, sim.moments
-    top = layer_input  # saved by the output layer
     acts = loss_and_output_layer(sim, c, set(state))
-    grad_out = GRAD_OUT
-    sim.free(top)
-    for layer in reversed(range(L)):
-        width = c.layer_input_size(layer)
-        grad_in = name(layer, 0, "its input's gradient (T, B, I)")
-        for d in reversed(range(D)):
-            if d:
-                sim.alloc(name(layer, d, "dY flipped (T, B, H_out)"), 1, tb(Hout))
-            sim.alloc(name(layer, d, "weight gradients"), 1, c.layer_params(layer, d))
-            per_step = saved(layer, d)
-            for what, count, _ in per_step:  # step T-1's backward is done: its 7 (+1) are freed
-                sim.free(what, count // T)
-            if inductor:  # and 3 more at the next step's backward, its gradients in flight included (measured:
-                sim.free(per_step[0][0], 3)  # 6T - 10 (B, H) then, 6T - 8 with the new state)
-            if last_c_saved:  # the last c, no longer saved, is the returned state's
-                sim.alloc("new state c", 1, u)
-            pieces = name(layer, d, "its input's per-step gradients (B, I)")
+
+    def backward(layer: int, d: int, width: int) -> str:
+        if d:
+            sim.alloc(name(layer, d, "dY flipped (T, B, H_out)"), 1, tb(Hout))
+        sim.alloc(name(layer, d, "weight gradients"), 1, c.layer_params(layer, d))
+        per_step = saved(layer, d)
+        for what, count, _ in per_step:  # step T-1's backward is done: its 7 (+1) are freed
+            sim.free(what, count // T)
+        if inductor:  # and 3 more at the next step's backward, its gradients in flight included (measured:
+            sim.free(per_step[0][0], 3)  # 6T - 10 (B, H) then, 6T - 8 with the new state)
+        if last_c_saved:  # the last c, no longer saved, is the returned state's
+            sim.alloc("new state c", 1, u)
+        pieces = name(layer, d, "its input's per-step gradients (B, I)")
+        if layer:
+            sim.alloc(pieces, 1, B * width * s)
+        sim.moment(f"layer {layer}{' reverse' if d else ''} backward, step T-2: a weight gradient term", {
+            "(B, H) gradients in flight": (0 if inductor else 4, u),
+            "(B, I) input gradient in flight": (1 if layer else 0, B * width * s),
+            "W_h gradient term (H_out, H)": (0 if inductor else 1, Hout * H * s),
+            "a step's weight gradients (compiled)": (1 if inductor else 0, c.layer_params(layer, d)),
+            "its GEMM's oneDNN scratchpad": (1, c.gemm_scratch(Gemm(Hout, B, H, a_t=True)))})
+        K = 8 * (T // 8)  # steps run in unrolled bodies; the T % 8 remainder ran last, its backward first
+        if unrolled and K:  # the remainder's saved tensors are gone, and the last body's h_K, c_K
+            for (what, count, each), left in zip(per_step, (7 * K - (1 if c.proj else 2), K - 1)):
+                sim.free(what)
+                sim.alloc(what, left if count else 0, each)
+            # TorchScript indexes the input step by step: select's backward adds each step's input gradient
+            # into a (T, B, I) buffer, and the body returns its 8 at once; W_hr's terms are summed as they come
+            w_hr = H * c.proj * s
+            sim.free(pieces)
+            sim.moment(f"layer {layer}{' reverse' if d else ''} backward of the last unrolled 8-step body, "
+                       "before it sums its weight gradients", {
+                           "(B, H) gradients in flight": (3 + 2 * (T - K >= 3), u),
+                           "8 steps' weight-gradient terms": (8, c.layer_params(layer, d) - w_hr),
+                           "W_hr's gradient term": (1, w_hr),
+                           "the input's gradient (T, B, I), select's backward": (1 if layer else 0, tb(width)),
+                           "the body's 8 input gradients (B, I)": (8 if layer else 0, B * width * s),
+                           "the last term's GEMM's oneDNN scratchpad": (
+                               1, c.gemm_scratch(Gemm(Hout, B, H, a_t=True)))})
             if layer:
                 sim.alloc(pieces, 1, B * width * s)
-            sim.moment(f"layer {layer}{' reverse' if d else ''} backward, step T-2: a weight gradient term", {
-                "(B, H) gradients in flight": (0 if inductor else 4, u),
-                "(B, I) input gradient in flight": (1 if layer else 0, B * width * s),
-                "W_h gradient term (H_out, H)": (0 if inductor else 1, Hout * H * s),
-                "a step's weight gradients (compiled)": (1 if inductor else 0, c.layer_params(layer, d)),
-                "its GEMM's oneDNN scratchpad": (1, c.gemm_scratch(Gemm(Hout, B, H, a_t=True)))})
-            K = 8 * (T // 8)  # steps run in unrolled bodies; the T % 8 remainder ran last, its backward first
-            if unrolled and K:  # the remainder's saved tensors are gone, and the last body's h_K, c_K
-                for (what, count, each), left in zip(per_step, (7 * K - (1 if c.proj else 2), K - 1)):
-                    sim.free(what)
-                    sim.alloc(what, left if count else 0, each)
-                # TorchScript indexes the input step by step: select's backward adds each step's input gradient
-                # into a (T, B, I) buffer, and the body returns its 8 at once; W_hr's terms are summed as they come
-                w_hr = H * c.proj * s
-                sim.free(pieces)
-                sim.moment(f"layer {layer}{' reverse' if d else ''} backward of the last unrolled 8-step body, "
-                           "before it sums its weight gradients", {
-                               "(B, H) gradients in flight": (3 + 2 * (T - K >= 3), u),
-                               "8 steps' weight-gradient terms": (8, c.layer_params(layer, d) - w_hr),
-                               "W_hr's gradient term": (1, w_hr),
-                               "the input's gradient (T, B, I), select's backward": (1 if layer else 0, tb(width)),
-                               "the body's 8 input gradients (B, I)": (8 if layer else 0, B * width * s),
-                               "the last term's GEMM's oneDNN scratchpad": (
-                                   1, c.gemm_scratch(Gemm(Hout, B, H, a_t=True)))})
-                if layer:
-                    sim.alloc(pieces, 1, B * width * s)
-            for what, _, _ in per_step:
-                sim.free(what)
-            if d:
-                sim.free(name(layer, d, "dY flipped (T, B, H_out)"))
-            if layer:  # unbind's backward stacks the steps' input gradients
-                sim.alloc(pieces, T - 1, B * width * s)
-                stack = name(layer, d, "input gradient stacked (T, B, I)")
-                sim.alloc(stack, 1, tb(width))
-                sim.moment(f"layer {layer}{' reverse' if d else ''} backward: unbind's backward stacks its "
-                           "input's gradients")
-                sim.free(pieces)
-                if d or D == 1:  # the layer's input buffer: flip's backward (a copy), or the stack itself
-                    sim.alloc(grad_in, 1, tb(width))
-                if d:
-                    sim.moment(f"layer {layer} reverse backward: flip's backward")
-                sim.free(stack)  # direction 0 of two: added in place into the input buffer
-            if d:
-                sim.free(name(layer, d, "flipped input (T, B, I)"))
-        sim.free(grad_out)
-        sim.free(inputs_of[layer])  # saved by the layer's GEMMs
-        grad_out = dropout_backward(sim, c, layer, grad_in, noise_of)
+        for what, _, _ in per_step:
+            sim.free(what)
+        if d:
+            sim.free(name(layer, d, "dY flipped (T, B, H_out)"))
+        stack = name(layer, d, "input gradient stacked (T, B, I)")
+        if layer:  # unbind's backward stacks the steps' input gradients
+            sim.alloc(pieces, T - 1, B * width * s)
+            sim.alloc(stack, 1, tb(width))
+            sim.moment(f"layer {layer}{' reverse' if d else ''} backward: unbind's backward stacks its "
+                       "input's gradients")
+            sim.free(pieces)
+        return stack
+
+    st.backward(backward)
     return acts, [*sim.moments, optimizer_step(c)]
 
 

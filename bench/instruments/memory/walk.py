@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from ..onednn import Gemm
@@ -221,6 +222,112 @@ def apply_dropout(sim: Step, c: Counts, layer: int, out: str, noise_of: dict[int
     elif hold is not None:
         hold.append(out)
     return dropped
+
+
+#: a kernel's own part of one layer's direction: (layer, direction, the layer's input width) -> a tensor's name
+Direction = Callable[[int, int, int], str]
+
+
+class Stack:
+    """forward_stacked's layers and directions around a kernel that runs one layer's direction at a time (the
+    chapter's loop of cells, the fused sequence): the reverse direction's flipped copy of its input, a
+    bidirectional layer's concatenation, dropout between layers, and what the next layer or the next run lets
+    go; backward top down and the reverse direction first, each layer's input gradient (flip's backward), its
+    input and dropout's backward. The kernel's own part of a direction is the walk's (forward's, backward's).
+
+    `output_saved`: in training the kernel saves a direction's own output (the fused sequence its y), which no
+    layer or run lets go; `until_run`: a layer's output that dropout read is held until the next run returns
+    (`run_returned`, the kernel's to call), not until the next layer starts."""
+
+    def __init__(self, sim: Step, c: Counts, both: str, output_saved: bool = False, until_run: bool = False):
+        self.sim, self.c, self.both, self.until_run = sim, c, both, until_run
+        self.output_saved = output_saved and c.train
+        self.inputs_of: list[str] = []  # each layer's input
+        self.noise_of: dict[int, str] = {}  # the dropout noise on a layer's input
+        self.saved: set[str] = set()  # the layers' outputs the kernel saves
+        self.at_next_layer: list[str] = []  # held by a Python name (`inputs`, `outputs`) the next layer rebinds
+        self.at_next_run: list[str] = []  # held by `Y`, rebound when the next run returns
+        self.top = "one-hot input"  # the last layer's output: the LSTM's
+
+    def run_returned(self) -> None:
+        """A direction's run has returned: what `Y` held goes."""
+        for gone in self.at_next_run:
+            self.sim.free(gone)
+        self.at_next_run = []
+
+    def returned(self, state: dict[str, Term], let_go: Callable[[int, int], None]) -> None:
+        """forward_stacked returns `state`: with layers or directions stacked into new tensors (a moment), what
+        its names still held goes, and what each layer's direction lets go (`let_go(layer, d)`); with neither,
+        the state is the one direction's own h_T and c_T, which outlive what it lets go."""
+        sim, c = self.sim, self.c
+        if c.stacked:
+            for k, v in state.items():
+                sim.alloc(k, *v)
+            sim.moment("forward_stacked's returned state stacked")
+        for gone in self.at_next_layer + self.at_next_run:
+            sim.free(gone)
+        for layer, d in c.layers_and_directions():
+            let_go(layer, d)
+        if not c.stacked:
+            for k, v in state.items():
+                sim.alloc(k, *v)
+
+    def forward(self, direction: Direction) -> str:
+        """Every layer and direction in the order they run, `direction` returning a direction's output; returns
+        the LSTM's output."""
+        sim, c = self.sim, self.c
+        for layer in range(c.L):
+            width = c.layer_input_size(layer)
+            self.inputs_of.append(self.top)
+            for gone in self.at_next_layer:
+                sim.free(gone)
+            self.at_next_layer, outputs = [], []
+            for d in range(c.D):
+                if d:
+                    sim.alloc(layer_name(layer, d, "flipped input (T, B, I)"), 1, c.T * c.B * width * c.s)
+                    if not c.train:
+                        self.at_next_layer.append(layer_name(layer, d, "flipped input (T, B, I)"))
+                outputs.append(direction(layer, d, width))
+            out = outputs[0]
+            if self.output_saved:
+                self.saved.add(out)
+            if c.D == 2:
+                out = layer_name(layer, 0, f"both directions' outputs (T, B, {self.both})")
+                sim.alloc(out, 1, sum(n * each for n, each in (sim.live.get(k, (0, 0)) for k in outputs)))
+                sim.moment(f"layer {layer}: the directions' outputs concatenated")
+                self.at_next_layer += [k for k in outputs if k not in self.saved]
+            if not c.train and self.top != "one-hot input":
+                self.at_next_layer.append(self.top)  # nothing saves it: gone once `inputs` is rebound
+            if float(c.config["dropout"]) and layer < c.L - 1:
+                hold = None if out in self.saved else self.at_next_run if self.until_run else self.at_next_layer
+                out = apply_dropout(sim, c, layer, out, self.noise_of, hold)
+            self.top = out
+        return self.top
+
+    def backward(self, direction: Direction) -> None:
+        """Backward from the output layer's: every layer top down, the reverse direction first, `direction`
+        returning the direction's input gradient, which goes into the layer input's gradient buffer (flip's
+        backward, a copy, for the reverse direction; the gradient itself where there is one direction)."""
+        sim, c = self.sim, self.c
+        if self.top not in self.saved:
+            sim.free(self.top)  # saved by the output layer
+        grad_out = GRAD_OUT
+        for layer in reversed(range(c.L)):
+            width = c.layer_input_size(layer)
+            grad_in = layer_name(layer, 0, "its input's gradient (T, B, I)")
+            for d in reversed(range(c.D)):
+                dx = direction(layer, d, width)
+                if layer and (d or c.D == 1):
+                    sim.alloc(grad_in, 1, c.T * c.B * width * c.s)
+                    if d:
+                        sim.moment(f"layer {layer} reverse backward: flip's backward")
+                sim.free(dx)  # direction 0 of two: added in place into the input buffer
+                if d:
+                    sim.free(layer_name(layer, d, "flipped input (T, B, I)"))
+            sim.free(grad_out)
+            if self.inputs_of[layer] not in self.saved:
+                sim.free(self.inputs_of[layer])  # saved by the layer's GEMMs
+            grad_out = dropout_backward(sim, c, layer, grad_in, self.noise_of)
 
 
 def inference_end(c: Counts) -> Moment:
