@@ -169,7 +169,10 @@ def _run(args: argparse.Namespace) -> int:
         print(f"lstm-bench: {note}", flush=True)
     print(f"lstm-bench run: {len(options.cells())} cells on {options.device}, results in {run_dir}"
           + (f" (rank {ranks.rank} of {ranks.world_size})" if ranks else ""), flush=True)
-    if processes > 1 and not args.verbose:
+    # in worker processes (even one: the same console), but under torchrun each rank measures its shard itself, and a
+    # run directory whose rows are at its top (one made in this process, before) is resumed as it was made
+    in_process = bool(ranks) or ((run_dir / CSV_NAME).is_file() and not (run_dir / PROCESSES_DIR).is_dir())
+    if not in_process and not args.verbose:
         print(f"lstm-bench run: each process's pytest output goes to {run_dir / PROCESSES_DIR / 'K' / LOG_NAME} "
               "(--verbose shows it here)", flush=True)
     argv = [str(Path(__file__).parent), "--benchmark-only", "-p", "no:cacheprovider", "-v", "--no-header",
@@ -177,13 +180,13 @@ def _run(args: argparse.Namespace) -> int:
     grid_argv = [f"--{name}={value}" for name, value in raw.items() if value is not None]
     grid_argv += ["--tf32"] if args.tf32 else []
     started = time.perf_counter()
-    if processes > 1:  # fresh worker processes, one after another (bench/workers.py)
+    if not in_process:  # fresh worker processes, one after another (bench/workers.py)
         from bench.workers import run_workers
 
         where = [a for a in grid_argv if not a.startswith(("--results-dir=", "--run-id="))]
         code = run_workers(run_dir, processes, argv + where + args.pytest_args, max_count=max_processes,
                            cells=len(options.cells()), verbose=args.verbose)
-    else:  # this process measures (under torchrun: each rank its shard)
+    else:
         code = pytest.main(argv + grid_argv + args.pytest_args)
     if ranks:
         missing = finish(ranks, run_dir)

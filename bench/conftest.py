@@ -100,7 +100,8 @@ def pytest_configure(config: pytest.Config) -> None:
     malloc = set_malloc(options.malloc)  # before any cell: the allocator's state then depends on no earlier one
     config.stash[_STATE] = {"options": options, "run_id": run_id, "run_dir": run_dir, "cells": cells,
                             "todo": todo, "env": environment(options.device) | {"malloc": malloc}, "healed": healed,
-                            "worker": worker, "stopwatch": Stopwatch()}
+                            "worker": worker, "in_run": config.getoption("worker") is not None,
+                            "stopwatch": Stopwatch()}
     try:
         write_json(grid_path, sorted(set(asked) | {c.id for c in cells}), indent=0)
         write_environment(run_dir, config.stash[_STATE]["env"])
@@ -218,7 +219,7 @@ class Recorder:
         state = self.config.stash[_STATE]
         try:
             self.csv.write(row)
-            if state["worker"][1] > 1:  # one of `lstm-bench run`'s workers: the run's own CSV has the row too
+            if state["in_run"]:  # one of `lstm-bench run`'s workers: the run's own CSV has the row too
                 from bench.console import row_line
                 from bench.workers import combine
 

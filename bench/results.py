@@ -429,10 +429,15 @@ def load_run(path: str | Path) -> Run:
     df = df[list(COLUMNS)]
     environment = _read_json(path / ENV_NAME) or {}
     rounds, probes = read_rounds(path)
-    if not rounds:  # a run in worker processes (bench/workers.py): every process's rounds, pooled
+    if not rounds:  # a run in worker processes (bench/workers.py): every process's rounds, pooled, and the probes
+        timed_by: dict[str, int] = {}  # around them where one process timed the cell (pooled, they pair with none)
         for worker in sorted((path / PROCESSES_DIR).glob("*/")):
-            for cell_id, data in read_rounds(worker)[0].items():
+            worker_rounds, worker_probes = read_rounds(worker)
+            for cell_id, data in worker_rounds.items():
                 rounds.setdefault(cell_id, []).extend(data)
+                timed_by[cell_id] = timed_by.get(cell_id, 0) + 1
+            probes |= worker_probes
+        probes = {cell_id: p for cell_id, p in probes.items() if timed_by.get(cell_id) == 1}
     return Run(path=path, measurements=df, environment=environment, rounds_s=rounds, probe_s=probes)
 
 

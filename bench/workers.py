@@ -154,7 +154,9 @@ def _console(line: str, k: int, progress: Progress, log, verbose: bool) -> None:
     # a worker's own messages, but not its "N cells to measure" (the console counts them), unless it resumed
     own = text.startswith(("lstm-bench", "ERROR", "Traceback")) and (
         "cells to measure" not in text or "recorded ok before" in text)
-    if text.strip() and (verbose or own):
+    if text.startswith("lstm-bench: error"):  # what stopped the worker: the run's error, on stderr
+        print(text, file=sys.stderr, flush=True)
+    elif text.strip() and (verbose or own):
         log(text)
     if cell is not None:
         log(progress.line(k, cell))

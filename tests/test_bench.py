@@ -218,10 +218,9 @@ def test_run_writes_ok_oom_error_and_unsupported_rows_and_goes_on(tmp_path):
                    "flops_per_step", "flops_counted", "achieved_gflops"):
         assert ok[column].notna().all() and (ok[column] > 0).all(), column
     assert (ok.rounds >= 2 * 40).all() and (ok.processes == 2).all()  # --benchmark-min-rounds holds per process
-    # the phases of the same rounds, timed apart: together about the whole step
-    phases = ok.forward_ms_median + ok.backward_ms_median + ok.optimizer_ms_median
+    # the phases of the same rounds, timed apart (how close their sum comes to the step is timing, not asserted: a
+    # 1 ms cell beside another test process summed to 0.66-1.86x its step)
     assert (ok[["forward_ms_median", "backward_ms_median", "optimizer_ms_median"]] > 0).all().all()
-    assert ((phases / ok.step_ms_median - 1).abs() < 0.25).all(), (phases / ok.step_ms_median).tolist()
     assert ok.peak_reserved_bytes.isna().all() and ok.process_used_bytes.isna().all()  # CUDA-only figures
     assert (ok.param_bytes + ok.grad_bytes + ok.optimizer_bytes + ok.activation_bytes + ok.workspace_bytes
             == ok.peak_bytes).all()

@@ -173,7 +173,7 @@ def test_every_run_has_op_calls_the_peak_share_the_parts_and_memory_through_the_
     for section in ("## Where the time goes", "## Distance to the limit", "## Memory through the step"):
         assert section in report, section
     cell_id = Cell("cudnn", "cpu", "float32", "train", 32, 256, 35, 28).id
-    assert (run_dir / f"memory-{cell_id}.json.gz").is_file()
+    assert (run_dir / "processes" / "0" / f"memory-{cell_id}.json.gz").is_file()  # worker 0's, as in every run
     for name in (f"memory-{cell_id}.png", "plot-time-parts-cpu-float32-train.png",
                  "plot-roofline-cpu-float32-train.png"):
         assert f"({name})" in report and (run_dir / name).read_bytes()[:8] == PNG_MAGIC, name
