@@ -18,16 +18,18 @@ Counted for the chapter's LSTM (one layer, one direction, a padded batch) on a C
 ops), fused and fused_compiled (the fused sequence, eager or Inductor steps), and cudnn where nn.LSTM runs
 oneDNN in bfloat16. Not counted: scripted and compiled, whose autocast graphs cast and save otherwise (measured
 at B32 H256 T35: 33.0 and 25.6 MiB against scratch's 14.2). Each count follows the
-program allocation by allocation (walk.Step); the LSTM's own buffers are the low-precision walks'
-(fused.fused_walk, onednn_rnn.onednn_walk, one layer in one direction), the model's are float32.
+program allocation by allocation (walk.Step): the chapter's ops are ops.eager_walk's under a walk.Precision
+(its casts, the dtypes it saves in, its weight gradients summed in autocast's dtype); the fused sequence's and
+oneDNN's buffers are the low-precision walks' (fused.fused_walk, onednn_rnn.onednn_walk, one layer in one
+direction), with the casts autocast adds around them; the model's are float32.
 """
 
 from __future__ import annotations
 
-from ..onednn import Gemm
 from .counts import Counts, Moment, NotModelled, Term
 from .fused import fused_walk
 from .onednn_rnn import onednn_walk, onednn_workspace_bytes
+from .ops import eager_walk
 from .walk import CAST, F32, Precision, Step, loss_and_output_layer, optimizer_step, step_start
 
 #: what autocast's counts cover: kernel -> implementation
@@ -55,44 +57,10 @@ class _Amp:
 
 
 def _scratch(a: _Amp) -> list[Moment]:
-    """scratch: the chapter's cell op by op. Per gate, X_t @ W_x and H @ W_h run in autocast's dtype on casts
-    of X_t and H (saved for the weights' gradients) and of the weights (cached); the sums with the float32
-    biases, the gates, C, tanh(C) and H are float32. The outputs are stacked in float32."""
-    c, s = a.c, a.s
-    T, B, H, V = c.T, c.B, c.H, c.V
-    u4, train = c.u, c.train
-    sim = step_start(c, a.p, u4)
-    W_x, W_h = CAST + "W_x* (V, H), 4 gates", CAST + "W_h* (H, H), 4 gates"
-    sim.alloc(W_x, 4, V * H * s)
-    sim.alloc(W_h, 4, H * H * s)
-    saved = ["casts of X_t for the gates' matmuls (B, V)", "casts of H for the gates' matmuls (B, H)",
-             "per-step I, F, O, C~, C, tanh(C) (float32)"]
-    if train:
-        sim.alloc(saved[0], 4 * T, B * V * s)
-        sim.alloc(saved[1], 4 * T, B * H * s)
-        sim.alloc(saved[2], 6 * T, u4)
-    else:
-        sim.alloc("last c", 1, u4)
-    sim.alloc("outputs list h_1..h_T (float32)", T, u4)
-    sim.alloc("stacked outputs (T, B, H) float32", 1, T * B * H * F32)
-    sim.moment("torch.stack of the outputs, end of the LSTM")
-    sim.free("outputs list h_1..h_T (float32)", T - 1)  # the last is the new h
-    a.head(sim, False, ["one-hot input (float32)", "stacked outputs (T, B, H) float32"],
-           [W_x] + ([] if train else [W_h]), "outputs list h_1..h_T (float32)")
-    if not train:
-        return sim.moments
-    # backward: each weight's gradient terms are summed in its cast's dtype over the steps; the biases' are float32
-    sim.moment("backward, step T-1: every weight's gradient term exists", {
-        "W_x*, W_h* gradients (autocast's dtype)": (1, 4 * (V + H) * H * s),
-        "b_* gradients (float32)": (1, 4 * H * F32),
-        "(B, H) gradients in flight": (4, u4),
-        "oneDNN GEMM scratchpad": (1, a.lo.gemm_scratch(Gemm(H, B, H, a_t=True)))})
-    for gone in saved + ["dY (T, B, H)", W_h]:  # the casts' backward runs once no step's matmul holds them
-        sim.free(gone)
-    sim.alloc("LSTM gradients (float32)", 1, c.P_lstm)
-    sim.moment("backward's end: the weights' gradients cast to float32", {
-        "the last weight's gradient (autocast's dtype)": (1, H * H * s)})
-    return [*sim.moments, a.optimizer(sim)]
+    """scratch: the chapter's cell op by op, ops.eager_walk under autocast (its casts, what it saves in which dtype,
+    its weight gradients summed in autocast's dtype)."""
+    a.acts, moments = eager_walk(a.c, p=a.p, lo=a.lo)
+    return moments
 
 
 def _low_moments(moments: list[Moment], prefixes: tuple[str, ...], extra: dict[str, Term]) -> list[Moment]:

@@ -6,6 +6,10 @@ from __future__ import annotations
 from ..onednn import Gemm
 from .counts import Counts, Moment, Term
 from .walk import (
+    CAST,
+    F32,
+    NONE,
+    Precision,
     Stack,
     layer_name,
     loss_and_output_layer,
@@ -30,7 +34,8 @@ def inductor_walk(c: Counts) -> tuple[dict[str, Term], list[Moment]]:
     return eager_walk(c, inductor=True)
 
 
-def eager_walk(c: Counts, unrolled: bool = False, inductor: bool = False) -> tuple[dict[str, Term], list[Moment]]:
+def eager_walk(c: Counts, unrolled: bool = False, inductor: bool = False, p: Precision = NONE,
+               lo: Counts | None = None) -> tuple[dict[str, Term], list[Moment]]:
     """scratch: LSTMImpl.forward_stacked around the chapter's loop, op by op in eager autograd, followed
     allocation by allocation (Step); the chapter's LSTM is its one layer in one direction.
 
@@ -41,29 +46,52 @@ def eager_walk(c: Counts, unrolled: bool = False, inductor: bool = False) -> tup
     layers and directions, `Y` holding a direction's output until the next run returns (until_run). Backward
     runs the layers top down and the reverse direction first (its nodes are the newer); a direction holds its
     gradients from its last step on, and its input's per-step gradients until unbind's backward stacks them.
+
+    Under autocast (p; lo: the cell in its dtype; one layer in one direction, the chapter's LSTM): each gate's
+    X_t @ W_x and H @ W_h run in its dtype on casts of X_t and H (saved for the weights' gradients) and of the
+    weights (cached until autocast exits); the sums with the float32 biases, the gates, C, tanh(C) and h are
+    float32, and so are the stacked outputs. The state is the outputs list's last h and the last C. Backward sums
+    each weight's gradient terms in its cast's dtype over the steps (the biases' in float32), and the casts'
+    backward makes them float32 at its end. The record holds each precision's names: `amp` picks.
     """
     T, B, H, s, u, uo, Hout = c.T, c.B, c.H, c.s, c.u, c.uo, c.H_out
+    lo = lo or c
 
     def tb(width: int) -> int:  # one (T, B, width) tensor
         return T * B * width * s
 
-    name = layer_name
+    def amp(float32: str, autocast: str) -> str:  # the record's name for a tensor or moment at this precision
+        return autocast if p.on else float32
 
-    def saved(layer: int, d: int) -> list[tuple[str, int, int]]:  # a direction's per-step saved tensors
+    name = layer_name
+    W_x, W_h = CAST + "W_x* (V, H), 4 gates", CAST + "W_h* (H, H), 4 gates"  # autocast's, cached
+
+    def saved(layer: int, d: int, width: int) -> list[tuple[str, int, int]]:  # a direction's per-step saved tensors
+        if p.on:  # each gate's casts of X_t and H, and 6 float32 (B, H): I, F, O, C~, C, tanh(C)
+            return [("casts of X_t for the gates' matmuls (B, V)", 4 * T, B * width * p.s),
+                    ("casts of H for the gates' matmuls (B, H)", 4 * T, B * H * p.s),
+                    ("per-step I, F, O, C~, C, tanh(C) (float32)", 6 * T, u)]
         return [(name(layer, d, "per-step h, c, gates, tanh(c) (B, H)"), (6 if inductor else 7) * T, u),
                 (name(layer, d, "per-step projected h (B, P)"), T if c.proj else 0, uo)]
 
-    sim = step_start(c)
+    sim = step_start(c, p)
     st = Stack(sim, c, "2 H_out", until_run=True)
 
     def forward(layer: int, d: int, width: int) -> str:
         last_step = f"layer {layer}{' reverse' if d else ''}: the last step"
-        gemm = {"its GEMM's oneDNN scratchpad": (1, c.gemm_scratch(Gemm(B, width, H)))}
-        if c.train:  # the last step's fullest: 3 gates and a gate's two GEMM results, then all 7 saved
-            for what, count, each in saved(layer, d):
+        outputs = amp(name(layer, d, "outputs list h_1..h_T"), "outputs list h_1..h_T (float32)")
+        gemm = {} if p.on else {"its GEMM's oneDNN scratchpad": (1, c.gemm_scratch(Gemm(B, width, H)))}
+        if p.on:  # the weights' casts, then what each step keeps (or the last c), and every step's h
+            sim.alloc(W_x, 4, width * H * p.s)
+            sim.alloc(W_h, 4, H * H * p.s)
+            for what, count, each in saved(layer, d, width) if c.train else [("last c", 1, u)]:
+                sim.alloc(what, count, each)
+            sim.alloc(outputs, T, u)
+        elif c.train:  # the last step's fullest: 3 gates and a gate's two GEMM results, then all 7 saved
+            for what, count, each in saved(layer, d, width):
                 sim.alloc(what, count - count // T, each)
             sim.moment(last_step + "'s GEMM", {"a step's gates and GEMM results (B, H)": (5, u)} | gemm)
-            for what, count, each in saved(layer, d):
+            for what, count, each in saved(layer, d, width):
                 sim.alloc(what, count // T, each)
         else:  # no grad: the outputs list and the last c; in the step its gates, c, tanh(c), products
             sim.alloc(name(layer, d, "outputs list h_1..h_T"), T - 1, uo)
@@ -72,12 +100,13 @@ def eager_walk(c: Counts, unrolled: bool = False, inductor: bool = False) -> tup
             sim.moment(last_step + ": its new c and h", {"a step's gates, c, tanh(c), h (B, H)": (7, u),
                                                          "its projected h (B, P)": (1 if c.proj else 0, uo)})
             sim.alloc(name(layer, d, "outputs list h_1..h_T"), 1, uo)
-        stacked = name(layer, d, "stacked outputs (T, B, H_out)")
+        stacked = amp(name(layer, d, "stacked outputs (T, B, H_out)"), "stacked outputs (T, B, H) float32")
         sim.alloc(stacked, 1, tb(Hout))
-        sim.moment(f"layer {layer}{' reverse' if d else ''}: torch.stack of the outputs")
+        sim.moment(amp(f"layer {layer}{' reverse' if d else ''}: torch.stack of the outputs",
+                       "torch.stack of the outputs, end of the LSTM"))
         st.run_returned()
-        if not c.train:  # the list is gone; h_T stays in forward_stacked's Hs
-            sim.free(name(layer, d, "outputs list h_1..h_T"), T - 1)
+        if not c.train or p.on:  # the list is gone; h_T stays in forward_stacked's Hs
+            sim.free(outputs, T - 1)
         if not d:
             return stacked
         flipped = name(layer, d, "outputs flipped back (T, B, H_out)")
@@ -90,8 +119,12 @@ def eager_walk(c: Counts, unrolled: bool = False, inductor: bool = False) -> tup
     last_c_saved = inductor and not (c.stacked or c.proj)  # the partitioner saves the last c: the state's own
     if last_c_saved:
         state = {"new state h": (1, u)}
+    if p.on:  # the state is the outputs list's last h and the last C (saved, or the last c): nothing new
+        state = {}
 
     def let_go(layer: int, d: int) -> None:  # forward_stacked's lists, and with them each direction's h_T and c_T
+        if p.on:
+            return
         if c.train:
             sim.free(name(layer, d, "per-step h, c, gates, tanh(c) (B, H)"), 1 if c.proj or inductor else 2)
             sim.free(name(layer, d, "per-step projected h (B, P)"), 1)
@@ -100,7 +133,13 @@ def eager_walk(c: Counts, unrolled: bool = False, inductor: bool = False) -> tup
             sim.free(name(layer, d, "last c"))
 
     st.returned(state, let_go)
-    if not c.train:  # the model has returned: its one-hot input and the LSTM's outputs are gone
+    if p.on:  # the model returns: its float32 one-hot input and the stacked outputs go (the output layer saves
+        # their casts); the cast of W_x goes when autocast exits (that of W_h is saved, in training)
+        acts = loss_and_output_layer(sim, c, {"carried state h, c", "outputs list h_1..h_T (float32)"}, p,
+                                     lo, False, (p.one_hot, layer_input), (W_x,) if c.train else (W_x, W_h))
+        if not c.train:
+            return acts, sim.moments
+    elif not c.train:  # the model has returned: its one-hot input and the LSTM's outputs are gone
         sim.free(layer_input)
         sim.free("one-hot input")
         sim.alloc("logits", 1, c.TBV)
@@ -108,13 +147,23 @@ def eager_walk(c: Counts, unrolled: bool = False, inductor: bool = False) -> tup
         sim.alloc("target (int64)", 1, 8 * c.TB)
         sim.moment("loss")
         return {}, sim.moments
-    acts = loss_and_output_layer(sim, c, set(state))
+    else:
+        acts = loss_and_output_layer(sim, c, set(state))
 
     def backward(layer: int, d: int, width: int) -> str:
+        if p.on:  # step T-1: every weight's gradient term exists, each summed in its cast's dtype, the biases'
+            sim.moment("backward, step T-1: every weight's gradient term exists", {  # in float32
+                "W_x*, W_h* gradients (autocast's dtype)": (1, 4 * (width + H) * H * p.s),
+                "b_* gradients (float32)": (1, 4 * H * F32),
+                "(B, H) gradients in flight": (4, u),
+                "oneDNN GEMM scratchpad": (1, lo.gemm_scratch(Gemm(H, B, H, a_t=True)))})
+            for what, _, _ in saved(layer, d, width):
+                sim.free(what)
+            return name(layer, d, "input gradient stacked (T, B, I)")  # none: the one-hot input needs no gradient
         if d:
             sim.alloc(name(layer, d, "dY flipped (T, B, H_out)"), 1, tb(Hout))
         sim.alloc(name(layer, d, "weight gradients"), 1, c.layer_params(layer, d))
-        per_step = saved(layer, d)
+        per_step = saved(layer, d, width)
         for what, count, _ in per_step:  # step T-1's backward is done: its 7 (+1) are freed
             sim.free(what, count // T)
         if inductor:  # and 3 more at the next step's backward, its gradients in flight included (measured:
@@ -164,6 +213,13 @@ def eager_walk(c: Counts, unrolled: bool = False, inductor: bool = False) -> tup
         return stack
 
     st.backward(backward)
-    return acts, [*sim.moments, optimizer_step(c)]
+    if not p.on:
+        return acts, [*sim.moments, optimizer_step(c)]
+    for gone in ("dY (T, B, H)", W_h):  # the casts' backward runs once no step's matmul holds them: the weights'
+        sim.free(gone)  # gradients to float32
+    sim.alloc("LSTM gradients (float32)", 1, c.P_lstm)
+    sim.moment("backward's end: the weights' gradients cast to float32", {
+        "the last weight's gradient (autocast's dtype)": (1, H * H * p.s)})
+    return acts, [*sim.moments, optimizer_step(c, sim.live, p)]
 
 
