@@ -28,9 +28,9 @@ from __future__ import annotations
 
 from .counts import Counts, Moment, NotModelled, Term
 from .fused import fused_walk
-from .onednn_rnn import onednn_walk, onednn_workspace_bytes
+from .onednn_rnn import onednn_walk
 from .ops import eager_walk
-from .walk import CAST, F32, Precision, Step, loss_and_output_layer, optimizer_step, step_start
+from .walk import Precision
 
 #: what autocast's counts cover: kernel -> implementation
 COUNTED = {"autograd ops": "scratch", "fused, eager steps": "fused", "fused, Inductor steps": "fused_compiled",
@@ -45,16 +45,6 @@ class _Amp:
         self.s = lo.s
         self.acts: dict[str, Term] = {}  # what autograd saved, at the end of forward (set by head)
 
-    def head(self, sim: Step, outputs_low: bool, freed: list[str], exit_frees: list[str], state: str) -> None:
-        """The output layer and the loss, and their backward (walk.loss_and_output_layer under autocast); `state`:
-        the name the walk gives the returned state, which autograd does not save."""
-        self.acts = loss_and_output_layer(sim, self.c, {"carried state h, c", state}, self.p, self.lo, outputs_low,
-                                          tuple(freed), tuple(exit_frees))
-
-    def optimizer(self, sim: Step) -> Moment:
-        """clip_grad_norm_ and the update (float32 parameters) after the walk's backward (walk.optimizer_step)."""
-        return optimizer_step(self.c, sim.live, self.p)
-
 
 def _scratch(a: _Amp) -> list[Moment]:
     """scratch: the chapter's cell op by op, ops.eager_walk under autocast (its casts, what it saves in which dtype,
@@ -63,87 +53,18 @@ def _scratch(a: _Amp) -> list[Moment]:
     return moments
 
 
-def _low_moments(moments: list[Moment], prefixes: tuple[str, ...], extra: dict[str, Term]) -> list[Moment]:
-    """A low-precision count's moments whose names start with one of prefixes, with what autocast adds then."""
-    return [Moment(m.name, m.live | extra) for m in moments if m.name.startswith(prefixes)]
-
-
 def _fused(a: _Amp) -> list[Moment]:
-    """fused and fused_compiled (eager or Inductor steps): the sequence runs whole in autocast's dtype on casts of
-    its input, state (already in that dtype after the first step) and weights, its buffers fused.fused_walk's
-    in that dtype (Inductor's graph for backward's factors included); backward's weight gradients are cast back
-    to float32 at its end."""
-    c, lo, s = a.c, a.lo, a.s
-    H, V = c.H, c.V
-    H4, train = 4 * H, c.train
-    casts = a.p.casts({"W_x (V, 4H)": V * H4, "W_h (H, 4H)": H * H4})
-    b_cast = a.p.casts({"b (4H,)": H4})
-    acts, inner = fused_walk(lo)  # its "one-hot input" is autocast's cast of it
-    forward = ("layer 0: the input projection", "layer 0: a time step", "layer 0: backward's factors")
-    moments = _low_moments(inner, forward, {"one-hot input (float32)": (1, c.TBV)} | casts | b_cast | a.p.kept())
-    sim = step_start(c, a.p, lo.u)
-    sim.alloc("one-hot input", 1, lo.TBV)
-    for k, v in (casts | b_cast).items():
-        sim.alloc(k, *v)
-    sim.alloc("outputs y (T, B, H)", 1, lo.TBH)
-    saved = [k for k in acts if k.startswith("layer 0: ") and "outputs y" not in k]  # backward's factors
-    for k in saved:
-        sim.alloc(k, *acts[k])
-    sim.alloc("new state h, c", 2, lo.u)
-    sim.free(CAST + "b (4H,)")
-    if not train:  # nothing saved: the casts go when the sequence returns
-        for k in ["one-hot input", *casts]:
-            sim.free(k)
-    a.head(sim, True, ["one-hot input (float32)"] + ([] if train else ["outputs y (T, B, H)"]), [], "new state h, c")
-    moments += sim.moments
-    if not train:
-        return moments
-    moments += _low_moments(inner, ("layer 0 backward",), casts | a.p.kept())
-    for k in [*saved, *casts, "one-hot input", "outputs y (T, B, H)", "dY (T*B, H), autocast's dtype"]:
-        sim.free(k)  # the sequence's backward is done: what it saved goes before the casts' backward runs
-    sim.alloc("LSTM gradients (float32)", 1, c.P_lstm)
-    moments.append(Moment("backward's end: the weights' gradients cast to float32", sim.live | {
-        "every weight's gradient (autocast's dtype), the last one's cast pending": (1, c.P_lstm * s // F32)}))
-    return moments + [a.optimizer(sim)]
+    """fused and fused_compiled (eager or Inductor steps): fused.fused_walk under autocast (the sequence on casts of
+    its input, state and weights, its buffers in autocast's dtype, its weight gradients cast back to float32)."""
+    a.acts, moments = fused_walk(a.c, p=a.p, lo=a.lo)
+    return moments
 
 
 def _onednn(a: _Amp) -> list[Moment]:
-    """cudnn on a CPU whose oneDNN runs bfloat16: nn.LSTM's mkldnn_rnn_layer in bfloat16 on casts of the input and
-    of the four weights (all saved), its buffers onednn_rnn.onednn_walk's; backward's float32 weight
-    gradients pass through the casts' dtype on their way back to float32."""
-    c, lo, s = a.c, a.lo, a.s
-    H, V = c.H, c.V
-    H4, train = 4 * H, c.train
-    casts = a.p.casts({"weight_ih (4H, V)": V * H4, "weight_hh (4H, H)": H * H4, "bias_ih, bias_hh (4H,)": 2 * H4})
-    _, inner = onednn_walk(lo)  # its "one-hot input" is autocast's cast of it
-    moments = _low_moments(inner, ("inside mkldnn_rnn_layer (",), {"one-hot input (float32)": (1, c.TBV)} | casts
-                           | a.p.kept())
-    sim = step_start(c, a.p, lo.u)
-    sim.alloc("one-hot input", 1, lo.TBV)
-    for k, v in casts.items():
-        sim.alloc(k, *v)
-    sim.alloc("outputs (T, B, H)", 1, lo.TBH)
-    sim.alloc("h_n, c_n (layer outputs)", 2, lo.u)
-    sim.alloc("returned state h, c", 2, lo.u)
-    if train:
-        sim.alloc("oneDNN workspace", 1, onednn_workspace_bytes(lo))
-        sim.alloc("bias sum", 1, H4 * s)
-    else:
-        for k in ["one-hot input", "h_n, c_n (layer outputs)"]:
-            sim.free(k)
-    a.head(sim, True, ["one-hot input (float32)"] + ([] if train else ["outputs (T, B, H)"]), [] if train else [*casts],
-           "returned state h, c")
-    moments += sim.moments
-    if not train:
-        return moments
-    moments += _low_moments(inner, ("inside mkldnn_rnn_layer_backward",), casts | a.p.kept())
-    for k in ["one-hot input", "outputs (T, B, H)", "h_n, c_n (layer outputs)", "oneDNN workspace", "bias sum",
-              "dY (T*B, H), autocast's dtype", *casts]:
-        sim.free(k)  # mkldnn_rnn_layer's backward is done: what it saved goes before the casts' backward runs
-    sim.alloc("LSTM gradients (float32, from oneDNN)", 1, c.P_lstm)
-    moments.append(Moment("backward's end: the weights' gradients through the casts' dtype to float32", sim.live | {
-        "the largest weight's gradient in the casts' dtype, and in float32 again": (1, max(V, H) * H4 * (s + F32))}))
-    return moments + [a.optimizer(sim)]
+    """cudnn on a CPU whose oneDNN runs bfloat16: onednn_rnn.onednn_walk under autocast (mkldnn_rnn_layer on casts
+    of the input and of the four weights, its buffers in bfloat16, its weight gradients back to float32)."""
+    a.acts, moments = onednn_walk(a.c, p=a.p, lo=a.lo)
+    return moments
 
 
 COUNTERS = {"autograd ops": _scratch, "fused, eager steps": _fused, "fused, Inductor steps": _fused,

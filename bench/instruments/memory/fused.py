@@ -5,6 +5,10 @@ from __future__ import annotations
 from ..onednn import Gemm
 from .counts import Counts, Moment, Term
 from .walk import (
+    CAST,
+    F32,
+    NONE,
+    Precision,
     Stack,
     inference_end,
     layer_name,
@@ -25,14 +29,22 @@ from .walk import (
 FUSED_STEP_TEMPORARIES = {"fused": (0, 1), "fused_compiled": (4, 1), "triton": (0, 1)}
 
 
-def fused_walk(c: Counts) -> tuple[dict[str, Term], list[Moment]]:
+def fused_walk(c: Counts, p: Precision = NONE, lo: Counts | None = None) -> tuple[dict[str, Term], list[Moment]]:
     """fused, fused_compiled and triton: forward_stacked around the fused sequence (the chapter's LSTM is one layer),
     each layer and direction counted as fused_sequence counts one (the input projection, the buffers, backward's
     factors; the gates' gradients and the weights' at the end of its backward), stacked by walk.Stack as
     eager_walk stacks the chapter's loop (flipped input and outputs, concatenation, dropout's noise); a direction's
     y is its sequence's own, saved (Stack's output_saved). Its
     backward also computes the input's gradient (T, B, I) in one GEMM, where the layer's input needs one, and
-    makes a slice of a bidirectional layer's output gradient contiguous."""
+    makes a slice of a bidirectional layer's output gradient contiguous.
+
+    Under autocast (p; lo: the cell in its dtype; one layer in one direction, fused and fused_compiled): the
+    sequence runs whole in its dtype on casts of its input, state (already in that dtype after the first step) and
+    weights (cached), its buffers lo's (Inductor's graph for backward's factors included), and returns its outputs
+    and state in that dtype; the head runs under autocast (walk.loss_and_output_layer) and backward's weight
+    gradients are cast back to float32 at its end. The record holds each precision's names: `amp` picks.
+    """
+    m, c = c, lo or c  # m: the model (float32 under autocast); c: the sequence, in the dtype it runs in
     T, B, H, s, u, D = c.T, c.B, c.H, c.s, c.u, c.D
     G4, H4 = T * B * 4 * H * s, 4 * H
     fwd_temps, bwd_temps = FUSED_STEP_TEMPORARIES[c.impl]
@@ -47,7 +59,15 @@ def fused_walk(c: Counts) -> tuple[dict[str, Term], list[Moment]]:
             [(name(layer, d, "every step's c (T, B, H)"), 1, c.TBH)] if triton else
             [(name(layer, d, "F and KC (T, B, H)"), 2, c.TBH)])
 
-    sim = step_start(c)
+    def amp(float32: str, autocast: str) -> str:  # the record's name for a tensor or moment at this precision
+        return autocast if p.on else float32
+
+    sim = step_start(m, p, c.u if p.on else None)
+    casts = p.casts({"W_x (V, 4H)": c.V * H4, "W_h (H, 4H)": H * H4}) if p.on else {}
+    if p.on:  # the sequence's casts of its input (the one-hot's, which it saves) and of its weights (cached)
+        sim.alloc("one-hot input", 1, c.TBV)
+        for k, v in (casts | p.casts({"b (4H,)": H4})).items():
+            sim.alloc(k, *v)
     st = Stack(sim, c, "2H", output_saved=True)
 
     def forward(lay: int, d: int, width: int) -> str:
@@ -89,12 +109,23 @@ def fused_walk(c: Counts) -> tuple[dict[str, Term], list[Moment]]:
     layer_input = st.forward(forward)
     state = {f"new state {k}": v for k, v in c.state().items()}
     st.returned(state, lambda lay, d: sim.free(name(lay, d, "h_n, c_n (clones)")))
-    if not c.train:
+    y = amp(layer_input, "outputs y (T, B, H)")
+    if p.on:  # the sequence has returned: its outputs in autocast's dtype, the bias's cast gone; with no grad
+        sim.rename(layer_input, y)  # nothing is saved and the casts go with it
+        sim.free(CAST + "b (4H,)")
+        for gone in [] if c.train else ["one-hot input", *casts]:
+            sim.free(gone)
+        acts = loss_and_output_layer(sim, m, {"carried state h, c", *state}, p, c, True,
+                                     (p.one_hot,) + (() if c.train else (y,)))
+        if not c.train:
+            return acts, sim.moments
+    elif not c.train:
         for gone in (layer_input, "one-hot input"):
             sim.free(gone)
         return {}, [*sim.moments, inference_end(c)]
-    acts = loss_and_output_layer(sim, c, set(state) | set(c.batch_and_state()))
-    acts["carried state h (each sequence saves its h0)"] = (1, c.L * c.D * c.uo)
+    else:
+        acts = loss_and_output_layer(sim, c, set(state) | set(c.batch_and_state()))
+        acts["carried state h (each sequence saves its h0)"] = (1, c.L * c.D * c.uo)
     if triton:  # and its c0: the kernels read every c from c0 on
         acts["carried state c (each sequence saves its c0)"] = (1, c.L * c.D * u)
     H4H = H * H4 * s
@@ -133,5 +164,12 @@ def fused_walk(c: Counts) -> tuple[dict[str, Term], list[Moment]]:
         return dx
 
     st.backward(backward)
-    return acts, [*sim.moments, optimizer_step(c)]
+    if not p.on:
+        return acts, [*sim.moments, optimizer_step(c)]
+    for gone in [name(0, 0, "weight gradients"), *casts, y, "dY (T*B, H), autocast's dtype"]:
+        sim.free(gone)  # the sequence's backward is done: what it saved goes before the casts' backward runs
+    sim.alloc("LSTM gradients (float32)", 1, m.P_lstm)
+    sim.moment("backward's end: the weights' gradients cast to float32", {
+        "every weight's gradient (autocast's dtype), the last one's cast pending": (1, m.P_lstm * s // F32)})
+    return acts, [*sim.moments, optimizer_step(m, sim.live, p)]
 

@@ -6,7 +6,10 @@ import copy
 
 from .counts import Counts, Moment, Term, good_ld, page, round_up
 from .walk import (
+    F32,
     GRAD_OUT,
+    NONE,
+    Precision,
     apply_dropout,
     dropout_backward,
     inference_end,
@@ -36,12 +39,18 @@ def onednn_workspace_bytes(c: Counts) -> int:
     return sum(page(r) for r in regions)
 
 
-def onednn_walk(c: Counts) -> tuple[dict[str, Term], list[Moment]]:
+def onednn_walk(c: Counts, p: Precision = NONE, lo: Counts | None = None) -> tuple[dict[str, Term], list[Moment]]:
     """nn.LSTM through oneDNN (aten mkldnn_rnn_layer; the chapter's LSTM is one layer): one call per layer and
     direction (the reverse one reads its input backwards, no copy), each with the workspace from oneDNN's layout
     rules (onednn_workspace_bytes), reordered weights and scratchpad of a one-layer LSTM whose input is that layer's;
     a bidirectional layer concatenates both outputs, dropout between layers keeps its noise. Backward runs
-    the layers top down, reverse direction first, each in mkldnn_rnn_layer_backward as in one layer."""
+    the layers top down, reverse direction first, each in mkldnn_rnn_layer_backward as in one layer.
+
+    Under autocast (p; lo: the cell in its dtype, where oneDNN runs bfloat16; one layer in one direction):
+    mkldnn_rnn_layer runs in its dtype on casts of the input and of the four weights (all saved), its buffers
+    lo's; the head runs under autocast (walk.loss_and_output_layer); backward's float32 weight gradients pass
+    through the casts' dtype on their way back to float32. The record holds each precision's names."""
+    m, c = c, lo or c  # m: the model (float32 under autocast); c: the LSTM, in the dtype it runs in
     T, B, H, s, u, L, D = c.T, c.B, c.H, c.s, c.u, c.L, c.D
     f32 = 4
     # bfloat16: oneDNN's own buffers read off oneDNN per layer's shape, as onednn_bf16 reads them; where they are not
@@ -60,7 +69,13 @@ def onednn_walk(c: Counts) -> tuple[dict[str, Term], list[Moment]]:
     def reorders(n_in: int) -> dict[str, Term]:  # the weights as mkldnn_rnn_layer reorders them for forward
         return {"weights reordered (ldigo)": (1, (n_in + H) * good_ld(4 * H, s) * s)}
 
-    sim = step_start(c)
+    sim = step_start(m, p, u if p.on else None)
+    casts = p.casts({"weight_ih (4H, V)": c.V * 4 * H, "weight_hh (4H, H)": H * 4 * H,
+                     "bias_ih, bias_hh (4H,)": 2 * 4 * H}) if p.on else {}
+    if p.on:  # autocast's casts of the input (the one-hot's) and of the four weights, all saved
+        sim.alloc("one-hot input", 1, c.TBV)
+        for k, v in casts.items():
+            sim.alloc(k, *v)
     inputs_of, noise_of, outputs_of = [], {}, {}
     layer_input = "one-hot input"
     held: list[str] = []  # inference: a layer's raw output, alive until the next layer has run
@@ -104,18 +119,32 @@ def onednn_walk(c: Counts) -> tuple[dict[str, Term], list[Moment]]:
             sim.free(gone)
         held_before, held = held, []
         layer_input = out
-    state = {f"new state {k}": v for k, v in c.state().items()}
+    if p.on:  # one layer's outputs, as autocast's count names them; its bias sum, saved in training
+        for what in ("outputs (T, B, H)", "oneDNN workspace", "h_n, c_n (layer outputs)"):
+            sim.rename(name(0, 0, what), what)
+        sim.alloc("bias sum", 1 if c.train else 0, 4 * H * s)
+        layer_input = "outputs (T, B, H)"
+    state = {("returned state " if p.on else "new state ") + k: v for k, v in c.state().items()}
     for k, v in state.items():
         sim.alloc(k, *v)
-    sim.moment("the returned state stacked")
+    if not p.on:
+        sim.moment("the returned state stacked")
     top = layer_input
-    if not c.train:  # then the output layer (inference_gemm) and the loss, as in one layer
+    if p.on:
+        for gone in [] if c.train else ["one-hot input", "h_n, c_n (layer outputs)"]:
+            sim.free(gone)
+        acts = loss_and_output_layer(sim, m, {"carried state h, c", *state}, p, c, True,
+                                     (p.one_hot,) + (() if c.train else (top,)), () if c.train else tuple(casts))
+        if not c.train:
+            return acts, sim.moments
+    elif not c.train:  # then the output layer (inference_gemm) and the loss, as in one layer
         for lay, d in c.layers_and_directions():
             sim.free(name(lay, d, "h_n, c_n (layer outputs)"))
         for gone in [top, "one-hot input", *held_before]:
             sim.free(gone)
         return {}, [*sim.moments, inference_end(c)]
-    acts = loss_and_output_layer(sim, c, set(state))
+    else:
+        acts = loss_and_output_layer(sim, c, set(state))
     grad_out = GRAD_OUT
     if D == 2:
         sim.free(top)
@@ -160,6 +189,15 @@ def onednn_walk(c: Counts) -> tuple[dict[str, Term], list[Moment]]:
         sim.free(grad_out)
         sim.free(inputs_of[lay])
         grad_out = dropout_backward(sim, c, lay, grad_in, noise_of)
-    return acts, [*sim.moments, optimizer_step(c)]
+    if not p.on:
+        return acts, [*sim.moments, optimizer_step(c)]
+    for gone in [name(0, 0, "weight gradients"), "outputs (T, B, H)", "h_n, c_n (layer outputs)", "oneDNN workspace",
+                 "bias sum", "dY (T*B, H), autocast's dtype", *casts]:
+        sim.free(gone)  # mkldnn_rnn_layer's backward is done: what it saved goes before the casts' backward runs
+    sim.alloc("LSTM gradients (float32, from oneDNN)", 1, m.P_lstm)
+    sim.moment("backward's end: the weights' gradients through the casts' dtype to float32", {
+        "the largest weight's gradient in the casts' dtype, and in float32 again":
+            (1, max(c.V, H) * 4 * H * (s + F32))})
+    return acts, [*sim.moments, optimizer_step(m, sim.live, p)]
 
 

@@ -34,6 +34,11 @@ class Step:
             else:
                 del self.live[name]
 
+    def rename(self, name: str, new: str) -> None:
+        """The same tensor under another name (the name a later account gives it)."""
+        if name in self.live:
+            self.live[new] = self.live.pop(name)
+
     def moment(self, name: str, transient: dict[str, Term] | None = None) -> None:
         self.moments.append(Moment(name, self.live | {k: v for k, v in (transient or {}).items() if v[0] * v[1]}))
 
