@@ -13,6 +13,8 @@ What autocast adds, and where (CPU, torch 2.13; checked against the allocation t
   and returns its outputs and state in autocast's dtype, so the carried state is in that dtype too.
 - float16's GradScaler: its scale and growth tracker (kept between steps), the scaled loss and its
   gradient, unscale_'s inverse scale and found-inf flag.
+- the loss's scalars: nll_loss's backward releases its total weight; the gradient backward began from (the
+  loss's, or the scaled loss's) and the scaled loss go when torch.autograd.backward returns, before the step.
 
 Counted for the chapter's LSTM (one layer, one direction, a padded batch) on a CPU: scratch (autograd
 ops), fused and fused_compiled (the fused sequence, eager or Inductor steps), and cudnn where nn.LSTM runs

@@ -152,8 +152,12 @@ def loss_and_output_layer(sim: Step, c: Counts, not_saved: set[str], p: Precisio
         "gradients of log-softmax and of the logits",) * 2
     sim.alloc(nll_grad, 1, TB * V * loss_s)
     sim.free("target (int64)")
-    if not p.on:  # the float32 account frees total weight here; autocast's keeps it beside the loss
-        sim.free("total weight")
+    # NllLossBackward0 releases what it saved: the target, then the total weight (the loss stays, and so does its
+    # gradient, which torch.autograd.backward holds until it returns); autocast's account names the two as one
+    sim.free("total weight")
+    if p.on:
+        sim.free("total weight, loss", 1)
+        sim.rename("total weight, loss", "loss")
     sim.alloc(ls_grad, 1, TB * V * loss_s)
     sim.moment("backward of the loss (log-softmax's gradient computed)")
     sim.free(nll_grad, 1)
@@ -356,8 +360,10 @@ def optimizer_step(c: Counts, after: dict[str, Term] | None = None, p: Precision
     if after is None:
         live = c.model() | c.batch_and_state() | {f"new state {k}": v for k, v in c.state().items()} | {
             "logits": (1, c.TBV), "loss, clip_grad_norm_'s total norm": (2, c.s)}
-    else:
-        live = after | {"clip_grad_norm_'s total norm": (1, F32)} | p.unscale()
+    else:  # torch.autograd.backward, returning, lets go of the gradient it began from (and the scaled loss)
+        gone = {"the loss's gradient", "the scaled loss"}
+        live = {k: v for k, v in after.items() if k not in gone} | {"clip_grad_norm_'s total norm": (1, F32)} | (
+            p.unscale())
     if c.optimizer == "adam" and c.cuda:  # foreach (the default on CUDA): a sqrt list of every parameter
         live["Adam's sqrt(exp_avg_sq) list (foreach)"] = (1, c.P)
     elif c.optimizer == "adam":
