@@ -59,9 +59,6 @@ def fused_walk(c: Counts, p: Precision = NONE, lo: Counts | None = None) -> tupl
             [(name(layer, d, "every step's c (T, B, H)"), 1, c.TBH)] if triton else
             [(name(layer, d, "F and KC (T, B, H)"), 2, c.TBH)])
 
-    def amp(float32: str, autocast: str) -> str:  # the record's name for a tensor or moment at this precision
-        return autocast if p.on else float32
-
     sim = step_start(m, p, c.u if p.on else None)
     casts = p.casts({"W_x (V, 4H)": c.V * H4, "W_h (H, 4H)": H * H4}) if p.on else {}
     if p.on:  # the sequence's casts of its input (the one-hot's, which it saves) and of its weights (cached)
@@ -109,7 +106,7 @@ def fused_walk(c: Counts, p: Precision = NONE, lo: Counts | None = None) -> tupl
     layer_input = st.forward(forward)
     state = {f"new state {k}": v for k, v in c.state().items()}
     st.returned(state, lambda lay, d: sim.free(name(lay, d, "h_n, c_n (clones)")))
-    y = amp(layer_input, "outputs y (T, B, H)")
+    y = p.named(layer_input, "outputs y (T, B, H)")
     if p.on:  # the sequence has returned: its outputs in autocast's dtype, the bias's cast gone; with no grad
         sim.rename(layer_input, y)  # nothing is saved and the casts go with it
         sim.free(CAST + "b (4H,)")

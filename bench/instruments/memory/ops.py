@@ -60,9 +60,6 @@ def eager_walk(c: Counts, unrolled: bool = False, inductor: bool = False, p: Pre
     def tb(width: int) -> int:  # one (T, B, width) tensor
         return T * B * width * s
 
-    def amp(float32: str, autocast: str) -> str:  # the record's name for a tensor or moment at this precision
-        return autocast if p.on else float32
-
     name = layer_name
     W_x, W_h = CAST + "W_x* (V, H), 4 gates", CAST + "W_h* (H, H), 4 gates"  # autocast's, cached
 
@@ -79,7 +76,7 @@ def eager_walk(c: Counts, unrolled: bool = False, inductor: bool = False, p: Pre
 
     def forward(layer: int, d: int, width: int) -> str:
         last_step = f"layer {layer}{' reverse' if d else ''}: the last step"
-        outputs = amp(name(layer, d, "outputs list h_1..h_T"), "outputs list h_1..h_T (float32)")
+        outputs = p.named(name(layer, d, "outputs list h_1..h_T"), "outputs list h_1..h_T (float32)")
         gemm = {} if p.on else {"its GEMM's oneDNN scratchpad": (1, c.gemm_scratch(Gemm(B, width, H)))}
         if p.on:  # the weights' casts, then what each step keeps (or the last c), and every step's h
             sim.alloc(W_x, 4, width * H * p.s)
@@ -100,10 +97,10 @@ def eager_walk(c: Counts, unrolled: bool = False, inductor: bool = False, p: Pre
             sim.moment(last_step + ": its new c and h", {"a step's gates, c, tanh(c), h (B, H)": (7, u),
                                                          "its projected h (B, P)": (1 if c.proj else 0, uo)})
             sim.alloc(name(layer, d, "outputs list h_1..h_T"), 1, uo)
-        stacked = amp(name(layer, d, "stacked outputs (T, B, H_out)"), "stacked outputs (T, B, H) float32")
+        stacked = p.named(name(layer, d, "stacked outputs (T, B, H_out)"), "stacked outputs (T, B, H) float32")
         sim.alloc(stacked, 1, tb(Hout))
-        sim.moment(amp(f"layer {layer}{' reverse' if d else ''}: torch.stack of the outputs",
-                       "torch.stack of the outputs, end of the LSTM"))
+        sim.moment(p.named(f"layer {layer}{' reverse' if d else ''}: torch.stack of the outputs",
+                           "torch.stack of the outputs, end of the LSTM"))
         st.run_returned()
         if not c.train or p.on:  # the list is gone; h_T stays in forward_stacked's Hs
             sim.free(outputs, T - 1)

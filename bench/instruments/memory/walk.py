@@ -65,6 +65,10 @@ class Precision:
         """The one-hot input's name: under autocast it stays float32 (the model makes it), cast at its GEMM."""
         return "one-hot input (float32)" if self.on else "one-hot input"
 
+    def named(self, float32: str, autocast: str) -> str:
+        """The record's name for a tensor or moment at this precision: a walk names some apart under autocast."""
+        return autocast if self.on else float32
+
     def casts(self, elements: dict[str, int]) -> dict[str, Term]:
         """Autocast's cached casts of the parameters named (elements each), in its dtype."""
         return {CAST + k: (1, n * self.s) for k, n in elements.items()}
@@ -111,31 +115,28 @@ def loss_and_output_layer(sim: Step, c: Counts, not_saved: set[str], p: Precisio
     lo = lo or c
     TB, H, V, s, train = c.TB, c.Y_width, c.V, lo.s, c.train  # H: the output layer's input width; s: its GEMMs'
 
-    def amp(float32: str, autocast: str) -> str:  # the record's name for a tensor or moment at this precision
-        return autocast if p.on else float32
-
     casts = {"the outputs (T*B, H)": 0 if outputs_low else TB * H, "the output layer's W (V, H)": V * H,
              "the output layer's b (V,)": V}
     for k, v in p.casts(casts).items() if p.on else ():
         sim.alloc(k, *v)
-    logits = amp("logits", "logits (autocast's dtype)")
+    logits = p.named("logits", "logits (autocast's dtype)")
     sim.alloc(logits, 1, TB * V * s)
     scratch = lo.gemm_scratch(Gemm.addmm(TB, H, V, "row", b_t=True))  # logits = addmm(b, Y, W.T)
     if scratch or p.on:
-        sim.moment(amp("the output layer's GEMM (its oneDNN scratchpad)", "the output layer's GEMM"),
+        sim.moment(p.named("the output layer's GEMM (its oneDNN scratchpad)", "the output layer's GEMM"),
                    {"oneDNN GEMM scratchpad": (1, scratch)})
     for gone in [*freed, *([] if train or outputs_low else [CAST + "the outputs (T*B, H)"])]:
         sim.free(gone)
     loss_s = F32 if p.on else c.s  # cross_entropy's dtype
-    log_softmax, copy = amp("log-softmax", "log-softmax (float32)"), "logits' float32 copy for the loss"
+    log_softmax, copy = p.named("log-softmax", "log-softmax (float32)"), "logits' float32 copy for the loss"
     sim.alloc("target (int64)", 1, 8 * TB)
     sim.alloc(copy, 1 if p.on else 0, TB * V * F32)
     sim.alloc(log_softmax, 1, TB * V * loss_s)
     losses = ("total weight, loss",) if p.on else ("total weight", "loss")
     for k in losses:
         sim.alloc(k, 2 // len(losses), loss_s)
-    sim.moment(amp("end of forward (loss computed, before zero_grad)",
-                   "cross-entropy in float32 (the logits' float32 copy beside log-softmax)"))
+    sim.moment(p.named("end of forward (loss computed, before zero_grad)",
+                       "cross-entropy in float32 (the logits' float32 copy beside log-softmax)"))
     sim.free(copy)
     if not train:
         return {}
@@ -146,7 +147,7 @@ def loss_and_output_layer(sim: Step, c: Counts, not_saved: set[str], p: Precisio
     sim.free("gradients")  # zero_grad
     if p.scaler:
         sim.alloc("the scaled loss", 1, F32)
-    sim.alloc(amp("loss's gradient", "the loss's gradient"), 1, loss_s)
+    sim.alloc(p.named("loss's gradient", "the loss's gradient"), 1, loss_s)
     # nll_loss's backward: its gradient, then log-softmax's (the logits' gradient, in float32 under autocast)
     nll_grad, ls_grad = ("nll_loss's gradient (float32)", "log-softmax's gradient (float32)") if p.on else (
         "gradients of log-softmax and of the logits",) * 2
@@ -168,7 +169,7 @@ def loss_and_output_layer(sim: Step, c: Counts, not_saved: set[str], p: Precisio
         sim.free(ls_grad)
     else:
         grad_logits = ls_grad
-    dY = amp(GRAD_OUT, "dY (T*B, H), autocast's dtype")
+    dY = p.named(GRAD_OUT, "dY (T*B, H), autocast's dtype")
     sim.alloc(dY, 1, c.TBY if not p.on else TB * H * s)
     dy_scratch, dw_scratch = lo.gemm_scratch(Gemm(TB, V, H)), lo.gemm_scratch(Gemm(V, TB, H, a_t=True))
     live = dict(sim.live)  # the GEMMs' moments: dY = dlogits W, then dW = dlogits^T Y
@@ -177,13 +178,13 @@ def loss_and_output_layer(sim: Step, c: Counts, not_saved: set[str], p: Precisio
         sim.alloc(grads, 1, c.P_lin)
         sim.moment("backward of the output layer (dY computed)")
     if dy_scratch or p.on:
-        sim.moments.append(Moment(amp("backward of the output layer, dY's GEMM (its oneDNN scratchpad)",
-                                      "backward of the output layer, dY's GEMM"),
+        sim.moments.append(Moment(p.named("backward of the output layer, dY's GEMM (its oneDNN scratchpad)",
+                                          "backward of the output layer, dY's GEMM"),
                                   live | {"oneDNN GEMM scratchpad": (1, dy_scratch)}))
     if dw_scratch or p.on:
-        dw = amp("output layer's weight gradient", "the output layer's W gradient (autocast's dtype)")
-        sim.moments.append(Moment(amp("backward of the output layer, dW's GEMM (its oneDNN scratchpad)",
-                                      "backward of the output layer, dW's GEMM"),
+        dw = p.named("output layer's weight gradient", "the output layer's W gradient (autocast's dtype)")
+        sim.moments.append(Moment(p.named("backward of the output layer, dW's GEMM (its oneDNN scratchpad)",
+                                          "backward of the output layer, dW's GEMM"),
                                   live | {dw: (1, V * H * s), "oneDNN GEMM scratchpad": (1, dw_scratch)}))
     sim.free(grad_logits)
     if p.on:
