@@ -14,12 +14,14 @@ from bench.d2l.data import DEFAULT_MAX_TOKENS, DataError
 from bench.grid import (
     ACCURACY_SEQ_LENS,
     D2L,
+    DEFAULT_BUDGET_S,
     DEFAULT_MAX_PROCESSES,
     DEFAULT_PROCESSES,
     FULL_LENGTHS,
     MAX_SIZE,
     OPTIONS,
     PRECISIONS,
+    REPORT_RESERVE_S,
     OptionError,
     check_path,
     draw_lengths,
@@ -99,6 +101,17 @@ def positive_float(text: str) -> float:
     return value
 
 
+def non_negative_float(text: str) -> float:
+    """argparse type: a finite float >= 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r} must be a number, 0 or more")
+    return value
+
+
 def probability(text: str) -> float:
     """argparse type: a significance level, 0 < alpha < 1."""
     value = positive_float(text)
@@ -146,6 +159,7 @@ def _run(args: argparse.Namespace) -> int:
     from bench.results import CSV_NAME, ENV_NAME, new_run_id, prepare_run_dir, read_json, summary, write_environment
     from bench.workers import LOG_NAME
 
+    called = time.time()  # the budget counts from here: the user waits for the whole of it
     raw = {name: getattr(args, name.replace("-", "_")) for name in OPTIONS}
     ranks = torchrun_ranks()
     if ranks and raw["shard"]:
@@ -184,8 +198,10 @@ def _run(args: argparse.Namespace) -> int:
         from bench.workers import run_workers
 
         where = [a for a in grid_argv if not a.startswith(("--results-dir=", "--run-id="))]
+        budget_s = DEFAULT_BUDGET_S[torch_device_type(options.device)] if args.budget_s is None else args.budget_s
         code = run_workers(run_dir, processes, argv + where + args.pytest_args, max_count=max_processes,
-                           cells=len(options.cells()), verbose=args.verbose)
+                           cells=len(options.cells()), verbose=args.verbose,
+                           deadline=called + budget_s - REPORT_RESERVE_S if budget_s else None)
     else:
         code = pytest.main(argv + grid_argv + args.pytest_args)
     if ranks:
@@ -417,9 +433,16 @@ def build_parser() -> argparse.ArgumentParser:
                           f"{DEFAULT_PROCESSES['cpu']}; 1 measures in this process; under torchrun 1 per rank)")
     run.add_argument("--max-processes", type=positive_int, default=None,
                      help="then more processes, one at a time, each timing only the cells whose processes have not "
-                          "settled (about 2 standard errors of their typical figure within 2.5%%), up to this many "
+                          "settled (about 2 standard errors of their typical figure within 2.5%%, their spread "
+                          "pooled with the run's), the least settled first, as many as --budget-s leaves time for, "
+                          "up to this many "
                           f"in all (default: {DEFAULT_MAX_PROCESSES['cpu']}; with --processes N alone: N, none "
                           "added)")
+    run.add_argument("--budget-s", type=non_negative_float, default=None,
+                     help="the seconds the run plans for: the first --processes always run, and each added one times "
+                          "the least settled cells that fit in what is left, at what the earlier processes took, with "
+                          f"{REPORT_RESERVE_S:g} s kept for the report (default: {DEFAULT_BUDGET_S['cpu']:g} on a CPU, "
+                          f"{DEFAULT_BUDGET_S['cuda']:g} on a GPU; 0: no budget, up to --max-processes)")
     run.add_argument("-v", "--verbose", action="store_true", help="show the worker processes' pytest output (pytest's "
                      "lines and pytest-benchmark's tables), not only a line per cell; it is in each process's "
                      f"{PROCESSES_DIR}/K/pytest.log either way")

@@ -27,6 +27,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from .console import Progress, split_row_line
@@ -74,20 +75,24 @@ def rounds_options(count: int, given: list[str]) -> list[str]:
 
 
 def run_workers(run_dir: Path, count: int, suite_argv: list[str], log=print, max_count: int | None = None,
-                cells: int = 0, verbose: bool = False) -> int:
+                cells: int = 0, verbose: bool = False, deadline: float | None = None) -> int:
     """Start `count` workers one after another on the suite's argv (the suite's directory first, then the grid
     options, no --results-dir/--run-id); combine after each. Then, up to `max_count` workers in all, one more
-    at a time for the cells that have not settled (`unsettled`), timing only those. Each worker's output goes to
-    its directory's pytest.log; `log` gets a line per finished cell with the run's progress over `cells` cells a
-    process (bench/console.py), and every line of the workers' with `verbose`. Returns the worst exit code (2 as
-    soon as one was stopped: a failed write, ^C)."""
+    at a time for the cells that have not settled (`unsettled`), timing only those, the least settled first and as
+    many as fit before `deadline` (a time.time(); None: all of them) at what the earlier timing processes took
+    (`plan_added`). Each worker's output goes to its directory's pytest.log; `log` gets a line per finished cell with
+    the run's progress over `cells` cells a process (bench/console.py), and every line of the workers' with
+    `verbose`. Returns the worst exit code (2 as soon as one was stopped: a failed write, ^C)."""
     code = 0
     started = time.time()
     load_start = os.getloadavg()
     max_count = max(count, max_count or count)
     suite, options = suite_argv[0], suite_argv[1:]
     extra: dict[int, int] = {}  # a worker past count -> how many cells it timed
+    planned: dict[str, dict] = {}  # an added worker -> its cells, the unsettled ones, its estimate and what it took (s)
     phases: dict[str, dict[str, float]] = {}  # a worker -> its time by phase (s)
+    seconds: dict[int, dict[str, float]] = {}  # a worker -> a cell's id -> seconds from the worker's previous cell line
+    walls: dict[int, float] = {}  # a worker that ran in this call -> its wall time (s)
     progress = Progress(cells, count)
     # each cell's compile caches for the run: cold in worker 0, warm in the others (measure.cell_caches)
     caches = tempfile.TemporaryDirectory(prefix="lstm-bench-compile-")
@@ -95,11 +100,18 @@ def run_workers(run_dir: Path, count: int, suite_argv: list[str], log=print, max
     with caches:
         for k in range(max_count):
             targets = [suite]
-            if k >= count:  # past the first count: only the cells whose processes still disagree
-                ids = unsettled(run_dir)
+            if k >= count:  # past the first count: the least settled cells, as many as the budget leaves time for
+                candidates = unsettled(run_dir)
+                costs = process_costs(seconds, walls, timing=[j for j in walls if j > 0] or list(walls))
+                left_s = None if deadline is None else deadline - time.time()
+                ids, estimate_s = plan_added(candidates, costs, left_s)
                 if not ids:
+                    if candidates:
+                        log(f"lstm-bench run: {len(candidates)} cells have not settled, but the time budget leaves "
+                            f"{max(left_s, 0):.0f} s, too little for another process (--budget-s sets it)")
                     break
                 targets, extra[k] = [f"{Path(suite) / SUITE_FILE}::test_cell[{i}]" for i in ids], len(ids)
+                planned[str(k)] = {"cells": len(ids), "unsettled": len(candidates), "estimate_s": estimate_s}
                 progress.start_process(len(ids), added=True)
             else:
                 progress.start_process(cells)
@@ -108,11 +120,27 @@ def run_workers(run_dir: Path, count: int, suite_argv: list[str], log=print, max
             if k < count:
                 log(f"lstm-bench run: process {k + 1} of {count}" + (" (times, memory, FLOPs, first call)" if k == 0
                                                                       else " (times only)"))
-            else:
+            elif len(ids) == len(candidates):
                 log(f"lstm-bench run: process {k + 1} (of at most {max_count}): times only the {len(ids)} cells whose "
                     "processes have not settled")
-            returncode = _run_worker(argv, worker_env, worker_dir(run_dir, k),
-                                     lambda line, k=k: _console(line, k, progress, log, verbose))
+            else:
+                log(f"lstm-bench run: process {k + 1} (of at most {max_count}): times the {len(ids)} least settled of "
+                    f"the {len(candidates)} cells whose processes have not settled, as many as the time budget leaves "
+                    f"time for (~{estimate_s:.0f} s of {left_s:.0f} s)")
+            mark = {"at": time.time()}
+            worker_started = mark["at"]
+
+            def on_line(line: str, k: int = k, mark: dict = mark) -> None:
+                cell = _console(line, k, progress, log, verbose)
+                if cell is not None:
+                    now = time.time()
+                    seconds.setdefault(k, {})[cell["id"]] = now - mark["at"]
+                    mark["at"] = now
+
+            returncode = _run_worker(argv, worker_env, worker_dir(run_dir, k), on_line)
+            walls[k] = time.time() - worker_started
+            if str(k) in planned:
+                planned[str(k)]["took_s"] = round(walls[k], 1)
             if returncode == 2:  # stopped (a write failed, said on its stderr; or ^C): nothing more
                 code = 2
                 break
@@ -124,6 +152,7 @@ def run_workers(run_dir: Path, count: int, suite_argv: list[str], log=print, max
             first = worker_dir(run_dir, 0)
             phases[str(k)] = (read_json(worker_dir(run_dir, k) / ENV_NAME) or {}).get("time_by_phase_s", {})
             how = {"count": count, "max_count": max_count, "finished": k + 1, "extra_cells": extra,
+                   "budget_end_s": None if deadline is None else round(deadline - started, 1), "planned": planned,
                    "started_unix": started, "load_average_start": load_start, "load_average_end": os.getloadavg(),
                    "wall_s": time.time() - started, "time_by_phase_s": phases}
             run_env = {key: v for key, v in (read_json(first / ENV_NAME) or {}).items() if key != "time_by_phase_s"}
@@ -147,9 +176,9 @@ def _run_worker(argv: list[str], env: dict[str, str], where: Path, each_line) ->
     return proc.returncode
 
 
-def _console(line: str, k: int, progress: Progress, log, verbose: bool) -> None:
+def _console(line: str, k: int, progress: Progress, log, verbose: bool) -> dict | None:
     """What the console shows of a worker's line: a cell line with the run's progress, the worker's own messages
-    (errors, notes), and everything else only when verbose."""
+    (errors, notes), and everything else only when verbose. Returns the cell of a cell line, else None."""
     text, cell = split_row_line(line)
     # a worker's own messages, but not its "N cells to measure" (the console counts them), unless it resumed
     own = text.startswith(("lstm-bench", "ERROR", "Traceback")) and (
@@ -160,23 +189,70 @@ def _console(line: str, k: int, progress: Progress, log, verbose: bool) -> None:
         log(text)
     if cell is not None:
         log(progress.line(k, cell))
+    return cell
 
 
 SUITE_FILE = "test_suite.py"
 
 
 def unsettled(run_dir: Path) -> list[str]:
-    """The ids of the run's ok cells whose processes have not settled, judged on what `compare` judges: each
-    process's step relative to the probe where the rows have it, else its step time."""
+    """The ids of the run's ok cells whose processes have not settled, the least settled first, judged on what
+    `compare` judges (each process's step relative to the probe where the rows have it, else its step time) with
+    the cell's spread pooled with the run's typical one (stats.pooled_settle_pct): three processes that agree by
+    chance do not settle a cell. A cell timed by one process only comes first."""
     header, records, _ = read_records(run_dir / CSV_NAME)
-    ids = []
+    figures = {}
     for row in (dict(zip(header, r)) for r in records):
-        if row.get("status") != "ok":
-            continue
-        if not stats.settled(process_medians(row.get("relative_step_processes"))
-                       or process_medians(row.get("step_ms_processes"))):
-            ids.append(Cell.from_row(row).id)
-    return ids
+        if row.get("status") == "ok":
+            figures[Cell.from_row(row).id] = (process_medians(row.get("relative_step_processes"))
+                                              or process_medians(row.get("step_ms_processes")))
+    typical = stats.typical_sd(list(figures.values()))
+    pct = {i: stats.pooled_settle_pct(values, typical) for i, values in figures.items()}
+    ids = [i for i, p in pct.items() if not p / 100 <= stats.SETTLED_WITHIN]  # NaN (one process): not settled
+    return sorted(ids, key=lambda i: -math.inf if math.isnan(pct[i]) else -pct[i])
+
+
+@dataclass(frozen=True)
+class Costs:
+    """What a process that times only costs: per cell (its id) and, once, its start-up and first-time costs (s)."""
+
+    cell_s: dict[str, float]
+    fixed_s: float
+
+    def estimate_s(self, ids: list[str]) -> float:
+        typical = statistics.median(self.cell_s.values())
+        return self.fixed_s + sum(self.cell_s.get(i, typical) for i in ids)
+
+
+def process_costs(seconds: dict[int, dict[str, float]], walls: dict[int, float], timing: list[int]) -> Costs | None:
+    """The costs of an added process from the `timing` workers that ran in this call (each cell's seconds from the
+    worker's previous cell line, and each worker's wall time): a cell's, the least any of them took for it; the fixed
+    part, the most any of them took beyond its cells'. Once-a-process costs (start-up, TorchScript's optimizing
+    passes) land in whichever cell came first, which the workers' random orders make another cell in another; the
+    least takes them out of a cell and the most puts them in the fixed part. None when no worker ran in this call
+    (a resumed run whose first processes ran before)."""
+    ran = [k for k in timing if seconds.get(k) and k in walls]
+    if not ran:
+        return None
+    cell_s: dict[str, float] = {}
+    for k in ran:
+        for i, s in seconds[k].items():
+            cell_s[i] = min(cell_s.get(i, math.inf), s)
+    fixed_s = max(walls[k] - sum(cell_s[i] for i in seconds[k]) for k in ran)
+    return Costs(cell_s, max(fixed_s, 0.0))
+
+
+def plan_added(candidates: list[str], costs: Costs | None, left_s: float | None) -> tuple[list[str], float | None]:
+    """The cells an added process times, and its estimated seconds: the candidates (least settled first) that fit in
+    `left_s` at `costs`, in their order, a costly one passed over for later ones that fit; all of them with no budget
+    or no costs (the estimate then None)."""
+    if left_s is None or costs is None:
+        return list(candidates), None
+    chosen: list[str] = []
+    for i in candidates:
+        if costs.estimate_s([*chosen, i]) <= left_s:
+            chosen.append(i)
+    return chosen, costs.estimate_s(chosen) if chosen else None
 
 
 def _die_with_parent() -> None:

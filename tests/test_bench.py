@@ -16,7 +16,16 @@ import pytest
 import torch
 
 from bench.cli import main
-from bench.grid import COLUMNS, D2L, DEFAULT_MAX_PROCESSES, DEFAULT_PROCESSES, Cell, parse_options
+from bench.grid import (
+    COLUMNS,
+    D2L,
+    DEFAULT_BUDGET_S,
+    DEFAULT_MAX_PROCESSES,
+    DEFAULT_PROCESSES,
+    REPORT_RESERVE_S,
+    Cell,
+    parse_options,
+)
 from bench.instruments.flops import count_flops, step_flops
 from bench.instruments.malloc import STEADY_TEXT, steady_unavailable
 from bench.instruments.measure import (
@@ -389,10 +398,50 @@ def test_rounds_default_to_twenty_without_gc_and_a_user_can_lower_them(tmp_path)
     row = pd.read_csv(tmp_path / "lowered" / "measurements.csv").iloc[0]
     assert DEFAULT_PROCESSES["cpu"] <= row.processes <= DEFAULT_MAX_PROCESSES["cpu"]
     assert row.rounds == 3 * row.processes and row.threads == 2
+    # within the default budget, the report's time kept back; each added process with its estimate and its time
+    how = json.loads((tmp_path / "lowered" / "environment.json").read_text())["processes"]
+    assert how["budget_end_s"] == pytest.approx(DEFAULT_BUDGET_S["cpu"] - REPORT_RESERVE_S, abs=10)  # from its start
+    assert set(how["planned"]) == set(how["extra_cells"])
+    for added in how["planned"].values():
+        assert added["estimate_s"] > 0 and added["took_s"] > 0 and added["cells"] <= added["unsettled"]
     # by default a run's 20 rounds are split between its processes, but each times at least 10 (and 0.5 s)
     assert rounds_options(3, []) == ["--benchmark-min-rounds=10", "--benchmark-max-time=0.5"]
     assert rounds_options(1, []) == ["--benchmark-min-rounds=20", "--benchmark-max-time=1"]
     assert rounds_options(3, ["--benchmark-min-rounds=3"]) == ["--benchmark-max-time=0.5"]
+
+
+def test_an_added_process_times_the_least_settled_cells_that_fit_the_budget():
+    from bench.workers import Costs, plan_added, process_costs
+
+    # worker 1 met TorchScript's passes (8 s) in cell "s1", worker 2 in "s2"; both paid 5 s of start-up in their first
+    seconds = {1: {"a": 6.0, "s1": 9.0, "s2": 1.0, "b": 2.0}, 2: {"s2": 14.0, "b": 2.2, "a": 1.1, "s1": 1.2}}
+    walls = {1: 20.0, 2: 21.0}
+    costs = process_costs(seconds, walls, timing=[1, 2])
+    assert costs.cell_s == {"a": 1.1, "s1": 1.2, "s2": 1.0, "b": 2.0}  # the least each took
+    assert costs.fixed_s == pytest.approx(21.0 - 5.3)  # the most a worker took beyond its cells
+    assert process_costs(seconds, walls, timing=[]) is None and process_costs({}, {}, timing=[1]) is None
+    costs = Costs({"a": 1.0, "b": 4.0, "c": 1.0}, fixed_s=10.0)
+    assert plan_added(["b", "a", "c"], costs, left_s=100.0) == (["b", "a", "c"], 16.0)  # all fit, in their order
+    assert plan_added(["b", "a", "c"], costs, left_s=15.0) == (["b", "a"], 15.0)  # the least settled first
+    assert plan_added(["b", "a", "c"], costs, left_s=12.5) == (["a", "c"], 12.0)  # b passed over for what fits
+    assert plan_added(["b", "a", "c"], costs, left_s=10.5) == ([], None)  # not even one cell beside the fixed part
+    assert plan_added(["b", "a"], None, left_s=1.0) == (["b", "a"], None)  # no costs known: every candidate
+    assert plan_added(["b", "a"], costs, left_s=None) == (["b", "a"], None)  # no budget
+    assert costs.estimate_s(["x"]) == 10.0 + 1.0  # a cell never timed: the median cell's cost
+
+
+def test_three_processes_that_agree_by_chance_do_not_settle_a_cell_in_a_run_that_spreads():
+    from bench.readers.stats import SETTLED_WITHIN, pooled_settle_pct, settle_pct, typical_sd
+
+    spread = [[10.0, 10.6, 9.5], [5.0, 5.3, 4.8], [7.0, 7.3, 6.7]]  # about 5% between processes
+    typical = typical_sd([*spread, [8.0, 8.01, 7.99]])
+    assert typical == pytest.approx(np.std(np.log(spread[2]), ddof=1))  # the lower middle of the four cells' sds
+    lucky = [8.0, 8.01, 7.99]
+    assert settle_pct(lucky) / 100 < SETTLED_WITHIN < pooled_settle_pct(lucky, typical) / 100
+    assert pooled_settle_pct(lucky, 0.0) < settle_pct(lucky)  # pooled with a run that does not spread: narrower
+    own = [10.0, 10.6, 9.5, 10.2, 9.9]
+    assert pooled_settle_pct(own, np.std(np.log(own), ddof=1)) == pytest.approx(settle_pct(own))
+    assert np.isnan(pooled_settle_pct([8.0], typical)) and typical_sd([[1.0]]) == 0.0
 
 
 def test_a_cell_settles_when_its_processes_pin_their_typical_figure():

@@ -511,11 +511,13 @@ def _env_value(value) -> str:
     if isinstance(value, dict) and "load_average_start" in value:  # how a run in worker processes was made
         load = [", ".join(f"{x:.2f}" for x in value[k]) for k in ("load_average_start", "load_average_end")]
         extra = value.get("extra_cells") or {}  # worker -> cells it timed, past the first count
-        more = (f", then {len(extra)} more timing only the cells whose processes had not settled "
+        more = (f", then {len(extra)} more timing only the least settled cells "
                 f"({', '.join(map(str, extra.values()))} cells)" if extra else "")
+        budget = value.get("budget_end_s")
+        within = f" (added ones planned to end within {budget:.0f} s: the time budget)" if budget is not None else ""
         done = min(value["finished"], value["count"])
         return (f"{done} of {value['count']} fresh processes timing every cell{more}, one after another, in "
-                f"{value['wall_s']:.0f} s; load average (1, 5, 15 min) {load[0]} before, {load[1]} after")
+                f"{value['wall_s']:.0f} s{within}; load average (1, 5, 15 min) {load[0]} before, {load[1]} after")
     if isinstance(value, dict):
         return ", ".join(f"{k}={v}" for k, v in value.items()) or "none"
     if isinstance(value, list):

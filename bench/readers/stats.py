@@ -158,3 +158,29 @@ def settle_pct(values: Sequence[float]) -> float:
 def settled(values: Sequence[float]) -> bool:
     """Whether a cell's per-process figures pin their typical value within SETTLED_WITHIN (see there)."""
     return len(values) >= 2 and settle_pct(values) / 100 <= SETTLED_WITHIN
+
+
+#: when `lstm-bench run` picks the cells an added process times again (bench/workers.py unsettled), a cell's own
+#: spread between processes is pooled with the run's typical one as if that had been seen in this many more
+#: processes: three processes estimate a spread on 2 degrees of freedom, and three that agree by chance would settle a
+#: cell whose processes spread as widely as the run's others (the run's cells spread 2-4% between processes alike on
+#: the project's CPU; three default runs' per-cell spreads: docs/measuring.md).
+PRIOR_DF = 4
+
+
+def pooled_settle_pct(values: Sequence[float], typical_sd: float) -> float:
+    """settle_pct with the cell's spread (sd of its logs) pooled with `typical_sd`, the run's (PRIOR_DF); NaN below
+    two."""
+    if len(values) < 2:
+        return math.nan
+    df = len(values) - 1
+    own = between_pct(values) / 100
+    sd = math.sqrt((df * own**2 + PRIOR_DF * typical_sd**2) / (df + PRIOR_DF))
+    return 200 * sd / math.sqrt(len(values))
+
+
+def typical_sd(samples: Sequence[Sequence[float]]) -> float:
+    """The spread between processes typical of a run's cells: the middle one (the lower of two middles, never a mean
+    of them) of the sds of their logs, over cells with two or more processes; 0 when there is none."""
+    sds = sorted(_mean_sd([math.log(v) for v in values])[1] for values in samples if len(values) >= 2)
+    return sds[(len(sds) - 1) // 2] if sds else 0.0
