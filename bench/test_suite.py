@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 import lstm_impls
-from bench.grid import Cell
+from bench.grid import Cell, cell_rounds, is_d2l
 from bench.instruments.flops import cell_flops, count_flops
 from bench.instruments.measure import (
     Stopwatch,
@@ -28,7 +28,7 @@ from bench.instruments.measure import (
 )
 from bench.instruments.memory import predicted_columns
 from bench.instruments.peak import compute_dtype
-from bench.instruments.profiling import is_d2l, memory_timeline, profiled_step, row_columns
+from bench.instruments.profiling import memory_timeline, profiled_step, row_columns
 from bench.instruments.what_ran import summarize
 from bench.results import failure_status, one_line
 
@@ -88,8 +88,9 @@ def measure_subject(subject: Subject, benchmark, config: pytest.Config, full: bo
             row |= row_columns(ran)
     benchmark.extra_info.update(cell.columns())
     probe, probe_s = make_probe(subject.device, cell.hidden_size), []
-    rounds = timed_rounds(statistics.median(warmup_s[-3:]), float(config.getoption("benchmark_max_time")),
-                          int(config.getoption("benchmark_min_rounds")))
+    min_rounds, max_time_s = cell_rounds(cell, int(config.getoption("benchmark_min_rounds")),
+                                         float(config.getoption("benchmark_max_time")))
+    rounds = timed_rounds(statistics.median(warmup_s[-3:]), max_time_s, min_rounds)
     step_phases = subject.timing_phases()  # the rounds' phases, from the same rounds: forward, backward, optimizer
     gc.collect()  # the rounds run with GC off (pytest-benchmark's disable_gc): start them with none pending
     # setup runs before each round, untimed by pytest-benchmark: the probe, timed by itself

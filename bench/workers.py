@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .console import Progress, split_row_line
-from .grid import MIN_ROUNDS, Cell
+from .grid import MIN_ROUNDS, Cell, is_d2l
 from .instruments.measure import COMPILE_CACHE_ENV, relative_rounds
 from .readers import stats
 from .results import (
@@ -199,17 +199,21 @@ def unsettled(run_dir: Path) -> list[str]:
     """The ids of the run's ok cells whose processes have not settled, the least settled first, judged on what
     `compare` judges (each process's step relative to the probe where the rows have it, else its step time) with
     the cell's spread pooled with the run's typical one (stats.pooled_settle_pct): three processes that agree by
-    chance do not settle a cell. A cell timed by one process only comes first."""
+    chance do not settle a cell. The d2l config's cells come first (their row is the answer), and among the others
+    one timed by a single process."""
     header, records, _ = read_records(run_dir / CSV_NAME)
-    figures = {}
+    figures, answer = {}, set()
     for row in (dict(zip(header, r)) for r in records):
         if row.get("status") == "ok":
-            figures[Cell.from_row(row).id] = (process_medians(row.get("relative_step_processes"))
-                                              or process_medians(row.get("step_ms_processes")))
+            cell = Cell.from_row(row)
+            figures[cell.id] = (process_medians(row.get("relative_step_processes"))
+                                or process_medians(row.get("step_ms_processes")))
+            if is_d2l(cell):
+                answer.add(cell.id)
     typical = stats.typical_sd(list(figures.values()))
     pct = {i: stats.pooled_settle_pct(values, typical) for i, values in figures.items()}
     ids = [i for i, p in pct.items() if not p / 100 <= stats.SETTLED_WITHIN]  # NaN (one process): not settled
-    return sorted(ids, key=lambda i: -math.inf if math.isnan(pct[i]) else -pct[i])
+    return sorted(ids, key=lambda i: (i not in answer, -math.inf if math.isnan(pct[i]) else -pct[i]))
 
 
 @dataclass(frozen=True)

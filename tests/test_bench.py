@@ -430,6 +430,25 @@ def test_an_added_process_times_the_least_settled_cells_that_fit_the_budget():
     assert costs.estimate_s(["x"]) == 10.0 + 1.0  # a cell never timed: the median cell's cost
 
 
+def test_the_answers_cells_time_twice_the_rounds_and_come_first_in_an_added_process(tmp_path):
+    from bench.grid import D2L_ROUNDS_FACTOR, cell_rounds, is_d2l
+    from bench.results import write_rows
+    from bench.workers import unsettled
+
+    def cell(batch: int, hidden: int) -> Cell:
+        return Cell(impl="scratch", device="cpu", dtype="float32", mode="train", batch_size=batch, hidden_size=hidden,
+                    seq_len=D2L["seq_len"], vocab_size=D2L["vocab_size"])
+
+    answer, wide, tight = cell(D2L["batch_size"], D2L["hidden_size"]), cell(16, 256), cell(64, 256)
+    assert is_d2l(answer) and not is_d2l(wide) and D2L_ROUNDS_FACTOR > 1
+    assert cell_rounds(answer, 10, 0.5) == (10 * D2L_ROUNDS_FACTOR, 0.5 * D2L_ROUNDS_FACTOR)
+    assert cell_rounds(wide, 10, 0.5) == (10, 0.5)
+    figures = {answer: "5.0;5.4;4.8", wide: "5.0;6.0;4.5", tight: "5.0;5.0001;5.0", cell(32, 128): "5.0;5.0;5.0001"}
+    write_rows(tmp_path / "measurements.csv", [c.columns() | {"status": "ok", "relative_step_processes": f}
+                                               for c, f in figures.items()])
+    assert unsettled(tmp_path) == [answer.id, wide.id]  # the answer's first, though the other spreads wider
+
+
 def test_three_processes_that_agree_by_chance_do_not_settle_a_cell_in_a_run_that_spreads():
     from bench.readers.stats import SETTLED_WITHIN, pooled_settle_pct, settle_pct, typical_sd
 

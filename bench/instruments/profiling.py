@@ -25,7 +25,7 @@ from torch._C._profiler import RecordScope, _EventType
 from torch.autograd.profiler import record_function
 from torch.profiler import ProfilerActivity, profile, schedule
 
-from ..grid import D2L, TIME_PARTS, Cell
+from ..grid import TIME_PARTS, Cell
 from .measure import Subject, _quiet_native_stderr, cpu_allocation_events, optimizer_tensors, sync, warm_up
 from .memory import NotModelled, Prediction, predict  # the memory model's public face: the only import here
 from .peak import recurrence_floor_ms
@@ -453,12 +453,6 @@ class Timeline:
         with gzip.open(path, "wt", encoding="utf-8") as f:
             json.dump(vars(self) | {"peak_bytes": self.peak_bytes}, f)
         return path
-
-
-def is_d2l(cell: Cell) -> bool:
-    """The chapter's sizes (batch 32, T 35, hidden 256, vocabulary 28), where every run draws memory through a step."""
-    return (cell.batch_size, cell.seq_len, cell.hidden_size, cell.vocab_size) == (
-        D2L["batch_size"], D2L["seq_len"], D2L["hidden_size"], D2L["vocab_size"])
 
 
 def _ptr(t: torch.Tensor) -> int:
