@@ -107,8 +107,14 @@ def run_workers(run_dir: Path, count: int, suite_argv: list[str], log=print, max
                 ids, estimate_s = plan_added(candidates, costs, left_s)
                 if not ids:
                     if candidates:
+                        planned[str(k)] = {"cells": 0, "unsettled": len(candidates), "left_s": round(left_s, 1),
+                                           "fixed_s": round(costs.fixed_s, 1)}
                         log(f"lstm-bench run: {len(candidates)} cells have not settled, but the time budget leaves "
-                            f"{max(left_s, 0):.0f} s, too little for another process (--budget-s sets it)")
+                            f"{max(left_s, 0):.0f} s, too little for another process (its start-up alone ~"
+                            f"{costs.fixed_s:.0f} s; --budget-s sets the budget)")
+                        run_env = read_json(run_dir / ENV_NAME) or {}
+                        write_environment(run_dir, run_env | {"processes": run_env.get("processes", {})
+                                                              | {"planned": planned}})
                     break
                 targets, extra[k] = [f"{Path(suite) / SUITE_FILE}::test_cell[{i}]" for i in ids], len(ids)
                 planned[str(k)] = {"cells": len(ids), "unsettled": len(candidates), "estimate_s": estimate_s}
@@ -153,6 +159,7 @@ def run_workers(run_dir: Path, count: int, suite_argv: list[str], log=print, max
             phases[str(k)] = (read_json(worker_dir(run_dir, k) / ENV_NAME) or {}).get("time_by_phase_s", {})
             how = {"count": count, "max_count": max_count, "finished": k + 1, "extra_cells": extra,
                    "budget_end_s": None if deadline is None else round(deadline - started, 1), "planned": planned,
+                   "cell_s": {str(j): {i: round(x, 2) for i, x in v.items()} for j, v in seconds.items()},
                    "started_unix": started, "load_average_start": load_start, "load_average_end": os.getloadavg(),
                    "wall_s": time.time() - started, "time_by_phase_s": phases}
             run_env = {key: v for key, v in (read_json(first / ENV_NAME) or {}).items() if key != "time_by_phase_s"}
@@ -231,10 +238,11 @@ class Costs:
 def process_costs(seconds: dict[int, dict[str, float]], walls: dict[int, float], timing: list[int]) -> Costs | None:
     """The costs of an added process from the `timing` workers that ran in this call (each cell's seconds from the
     worker's previous cell line, and each worker's wall time): a cell's, the least any of them took for it; the fixed
-    part, the most any of them took beyond its cells'. Once-a-process costs (start-up, TorchScript's optimizing
-    passes) land in whichever cell came first, which the workers' random orders make another cell in another; the
-    least takes them out of a cell and the most puts them in the fixed part. None when no worker ran in this call
-    (a resumed run whose first processes ran before)."""
+    part, the median over them of what each took beyond its cells'. Once-a-process costs (start-up, TorchScript's
+    optimizing passes) land in whichever cell came first, which the workers' random orders make another cell in
+    another: the least takes them out of a cell, and every worker's part beyond its cells holds them (and what its
+    cells took beyond their least: the most of two workers' held all of that, and an added process planned at
+    21.6 s took 13.3). None when no worker ran in this call (a resumed run whose first processes ran before)."""
     ran = [k for k in timing if seconds.get(k) and k in walls]
     if not ran:
         return None
@@ -242,7 +250,7 @@ def process_costs(seconds: dict[int, dict[str, float]], walls: dict[int, float],
     for k in ran:
         for i, s in seconds[k].items():
             cell_s[i] = min(cell_s.get(i, math.inf), s)
-    fixed_s = max(walls[k] - sum(cell_s[i] for i in seconds[k]) for k in ran)
+    fixed_s = statistics.median(walls[k] - sum(cell_s[i] for i in seconds[k]) for k in ran)
     return Costs(cell_s, max(fixed_s, 0.0))
 
 
