@@ -345,3 +345,17 @@ def test_the_ladder_lists_each_rung_in_order_with_its_ratio_to_cudnn(real_run):
     assert rows[0][3] == f"{sig(ratio, 3)}×" and rows[1][3] == "1×"
     relative = at.loc["scratch", "relative_step_median"] / at.loc["cudnn", "relative_step_median"]
     assert "relative to the probe" in table[0][4] and rows[0][4] == f"{sig(relative, 3)}×" and rows[1][4] == "1×"
+
+
+def test_the_environment_says_how_the_processes_ran_and_what_the_time_budget_left():
+    from bench.readers.report import _env_value
+
+    how = {"count": 3, "max_count": 5, "finished": 4, "extra_cells": {"3": 20}, "budget_end_s": 284.9,
+           "planned": {"3": {"cells": 20, "unsettled": 25, "estimate_s": 40.0, "took_s": 41.0},
+                       "4": {"cells": 0, "unsettled": 9, "left_s": 3.0, "fixed_s": 15.0}},
+           "wall_s": 280.0, "load_average_start": [1.0, 1.0, 1.0], "load_average_end": [1.0, 1.0, 1.0]}
+    text = _env_value(how)
+    assert text.startswith("3 of 3 fresh processes timing every cell, then 1 more timing only the least settled "
+                           "cells (20 cells), then no more: the time budget left 9 cells unsettled")
+    assert "added ones planned to end within 285 s: the time budget" in text
+    assert "time budget left" not in _env_value(how | {"planned": {"3": how["planned"]["3"]}})

@@ -515,6 +515,9 @@ def _env_value(value) -> str:
                 f"({', '.join(map(str, extra.values()))} cells)" if extra else "")
         budget = value.get("budget_end_s")
         within = f" (added ones planned to end within {budget:.0f} s: the time budget)" if budget is not None else ""
+        left = [p["unsettled"] for p in (value.get("planned") or {}).values() if not p.get("cells")]
+        if left:  # the budget had no time for another process
+            more += f", then no more: the time budget left {left[0]} cells unsettled (`--budget-s`)"
         done = min(value["finished"], value["count"])
         return (f"{done} of {value['count']} fresh processes timing every cell{more}, one after another, in "
                 f"{value['wall_s']:.0f} s{within}; load average (1, 5, 15 min) {load[0]} before, {load[1]} after")
