@@ -3,6 +3,7 @@ the planted slowdown used to calibrate it, and the CI files that run it (workflo
 
 import configparser
 import json
+import re
 import subprocess
 from pathlib import Path
 
@@ -207,6 +208,21 @@ def test_compare_reads_a_real_run_in_worker_processes(tmp_path):
     comparison = compare_runs(load_run(tmp_path / "a"), load_run(tmp_path / "b"))
     assert list(comparison.cells["timing"]) == ["between processes, relative to the probe"]
     assert list(comparison.cells["base_processes"]) == [2]
+
+
+def test_compare_says_when_the_machine_ran_at_another_speed_in_one_run(tmp_path):
+    # the new run's probe (and its steps with it) 1.3x slower: the relative figures agree, and a note says the
+    # machine's speed differed, which cells unlike the probe do not divide out; at one speed, no note
+    cells = {cell("scratch", 32, 256): {}, cell("scratch", 32, 512): {}}
+    base = make_run(tmp_path / "base", cells, seed=1, processes=3, process_sigma=0.02, probe_ms=5.0)
+    slow = make_run(tmp_path / "slow", {c: {"median_ms": 13.0} for c in cells}, seed=2, processes=3,
+                    process_sigma=0.02, probe_ms=6.5)
+    same = make_run(tmp_path / "same", cells, seed=3, processes=3, process_sigma=0.02, probe_ms=5.0)
+    moved = compare_runs(load_run(base), load_run(slow))
+    assert moved.cells["probe_ratio"].median() == pytest.approx(1.3, rel=0.05)
+    assert re.search(r"note: the machine-speed probe ran x1\.[23]\d slower in the new run", moved.table())
+    assert "machine-speed probe ran" in moved.markdown()
+    assert "machine-speed probe ran" not in compare_runs(load_run(base), load_run(same)).table()
 
 
 IMPLS = ("scratch", "scripted", "compiled", "cudnn", "fused")
