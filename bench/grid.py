@@ -32,7 +32,7 @@ DEFAULT_PROCESSES = {"cpu": 3, "cuda": 3}
 #: and at most this many in all: past the first ones, `lstm-bench run` adds a process at a time for the cells whose
 #: processes have not settled (bench/readers/stats.py SETTLED_WITHIN), timing those only (`--max-processes`)
 DEFAULT_MAX_PROCESSES = {"cpu": 5, "cuda": 5}
-#: the seconds a run plans for (`lstm-bench run --budget-s`; None: no budget). The first processes always run; each
+#: the seconds a run plans for (`lstm-bench run --budget-s`; 0 given: no budget). The first processes always run; each
 #: added one times the least settled cells that fit in what is left, at what the earlier timing processes took for
 #: them (bench/workers.py plan_added), with REPORT_RESERVE_S kept back for the summary and the report. The CPU's is
 #: the "five minutes" a default run is asked to answer in; a GPU's is within the nightly job's (docs/sweeps.md).
@@ -48,7 +48,8 @@ D2L = {"batch_size": 32, "seq_len": 35, "vocab_size": 28, "hidden_size": 256}  #
 #: every process: its row is the answer (the report's first table, the README's). Three default runs at 1x agreed
 #: there within 2.9-5.6% (scripted the widest: its three processes in one run read 6.50, 5.89 and 5.62 times the
 #: probe, 11-15 rounds each, their IQRs 13-17%), where a process's own median was as uncertain as the spread between
-#: processes; the six cells' 2x costs ~3.5 s a process.
+#: processes; the six cells' 2x costs ~3.5 s a process. At 2x: within 1.0-2.6%, and up to 6-7.7% where the machine
+#: ran 1.3-1.6x slower in some of the runs (docs/measuring.md).
 D2L_ROUNDS_FACTOR = 2
 DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16, "float16": torch.float16}
 MODES = ("train", "forward")

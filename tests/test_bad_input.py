@@ -211,7 +211,8 @@ CASES: dict[str, list[tuple[list[str], str]]] = {
         (["run", "--results-dir", "{runs}", *TINY_GRID, "--processes", "3", "--max-processes", "2"],
          "--max-processes"),
         (["run", "--results-dir", "{runs}", *TINY_GRID, "--max-processes", "0"], "--max-processes"),
-    ],
+    ] + [(["run", "--results-dir", "{runs}", *TINY_GRID, "--budget-s", value], "--budget-s")
+         for value in ("-1", "nan", "inf", "x")],
     "ddp": grid_cases("ddp") + [
         (["ddp", "--results-dir", "{runs}", *TINY_GRID, "--world-sizes", value], "--world-sizes")
         for value in (HUGE, "0", "-2", "x", "")
