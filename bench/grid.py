@@ -142,11 +142,16 @@ CELL_KEY = ("impl", "device", "dtype", "mode", "batch_size", "hidden_size", "inp
 KEY_DEFAULTS = {"world_size": 1, **CONFIG_DEFAULTS, "lengths": FULL_LENGTHS, "amp": "none"}
 
 
-def is_d2l(cell: Cell) -> bool:
-    """The chapter's sizes (batch 32, T 35, hidden 256, vocabulary 28): the answer's cells, where every run draws
-    memory through a step and times twice the rounds (D2L_ROUNDS_FACTOR)."""
-    return (cell.batch_size, cell.seq_len, cell.hidden_size, cell.vocab_size) == (
+def at_d2l_sizes(batch_size: int, seq_len: int, hidden_size: int, vocab_size: int) -> bool:
+    """The chapter's sizes: batch 32, T 35, hidden 256, vocabulary 28."""
+    return (batch_size, seq_len, hidden_size, vocab_size) == (
         D2L["batch_size"], D2L["seq_len"], D2L["hidden_size"], D2L["vocab_size"])
+
+
+def is_d2l(cell: Cell) -> bool:
+    """A cell at the chapter's sizes: the answer's cells, where every run draws memory through a step and times twice
+    the rounds (D2L_ROUNDS_FACTOR)."""
+    return at_d2l_sizes(cell.batch_size, cell.seq_len, cell.hidden_size, cell.vocab_size)
 
 
 def cell_rounds(cell: Cell, min_rounds: int, max_time_s: float) -> tuple[int, float]:

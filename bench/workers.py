@@ -97,6 +97,17 @@ def run_workers(run_dir: Path, count: int, suite_argv: list[str], log=print, max
     # each cell's compile caches for the run: cold in worker 0, warm in the others (measure.cell_caches)
     caches = tempfile.TemporaryDirectory(prefix="lstm-bench-compile-")
     worker_env = os.environ | {COMPILE_CACHE_ENV: caches.name}
+
+    def write_how(finished: int) -> None:  # how the run was made so far, into its environment.json
+        how = {"count": count, "max_count": max_count, "finished": finished, "extra_cells": extra,
+               "budget_end_s": None if deadline is None else round(deadline - started, 1), "planned": planned,
+               "cell_s": {str(j): {i: round(x, 2) for i, x in v.items()} for j, v in seconds.items()},
+               "started_unix": started, "load_average_start": load_start, "load_average_end": os.getloadavg(),
+               "wall_s": time.time() - started, "time_by_phase_s": phases}
+        first = {key: v for key, v in (read_json(worker_dir(run_dir, 0) / ENV_NAME) or {}).items()
+                 if key != "time_by_phase_s"}
+        write_environment(run_dir, first | {"processes": how})
+
     with caches:
         for k in range(max_count):
             targets = [suite]
@@ -112,9 +123,7 @@ def run_workers(run_dir: Path, count: int, suite_argv: list[str], log=print, max
                         log(f"lstm-bench run: {len(candidates)} cells have not settled, but the time budget leaves "
                             f"{max(left_s, 0):.0f} s, too little for another process (its start-up alone ~"
                             f"{costs.fixed_s:.0f} s; --budget-s sets the budget)")
-                        run_env = read_json(run_dir / ENV_NAME) or {}
-                        write_environment(run_dir, run_env | {"processes": run_env.get("processes", {})
-                                                              | {"planned": planned}})
+                        write_how(k)
                     break
                 targets, extra[k] = [f"{Path(suite) / SUITE_FILE}::test_cell[{i}]" for i in ids], len(ids)
                 planned[str(k)] = {"cells": len(ids), "unsettled": len(candidates), "estimate_s": estimate_s}
@@ -155,16 +164,9 @@ def run_workers(run_dir: Path, count: int, suite_argv: list[str], log=print, max
                     f"{worker_dir(run_dir, k) / LOG_NAME}")
             code = max(code, returncode)
             combine(run_dir)
-            first = worker_dir(run_dir, 0)
             phases[str(k)] = (read_json(worker_dir(run_dir, k) / ENV_NAME) or {}).get("time_by_phase_s", {})
-            how = {"count": count, "max_count": max_count, "finished": k + 1, "extra_cells": extra,
-                   "budget_end_s": None if deadline is None else round(deadline - started, 1), "planned": planned,
-                   "cell_s": {str(j): {i: round(x, 2) for i, x in v.items()} for j, v in seconds.items()},
-                   "started_unix": started, "load_average_start": load_start, "load_average_end": os.getloadavg(),
-                   "wall_s": time.time() - started, "time_by_phase_s": phases}
-            run_env = {key: v for key, v in (read_json(first / ENV_NAME) or {}).items() if key != "time_by_phase_s"}
-            write_environment(run_dir, run_env | {"processes": how})
-            write_json(run_dir / GRID_NAME, read_json(first / GRID_NAME) or [], indent=0)
+            write_how(k + 1)
+            write_json(run_dir / GRID_NAME, read_json(worker_dir(run_dir, 0) / GRID_NAME) or [], indent=0)
     return code
 
 
@@ -230,9 +232,12 @@ class Costs:
     cell_s: dict[str, float]
     fixed_s: float
 
+    def cell(self, cell_id: str) -> float:
+        """A cell's seconds; a cell never timed, the median cell's."""
+        return self.cell_s[cell_id] if cell_id in self.cell_s else statistics.median(self.cell_s.values())
+
     def estimate_s(self, ids: list[str]) -> float:
-        typical = statistics.median(self.cell_s.values())
-        return self.fixed_s + sum(self.cell_s.get(i, typical) for i in ids)
+        return self.fixed_s + sum(map(self.cell, ids))
 
 
 def process_costs(seconds: dict[int, dict[str, float]], walls: dict[int, float], timing: list[int]) -> Costs | None:
@@ -260,11 +265,12 @@ def plan_added(candidates: list[str], costs: Costs | None, left_s: float | None)
     or no costs (the estimate then None)."""
     if left_s is None or costs is None:
         return list(candidates), None
-    chosen: list[str] = []
+    chosen, spent = [], costs.fixed_s
     for i in candidates:
-        if costs.estimate_s([*chosen, i]) <= left_s:
+        if spent + costs.cell(i) <= left_s:
             chosen.append(i)
-    return chosen, costs.estimate_s(chosen) if chosen else None
+            spent += costs.cell(i)
+    return chosen, spent if chosen else None
 
 
 def _die_with_parent() -> None:

@@ -21,7 +21,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter, NullLocator, ScalarFormatter
 from scipy.stats import linregress
 
-from bench.grid import CELL_KEY, D2L, DDP_MODE, DTYPES, MODES, STATUSES, Cell
+from bench.grid import CELL_KEY, D2L, DDP_MODE, DTYPES, MODES, STATUSES, Cell, at_d2l_sizes
 from bench.readers.accuracy import accuracy_tables, plot_accuracy, read_accuracy
 from bench.readers.plots import colors as impl_colors
 from bench.readers.plots import save as save_figure
@@ -192,8 +192,7 @@ def d2l_cell(ok: pd.DataFrame) -> tuple[int, int]:
 
 
 def is_d2l(group: Group, batch: int, hidden: int) -> bool:
-    return (batch, hidden, group.seq_len, group.input_size) == (
-        D2L["batch_size"], D2L["hidden_size"], D2L["seq_len"], D2L["vocab_size"])
+    return at_d2l_sizes(batch, group.seq_len, hidden, group.input_size)
 
 
 def bytes_per_sequence(ok: pd.DataFrame, hidden_size: int) -> pd.DataFrame:
