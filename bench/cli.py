@@ -13,6 +13,7 @@ from pathlib import Path
 from bench.d2l.data import DEFAULT_MAX_TOKENS, DataError
 from bench.grid import (
     ACCURACY_SEQ_LENS,
+    BUDGET_FREE_PROCESSES,
     D2L,
     DEFAULT_BUDGET_S,
     DEFAULT_MAX_PROCESSES,
@@ -439,8 +440,9 @@ def build_parser() -> argparse.ArgumentParser:
                           f"in all (default: {DEFAULT_MAX_PROCESSES['cpu']}; with --processes N alone: N, none "
                           "added)")
     run.add_argument("--budget-s", type=non_negative_float, default=None,
-                     help="the seconds the run plans for: the first --processes always run, and each added one times "
-                          "the least settled cells that fit in what is left, at what the earlier processes took, with "
+                     help=f"the seconds the run plans for: the first {BUDGET_FREE_PROCESSES} processes always run; "
+                          "each later one times every cell where they fit in what is left, else the least settled "
+                          "cells that fit, at what the earlier processes took, with "
                           f"{REPORT_RESERVE_S:g} s kept for the report (default: {DEFAULT_BUDGET_S['cpu']:g} on a CPU, "
                           f"{DEFAULT_BUDGET_S['cuda']:g} on a GPU; 0: no budget, up to --max-processes)")
     run.add_argument("-v", "--verbose", action="store_true", help="show the worker processes' pytest output (pytest's "

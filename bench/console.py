@@ -53,14 +53,16 @@ class Progress:
     def __init__(self, cells: int, processes: int):
         self.total, self.done, self.started = cells * processes, 0, time.time()
         self.process_started, self.process_done, self.process_cells = self.started, 0, cells
-        self.processes_left = processes
+        self.processes_left, self.grid_cells = processes, cells
 
     def start_process(self, cells: int, added: bool = False) -> None:
-        """A worker begins on `cells` cells (added: one the run adds past its first processes)."""
+        """A worker begins on `cells` cells (added: one the run adds past its first processes; else one of those,
+        which the time budget may have cut to fewer than the grid's)."""
         if added:
             self.total += cells
         else:
             self.processes_left -= 1
+            self.total -= self.grid_cells - cells
         self.process_started, self.process_done, self.process_cells = time.time(), 0, cells
 
     def line(self, k: int, cell: dict) -> str:

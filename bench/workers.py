@@ -7,8 +7,8 @@ that randomized multiple interleaved trials are what make results repeat on shar
 
 So a run starts `processes` fresh `pytest bench/` sessions, one after another, never side by side.
 Each measures every cell of the grid (`--worker k/n`; worker 0 in the grid's order, each later one in
-a random order of its own) into RUN_DIR/processes/k/, a run directory of its own, row by row: a killed
-run resumes where it stopped.
+a random order of its own; past the first two, the cells a time budget leaves time for) into
+RUN_DIR/processes/k/, a run directory of its own, row by row: a killed run resumes where it stopped.
 Worker 0 measures everything (first call with cold compile caches, what ran, memory, FLOPs);
 the others time only, with warm compile caches. The timed rounds are split between them: each gets
 1/n of the rounds and of the time a single process would, but at least MIN_WORKER_ROUNDS and
@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .console import Progress, split_row_line
-from .grid import MIN_ROUNDS, Cell, is_d2l
+from .grid import BUDGET_FREE_PROCESSES, MIN_ROUNDS, Cell, is_d2l
 from .instruments.measure import COMPILE_CACHE_ENV, relative_rounds
 from .readers import stats
 from .results import (
@@ -80,16 +80,17 @@ def run_workers(run_dir: Path, count: int, suite_argv: list[str], log=print, max
     options, no --results-dir/--run-id); combine after each. Then, up to `max_count` workers in all, one more
     at a time for the cells that have not settled (`unsettled`), timing only those, the least settled first and as
     many as fit before `deadline` (a time.time(); None: all of them) at what the earlier timing processes took
-    (`plan_added`). Each worker's output goes to its directory's pytest.log; `log` gets a line per finished cell with
-    the run's progress over `cells` cells a process (bench/console.py), and every line of the workers' with
-    `verbose`. Returns the worst exit code (2 as soon as one was stopped: a failed write, ^C)."""
+    (`plan_added`). Past the first BUDGET_FREE_PROCESSES, one of the first `count` that would not end before the
+    deadline is cut the same way. Each worker's output goes to its directory's pytest.log; `log` gets a line per
+    finished cell with the run's progress over `cells` cells a process (bench/console.py), and every line of the
+    workers' with `verbose`. Returns the worst exit code (2 as soon as one was stopped: a failed write, ^C)."""
     code = 0
     started = time.time()
     load_start = os.getloadavg()
     max_count = max(count, max_count or count)
     suite, options = suite_argv[0], suite_argv[1:]
-    extra: dict[int, int] = {}  # a worker past count -> how many cells it timed
-    planned: dict[str, dict] = {}  # an added worker -> its cells, the unsettled ones, its estimate and what it took (s)
+    extra: dict[int, int] = {}  # a worker that timed only some cells (the budget's) -> how many
+    planned: dict[str, dict] = {}  # a budgeted worker -> its cells, the unsettled ones, its estimate, what it took (s)
     phases: dict[str, dict[str, float]] = {}  # a worker -> its time by phase (s)
     seconds: dict[int, dict[str, float]] = {}  # a worker -> a cell's id -> seconds from the worker's previous cell line
     walls: dict[int, float] = {}  # a worker that ran in this call -> its wall time (s)
@@ -110,11 +111,16 @@ def run_workers(run_dir: Path, count: int, suite_argv: list[str], log=print, max
 
     with caches:
         for k in range(max_count):
-            targets = [suite]
-            if k >= count:  # past the first count: the least settled cells, as many as the budget leaves time for
-                candidates = unsettled(run_dir)
+            targets, ids, candidates = [suite], [], []
+            budgeted = k >= count or (deadline is not None and k >= BUDGET_FREE_PROCESSES)
+            if budgeted:  # past the first two: the cells that fit the budget, all of them where a first one fits
                 costs = process_costs(seconds, walls, timing=[j for j in walls if j > 0] or list(walls))
                 left_s = None if deadline is None else deadline - time.time()
+                whole_s = costs.estimate_s(list(costs.cell_s)) if k < count and costs is not None else None
+                if k < count and (left_s is None or whole_s is None or whole_s <= left_s):
+                    budgeted = False  # a first process that fits: every cell, as planned
+            if budgeted:
+                candidates = unsettled(run_dir)
                 ids, estimate_s = plan_added(candidates, costs, left_s)
                 if not ids:
                     if candidates:
@@ -127,14 +133,18 @@ def run_workers(run_dir: Path, count: int, suite_argv: list[str], log=print, max
                     break
                 targets, extra[k] = [f"{Path(suite) / SUITE_FILE}::test_cell[{i}]" for i in ids], len(ids)
                 planned[str(k)] = {"cells": len(ids), "unsettled": len(candidates), "estimate_s": estimate_s}
-                progress.start_process(len(ids), added=True)
+                progress.start_process(len(ids), added=k >= count)
             else:
                 progress.start_process(cells)
             argv = [sys.executable, "-m", "pytest", *targets, *options, "--results-dir", str(run_dir / PROCESSES_DIR),
                     "--run-id", str(k), f"--worker={k}/{max_count}", *rounds_options(count, suite_argv)]
-            if k < count:
+            if k < count and not ids:
                 log(f"lstm-bench run: process {k + 1} of {count}" + (" (times, memory, FLOPs, first call)" if k == 0
                                                                       else " (times only)"))
+            elif k < count:
+                log(f"lstm-bench run: process {k + 1} of {count}: every cell would take ~{whole_s:.0f} s, more than "
+                    f"the {left_s:.0f} s the time budget leaves: it times the {len(ids)} least settled of the "
+                    f"{len(candidates)} cells whose processes have not settled (~{estimate_s:.0f} s)")
             elif len(ids) == len(candidates):
                 log(f"lstm-bench run: process {k + 1} (of at most {max_count}): times only the {len(ids)} cells whose "
                     "processes have not settled")

@@ -507,6 +507,33 @@ def test_a_run_adds_processes_for_the_cells_that_have_not_settled(tmp_path):
     assert how["count"] == 2 and how["max_count"] == 3 and how["finished"] == 3 and how["extra_cells"] == {"2": 1}
 
 
+def test_the_budget_binds_the_first_processes_past_the_second(tmp_path):
+    """A budget that ends (less the report's reserve) a second after the run began: the first two processes run
+    whatever it says, the third of --processes 3 does not fit and does not run."""
+    grid = ["--impls", "scratch", "--batch-sizes", "2,3", "--hidden-sizes", "4", "--seq-len", "3", "--device", "cpu",
+            "--benchmark-max-time=0.001", "--benchmark-min-rounds=3", "--processes", "3",
+            "--budget-s", str(REPORT_RESERVE_S + 1)]
+    proc = run_cli(tmp_path, *grid)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "process 2 of 3" in proc.stdout and "process 3" not in proc.stdout
+    assert sorted(d.name for d in (tmp_path / "r" / "processes").iterdir()) == ["0", "1"]
+    assert (pd.read_csv(tmp_path / "r" / "measurements.csv").processes == 2).all()
+    how = json.loads((tmp_path / "r" / "environment.json").read_text())["processes"]
+    assert how["finished"] == 2 and how["extra_cells"] == {}
+    assert all(p["cells"] == 0 and p["left_s"] < 0 for p in how["planned"].values())
+
+
+def test_the_progress_line_counts_a_first_process_the_budget_cut():
+    from bench.console import Progress
+
+    progress = Progress(cells=10, processes=3)
+    progress.start_process(10)
+    progress.start_process(10)
+    progress.start_process(4)  # the third, cut to 4 cells
+    progress.start_process(2, added=True)
+    assert progress.total == 10 + 10 + 4 + 2 and progress.processes_left == 0
+
+
 def test_the_grids_centre_runs_first_and_pays_torchscripts_plan_once_a_process(tmp_path):
     """The centre's cells run first; scripted's first cell there scripts and reports its first call, and the
     scripted cell after it runs that plan at its own shape: no first call reported, a note says why."""

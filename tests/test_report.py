@@ -357,5 +357,10 @@ def test_the_environment_says_how_the_processes_ran_and_what_the_time_budget_lef
     text = _env_value(how)
     assert text.startswith("3 of 3 fresh processes timing every cell, then 1 more timing only the least settled "
                            "cells (20 cells), then no more: the time budget left 9 cells unsettled")
-    assert "added ones planned to end within 285 s: the time budget" in text
+    assert "those past the first 2 planned to end within 285 s: the time budget" in text
     assert "time budget left" not in _env_value(how | {"planned": {"3": how["planned"]["3"]}})
+    # the third of the first processes cut by the budget to 12 cells, and none added
+    cut = how | {"finished": 3, "extra_cells": {"2": 12}, "planned": {"2": {"cells": 12, "unsettled": 30,
+                                                                          "estimate_s": 30.0, "took_s": 29.0}}}
+    assert _env_value(cut).startswith("2 of 3 fresh processes timing every cell and 1 the time budget cut to the "
+                                      "least settled cells (12 cells), one after another, in 280 s")

@@ -21,7 +21,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter, NullLocator, ScalarFormatter
 from scipy.stats import linregress
 
-from bench.grid import CELL_KEY, D2L, DDP_MODE, DTYPES, MODES, STATUSES, Cell, at_d2l_sizes
+from bench.grid import BUDGET_FREE_PROCESSES, CELL_KEY, D2L, DDP_MODE, DTYPES, MODES, STATUSES, Cell, at_d2l_sizes
 from bench.readers.accuracy import accuracy_tables, plot_accuracy, read_accuracy
 from bench.readers.plots import colors as impl_colors
 from bench.readers.plots import save as save_figure
@@ -509,15 +509,20 @@ def _env_value(value) -> str:
     """An environment field in words: lists joined, mappings as NAME=value, an empty one as none."""
     if isinstance(value, dict) and "load_average_start" in value:  # how a run in worker processes was made
         load = [", ".join(f"{x:.2f}" for x in value[k]) for k in ("load_average_start", "load_average_end")]
-        extra = value.get("extra_cells") or {}  # worker -> cells it timed, past the first count
-        more = (f", then {len(extra)} more timing only the least settled cells "
-                f"({', '.join(map(str, extra.values()))} cells)" if extra else "")
+        extra = {int(k): n for k, n in (value.get("extra_cells") or {}).items()}  # worker -> the cells it timed
+        cut = [n for k, n in extra.items() if k < value["count"]]  # a first one the time budget cut
+        added = [n for k, n in extra.items() if k >= value["count"]]
+        more = (f" and {len(cut)} the time budget cut to the least settled cells ({', '.join(map(str, cut))} cells)"
+                if cut else "")
+        more += (f", then {len(added)} more timing only the least settled cells "
+                 f"({', '.join(map(str, added))} cells)" if added else "")
         budget = value.get("budget_end_s")
-        within = f" (added ones planned to end within {budget:.0f} s: the time budget)" if budget is not None else ""
+        within = (f" (those past the first {BUDGET_FREE_PROCESSES} planned to end within {budget:.0f} s: the time "
+                  "budget)" if budget is not None else "")
         left = [p["unsettled"] for p in (value.get("planned") or {}).values() if not p.get("cells")]
         if left:  # the budget had no time for another process
             more += f", then no more: the time budget left {left[0]} cells unsettled (`--budget-s`)"
-        done = min(value["finished"], value["count"])
+        done = min(value["finished"], value["count"]) - len(cut)
         return (f"{done} of {value['count']} fresh processes timing every cell{more}, one after another, in "
                 f"{value['wall_s']:.0f} s{within}; load average (1, 5, 15 min) {load[0]} before, {load[1]} after")
     if isinstance(value, dict):
