@@ -255,18 +255,34 @@ def process_costs(seconds: dict[int, dict[str, float]], walls: dict[int, float],
     worker's previous cell line, and each worker's wall time): a cell's, the least any of them took for it; the fixed
     part, the median over them of what each took beyond its cells'. Once-a-process costs (start-up, TorchScript's
     optimizing passes) land in whichever cell came first, which the workers' random orders make another cell in
-    another: the least takes them out of a cell, and every worker's part beyond its cells holds them (and what its
-    cells took beyond their least: the most of two workers' held all of that, and an added process planned at
-    21.6 s took 13.3). None when no worker ran in this call (a resumed run whose first processes ran before)."""
+    another: the least takes them out of a cell, and so does `once_costs_out` within each worker, and every worker's
+    part beyond its cells holds them (and what its cells took beyond their least: the most of two workers' held all
+    of that, and an added process planned at 21.6 s took 13.3). None when no worker ran in this call (a resumed run
+    whose first processes ran before)."""
     ran = [k for k in timing if seconds.get(k) and k in walls]
     if not ran:
         return None
     cell_s: dict[str, float] = {}
     for k in ran:
-        for i, s in seconds[k].items():
+        for i, s in once_costs_out(seconds[k]).items():
             cell_s[i] = min(cell_s.get(i, math.inf), s)
     fixed_s = statistics.median(walls[k] - sum(cell_s[i] for i in seconds[k]) for k in ran)
     return Costs(cell_s, max(fixed_s, 0.0))
+
+
+def once_costs_out(seconds: dict[str, float]) -> dict[str, float]:
+    """One worker's seconds per cell (keyed by cell id, in its order), the first cell of each implementation given no
+    more than the most of that implementation's others: the once-a-process costs (the worker's start-up, TorchScript's
+    optimizing passes, Inductor's first use) land in it, and one worker alone cannot tell them from the cell's own
+    (the third default process is planned from the second alone: its first cell, `scripted` at H512, took 28 s)."""
+    by_impl: dict[str, list[str]] = {}
+    for i in seconds:
+        by_impl.setdefault(i.split("-", 1)[0], []).append(i)
+    out = dict(seconds)
+    for ids in by_impl.values():
+        if len(ids) > 1:
+            out[ids[0]] = min(seconds[ids[0]], max(seconds[i] for i in ids[1:]))
+    return out
 
 
 def plan_added(candidates: list[str], costs: Costs | None, left_s: float | None) -> tuple[list[str], float | None]:

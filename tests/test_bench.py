@@ -421,6 +421,12 @@ def test_an_added_process_times_the_least_settled_cells_that_fit_the_budget():
     assert costs.cell_s == {"a": 1.1, "s1": 1.2, "s2": 1.0, "b": 2.0}  # the least each took
     assert costs.fixed_s == pytest.approx((20.0 - 5.3 + 21.0 - 5.3) / 2)  # the median of what each took beyond
     assert process_costs(seconds, walls, timing=[]) is None and process_costs({}, {}, timing=[1]) is None
+    # one worker alone: its start-up and TorchScript's passes landed in its first scripted cell, not in its cost
+    ids = [f"{impl}-cpu-float32-train-B32-H{h}-T35-V28" for impl, h in
+           (("scripted", 512), ("cudnn", 256), ("scripted", 256), ("scripted", 128), ("cudnn", 128))]
+    alone = process_costs({1: dict(zip(ids, [28.0, 1.0, 1.5, 0.7, 0.8]))}, {1: 35.0}, timing=[1])
+    assert alone.cell_s == dict(zip(ids, [1.5, 0.8, 1.5, 0.7, 0.8]))  # each implementation's first: its others' most
+    assert alone.fixed_s == pytest.approx(35.0 - 5.3)
     costs = Costs({"a": 1.0, "b": 4.0, "c": 1.0}, fixed_s=10.0)
     assert plan_added(["b", "a", "c"], costs, left_s=100.0) == (["b", "a", "c"], 16.0)  # all fit, in their order
     assert plan_added(["b", "a", "c"], costs, left_s=15.0) == (["b", "a"], 15.0)  # the least settled first
