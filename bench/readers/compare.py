@@ -41,7 +41,7 @@ KEY = CELL_KEY  # what makes two rows the same cell
 MIN_SHIFT_CELLS = 5  # the run as a whole is judged (and said to have moved) on at least this many timed cells
 #: the probe's median ratio between two runs beyond which `compare` notes that the machine ran at another speed:
 #: three default runs whose probes differed by 1.27x differed by up to 6% relative to it at H512 (docs/measuring.md)
-PROBE_MOVED = 1.2
+PROBE_MOVED_BETWEEN_RUNS = 1.2
 #: verdicts, in the order the summary lists them; the first three are of time
 VERDICTS = ("slower", "faster", "unchanged", "noisy", "failed", "new", "missing", "unmeasured")
 SUITE_TEST = "bench/test_suite.py::test_cell"  # the suite's test; a cell's node id is SUITE_TEST[<cell id>]
@@ -335,7 +335,7 @@ class Comparison:
 
     def _drift_note(self) -> str:
         """A warning when at least half of 5+ compared cells moved by half the threshold or more, together; and one
-        when the machine-speed probe itself moved by PROBE_MOVED or more between the runs."""
+        when the machine-speed probe itself moved by PROBE_MOVED_BETWEEN_RUNS or more between the runs."""
         return self._probe_note() + self._shift_note()
 
     def _probe_note(self) -> str:
@@ -343,7 +343,7 @@ class Comparison:
         relative to the probe holds for cells like the probe, not for all: on this project's CPU, cells unlike it
         moved up to 6% where it moved by a quarter (docs/measuring.md, what does not repeat)."""
         probe = self.cells["probe_ratio"].dropna()
-        if probe.empty or abs(math.log(probe.median())) < math.log(PROBE_MOVED):
+        if probe.empty or abs(math.log(probe.median())) < math.log(PROBE_MOVED_BETWEEN_RUNS):
             return ""
         how = "slower" if probe.median() > 1 else "faster"
         return (f"note: the machine-speed probe ran x{probe.median():.2f} {how} in the new run (median cell): the step "
